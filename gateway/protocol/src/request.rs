@@ -1,0 +1,318 @@
+//! Validating a client request at the edge into a [`ClientRequest`].
+//!
+//! Only the fields the gateway acts on are checked; everything else is kept
+//! verbatim in `body` so engines still see parameters Baton does not know.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::{Endpoint, ProtocolError};
+
+/// Upper bound on `n` and batch sizes: larger ones are almost certainly a
+/// mistake and would make the gateway build huge SGLang room arrays.
+pub const MAX_BATCH: usize = 1024;
+
+/// A validated generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    pub endpoint: Endpoint,
+    /// The original JSON object, unknown fields included.
+    pub body: Map<String, Value>,
+    pub stream: bool,
+    /// `stream_options.include_usage` was set.
+    pub include_usage: bool,
+    pub model: Option<String>,
+    /// How many generations one call asks for (list prompts, `n`), which is
+    /// the length of SGLang's per-item bootstrap arrays.
+    pub batch: usize,
+    /// True when the request is a batch in SGLang's sense (arrays needed).
+    pub is_batch: bool,
+}
+
+impl ClientRequest {
+    /// Parses and validates `bytes` as a request for `endpoint`.
+    pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+        let Value::Object(body) = value else {
+            return Err(ProtocolError::NotAnObject);
+        };
+        Self::from_map(endpoint, body)
+    }
+
+    pub fn from_map(endpoint: Endpoint, body: Map<String, Value>) -> Result<Self, ProtocolError> {
+        let stream = opt_bool(&body, "stream")?.unwrap_or(false);
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(invalid("stream_options", "include_usage must be a boolean")),
+            },
+            Some(_) => return Err(invalid("stream_options", "must be an object")),
+        };
+        let model = match body.get("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(invalid("model", "must be a string")),
+        };
+        for field in ["max_tokens", "max_completion_tokens", "min_tokens", "seed"] {
+            opt_u64(&body, field)?;
+        }
+        for field in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+            match body.get(field) {
+                None | Some(Value::Null) | Some(Value::Number(_)) => {}
+                Some(_) => return Err(invalid(field, "must be a number")),
+            }
+        }
+        let n = match opt_u64(&body, "n")? {
+            None => 1,
+            Some(0) => return Err(invalid("n", "must be at least 1")),
+            Some(n) if n as usize > MAX_BATCH => {
+                return Err(invalid("n", &format!("must be at most {MAX_BATCH}")))
+            }
+            Some(n) => n as usize,
+        };
+        let (batch, is_batch) = match endpoint {
+            Endpoint::ChatCompletions => {
+                validate_messages(&body)?;
+                (n, n > 1)
+            }
+            Endpoint::Completions => {
+                let items = prompt_items(body.get("prompt"))?;
+                (items.unwrap_or(1), items.is_some())
+            }
+            Endpoint::Generate => {
+                let items = generate_items(&body)?;
+                (items.unwrap_or(1), items.is_some())
+            }
+        };
+        if batch == 0 {
+            return Err(invalid("prompt", "must not be an empty list"));
+        }
+        if batch > MAX_BATCH {
+            return Err(invalid("prompt", &format!("at most {MAX_BATCH} items")));
+        }
+        Ok(Self {
+            endpoint,
+            body,
+            stream,
+            include_usage,
+            model,
+            batch,
+            is_batch,
+        })
+    }
+
+    /// Serializes the (possibly modified) body.
+    pub fn to_bytes(&self) -> Bytes {
+        encode(&self.body)
+    }
+
+    /// `n` as requested (1 when absent).
+    pub fn n(&self) -> u64 {
+        self.body.get("n").and_then(Value::as_u64).unwrap_or(1)
+    }
+
+    /// A stable text rendering of the prompt for cache-aware routing.
+    pub fn routing_text(&self) -> Option<String> {
+        match self.endpoint {
+            Endpoint::ChatCompletions => {
+                let msgs = self.body.get("messages")?.as_array()?;
+                let mut out = String::new();
+                for m in msgs {
+                    if let Some(role) = m.get("role").and_then(Value::as_str) {
+                        out.push_str(role);
+                        out.push(':');
+                    }
+                    match m.get("content") {
+                        Some(Value::String(s)) => out.push_str(s),
+                        Some(other @ Value::Array(_)) => out.push_str(&other.to_string()),
+                        _ => {}
+                    }
+                    out.push('\n');
+                }
+                Some(out)
+            }
+            Endpoint::Completions => match self.body.get("prompt")? {
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            },
+            Endpoint::Generate => match self.body.get("text") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+                None => self.body.get("input_ids").map(Value::to_string),
+            },
+        }
+    }
+}
+
+pub(crate) fn encode(body: &Map<String, Value>) -> Bytes {
+    // A map of JSON values always serializes.
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn invalid(field: &'static str, reason: &str) -> ProtocolError {
+    ProtocolError::InvalidField {
+        field,
+        reason: reason.to_owned(),
+    }
+}
+
+fn opt_bool(body: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, ProtocolError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(invalid(field, "must be a boolean")),
+    }
+}
+
+fn opt_u64(body: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, ProtocolError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(field, "must be a non-negative integer")),
+    }
+}
+
+fn validate_messages(body: &Map<String, Value>) -> Result<(), ProtocolError> {
+    let msgs = match body.get("messages") {
+        None | Some(Value::Null) => return Err(ProtocolError::MissingField("messages")),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(invalid("messages", "must be an array")),
+    };
+    if msgs.is_empty() {
+        return Err(invalid("messages", "must not be empty"));
+    }
+    for m in msgs {
+        let Value::Object(m) = m else {
+            return Err(invalid("messages", "each message must be an object"));
+        };
+        if !matches!(m.get("role"), Some(Value::String(_))) {
+            return Err(invalid("messages", "each message needs a string 'role'"));
+        }
+    }
+    Ok(())
+}
+
+/// `Some(len)` for list prompts (a batch), `None` for a single prompt.
+fn prompt_items(prompt: Option<&Value>) -> Result<Option<usize>, ProtocolError> {
+    match prompt {
+        None | Some(Value::Null) => Err(ProtocolError::MissingField("prompt")),
+        Some(Value::String(_)) => Ok(None),
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(invalid("prompt", "must not be an empty list"));
+            }
+            if items.iter().all(Value::is_string) {
+                Ok(Some(items.len()))
+            } else if items.iter().all(|v| v.as_u64().is_some()) {
+                // One tokenized prompt.
+                Ok(None)
+            } else if items
+                .iter()
+                .all(|v| v.as_array().is_some_and(|a| a.iter().all(|t| t.as_u64().is_some())))
+            {
+                Ok(Some(items.len()))
+            } else {
+                Err(invalid(
+                    "prompt",
+                    "must be a string, a list of strings, a list of token ids, or a list of token-id lists",
+                ))
+            }
+        }
+        Some(_) => Err(invalid("prompt", "must be a string or a list")),
+    }
+}
+
+fn generate_items(body: &Map<String, Value>) -> Result<Option<usize>, ProtocolError> {
+    match (body.get("text"), body.get("input_ids")) {
+        (Some(Value::String(_)), _) => Ok(None),
+        (Some(Value::Array(a)), _) if a.iter().all(Value::is_string) => Ok(Some(a.len())),
+        (Some(v), _) if !v.is_null() => Err(invalid("text", "must be a string or a list of strings")),
+        (_, Some(Value::Array(a))) => {
+            if a.iter().all(|v| v.as_u64().is_some()) {
+                Ok(None)
+            } else if a.iter().all(Value::is_array) {
+                Ok(Some(a.len()))
+            } else {
+                Err(invalid("input_ids", "must be a list of ids or a list of lists"))
+            }
+        }
+        (_, Some(v)) if !v.is_null() => Err(invalid("input_ids", "must be a list")),
+        _ => Err(ProtocolError::MissingField("text")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ep: Endpoint, s: &str) -> Result<ClientRequest, ProtocolError> {
+        ClientRequest::parse(ep, s.as_bytes())
+    }
+
+    #[test]
+    fn chat_request_keeps_unknown_fields() {
+        let r = parse(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+               "stream_options":{"include_usage":true},"vendor_knob":{"a":1}}"#,
+        )
+        .unwrap();
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(r.body["vendor_knob"]["a"], 1);
+        assert_eq!((r.batch, r.is_batch), (1, false));
+        assert_eq!(r.routing_text().unwrap(), "user:hi\n");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_field_names() {
+        let cases = [
+            (Endpoint::ChatCompletions, "{", None),
+            (Endpoint::ChatCompletions, "[1]", None),
+            (Endpoint::ChatCompletions, r#"{"model":"m"}"#, Some("messages")),
+            (Endpoint::ChatCompletions, r#"{"messages":[]}"#, Some("messages")),
+            (Endpoint::ChatCompletions, r#"{"messages":[1]}"#, Some("messages")),
+            (Endpoint::Completions, r#"{"prompt":"a","max_tokens":-1}"#, Some("max_tokens")),
+            (Endpoint::Completions, r#"{"prompt":"a","max_tokens":"9"}"#, Some("max_tokens")),
+            (Endpoint::Completions, r#"{"prompt":"a","stream":"yes"}"#, Some("stream")),
+            (Endpoint::Completions, r#"{"prompt":"a","n":0}"#, Some("n")),
+            (Endpoint::Completions, r#"{"prompt":"a","temperature":"hot"}"#, Some("temperature")),
+            (Endpoint::Completions, r#"{"prompt":[{"x":1}]}"#, Some("prompt")),
+            (Endpoint::Completions, r#"{"prompt":[]}"#, Some("prompt")),
+            (Endpoint::Completions, r#"{}"#, Some("prompt")),
+            (Endpoint::Generate, r#"{"sampling_params":{}}"#, Some("text")),
+            (Endpoint::Generate, r#"{"text":5}"#, Some("text")),
+            (Endpoint::Completions, r#"{"prompt":"a","stream_options":3}"#, Some("stream_options")),
+            (Endpoint::Completions, r#"{"prompt":"a","model":3}"#, Some("model")),
+        ];
+        for (ep, body, param) in cases {
+            let err = parse(ep, body).expect_err(body);
+            assert_eq!(err.param(), param, "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn batch_sizes() {
+        let r = parse(Endpoint::Completions, r#"{"prompt":["a","b","c"]}"#).unwrap();
+        assert_eq!((r.batch, r.is_batch), (3, true));
+        let r = parse(Endpoint::Completions, r#"{"prompt":[1,2,3]}"#).unwrap();
+        assert_eq!((r.batch, r.is_batch), (1, false));
+        let r = parse(Endpoint::Completions, r#"{"prompt":[[1],[2]]}"#).unwrap();
+        assert_eq!((r.batch, r.is_batch), (2, true));
+        let r = parse(
+            Endpoint::ChatCompletions,
+            r#"{"messages":[{"role":"user","content":"x"}],"n":4}"#,
+        )
+        .unwrap();
+        assert_eq!((r.batch, r.is_batch), (4, true));
+        let r = parse(Endpoint::Generate, r#"{"input_ids":[[1,2],[3]]}"#).unwrap();
+        assert_eq!((r.batch, r.is_batch), (2, true));
+        let r = parse(Endpoint::Generate, r#"{"text":"hello"}"#).unwrap();
+        assert_eq!((r.batch, r.is_batch), (1, false));
+    }
+}
