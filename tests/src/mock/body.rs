@@ -1,0 +1,69 @@
+//! Response bodies: a timed sequence of chunks that owns the request's [`RequestGuard`], so a
+//! body dropped before its end (client gone) counts as cancelled.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use tokio::time::Instant;
+
+use super::stats::{Outcome, RequestGuard};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type MockBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body written at once.
+pub(crate) fn full(data: impl Into<Bytes>) -> MockBody {
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// One chunk of a timed body, written `gap` after the previous one (or after the headers).
+pub(crate) struct Step {
+    pub gap: Duration,
+    pub data: Bytes,
+}
+
+struct State {
+    steps: VecDeque<Step>,
+    /// When the previous step was due; deadlines accumulate so coarse timers don't drift.
+    last: Option<Instant>,
+    guard: Option<RequestGuard>,
+    abort: bool,
+}
+
+/// A body that writes `steps` on schedule, then ends (guard: completed) or, with `abort`, fails
+/// so hyper tears the connection down mid-body (guard: failed).
+pub(crate) fn timed(steps: Vec<Step>, abort: bool, guard: RequestGuard) -> MockBody {
+    let state = State {
+        steps: steps.into(),
+        last: None,
+        guard: Some(guard),
+        abort,
+    };
+    let frames = stream::unfold(state, |mut st| async move {
+        let Some(step) = st.steps.pop_front() else {
+            let guard = st.guard.take()?;
+            if st.abort {
+                guard.finish(Outcome::Failed);
+                let err: BoxError = "injected mid-stream drop".into();
+                return Some((Err(err), st));
+            }
+            guard.finish(Outcome::Completed);
+            return None;
+        };
+        let due = st.last.unwrap_or_else(Instant::now) + step.gap;
+        if !step.gap.is_zero() {
+            tokio::time::sleep_until(due).await;
+        }
+        st.last = Some(due);
+        Some((Ok(Frame::data(step.data)), st))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}

@@ -1,0 +1,329 @@
+//! The HTTP side of a mock: accept loop, one hyper http1 connection task per socket (so a client
+//! disconnect drops the handler future), routing, faults, and turning replies into responses.
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::body::{self, BoxError, MockBody, Step};
+use super::faults::{self, FaultAction};
+use super::openai::{self, Completion, Endpoint, GenRequest, Rendered};
+use super::rendezvous::Rendezvous;
+use super::stats::{lock, Outcome, Recorder, RequestGuard, StatsCell};
+use super::vllm::VllmKvRegistry;
+use super::{sglang, vllm, Config, Flavor};
+
+/// State shared by a mock's accept loop, its connections and its handles.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub registry: VllmKvRegistry,
+    pub rendezvous: Rendezvous,
+    /// vLLM `remote_engine_id` of this mock.
+    pub engine_id: String,
+    pub stats: Arc<StatsCell>,
+    pub recorder: Recorder,
+    pub healthy: AtomicBool,
+    /// Generation requests seen (for `…Nth` faults).
+    pub index: AtomicUsize,
+    /// Next fake KV block id.
+    pub next_block: AtomicU64,
+    pub shutdown: watch::Sender<bool>,
+    pub listener: Mutex<Option<TcpListener>>,
+    pub addr: SocketAddr,
+}
+
+impl Shared {
+    /// The host SGLang decoders would reach this server's bootstrap endpoint at.
+    pub(crate) fn bootstrap_host(&self) -> String {
+        let ip = self.addr.ip();
+        if ip.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            ip.to_string()
+        }
+    }
+
+    /// Stops accepting (closing the listening socket now) and tears down every connection.
+    pub(crate) fn shutdown(&self) {
+        drop(lock(&self.listener).take());
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// One parsed generation request, handed to the flavor's logic.
+pub(crate) struct Call<'a> {
+    pub shared: &'a Shared,
+    pub req: GenRequest,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Call<'_> {
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    /// Produces `completion`: waits the head delay (if `head_delay`), then for a non-stream
+    /// answer the whole generation time (tokens × token delay), and renders the answer.
+    pub(crate) async fn generate(&self, completion: Completion, head_delay: bool) -> Reply {
+        let cfg = self.cfg();
+        if head_delay {
+            sleep(cfg.head_delay).await;
+        }
+        if !self.req.stream {
+            let tokens = u32::try_from(completion.tokens).unwrap_or(u32::MAX);
+            sleep(cfg.token_delay.saturating_mul(tokens)).await;
+        }
+        Reply::Answer(openai::render(&self.req, &completion, &cfg.model))
+    }
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// What a flavor decided to answer.
+pub(crate) enum Reply {
+    Error { status: u16, message: String },
+    Answer(Rendered),
+    Reset,
+}
+
+impl Reply {
+    pub(crate) fn error(status: u16, message: &str) -> Self {
+        Self::Error {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. the mock is gone too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let accept = poll_fn(|cx| match lock(&shared.listener).as_ref() {
+            Some(listener) => listener.poll_accept(cx).map(Some),
+            None => Poll::Ready(None),
+        });
+        let accepted = tokio::select! {
+            () = shutdown_signal(&mut stop) => return,
+            accepted = accept => accepted,
+        };
+        match accepted {
+            None => return,
+            Some(Ok((stream, _))) => {
+                tokio::spawn(connection(stream, shared.clone()));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "mock engine accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mut stop = shared.shutdown.subscribe();
+    let svc = service_fn({
+        let shared = shared.clone();
+        move |req| handle(shared.clone(), req)
+    });
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "mock engine connection ended");
+            }
+        }
+        () = shutdown_signal(&mut stop) => {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, BoxError> {
+    let path = req.uri().path().to_owned();
+    if let Some(endpoint) = Endpoint::from_path(&path) {
+        if req.method() != Method::POST {
+            return Ok(error_response(405, "method not allowed"));
+        }
+        return generation(&shared, endpoint, path, req).await;
+    }
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => {
+            shared.stats.update(|s| s.health_checks += 1);
+            if shared.healthy.load(Ordering::SeqCst) {
+                Response::new(body::full(Bytes::new()))
+            } else {
+                error_response(503, "engine unhealthy")
+            }
+        }
+        (&Method::GET, "/v1/models") => json_response(
+            200,
+            &json!({"object": "list", "data": [{
+                "id": shared.cfg.model, "object": "model", "created": 0,
+                "owned_by": "baton-mock", "root": shared.cfg.model, "parent": null,
+            }]}),
+        ),
+        _ => error_response(404, &format!("no route for {} {path}", req.method())),
+    })
+}
+
+async fn generation(
+    shared: &Shared,
+    endpoint: Endpoint,
+    path: String,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, BoxError> {
+    let guard = RequestGuard::start(shared.stats.clone());
+    let index = shared.index.fetch_add(1, Ordering::SeqCst) + 1;
+    let (parts, body) = req.into_parts();
+    // A body that fails to arrive means the client went away: the guard counts it cancelled.
+    let bytes = body.collect().await?.to_bytes();
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    shared.recorder.push(crate::mock::RecordedRequest {
+        path,
+        headers: parts.headers.clone(),
+        body: parsed.clone().unwrap_or(Value::Null),
+    });
+    let mut abort_after = None;
+    match faults::decide(&shared.cfg.faults, index) {
+        Some(FaultAction::Status(status)) => {
+            let message = format!("injected fault: HTTP {status}");
+            return respond(shared, guard, Reply::error(status, &message), None);
+        }
+        Some(FaultAction::Hang) => {
+            let never: Infallible = std::future::pending().await;
+            match never {}
+        }
+        Some(FaultAction::Reset) => return respond(shared, guard, Reply::Reset, None),
+        Some(FaultAction::DropMidStream { after_tokens }) => abort_after = Some(after_tokens),
+        None => {}
+    }
+    let Some(body) = parsed else {
+        let reply = Reply::error(400, "request body is not valid JSON");
+        return respond(shared, guard, reply, None);
+    };
+    let req = match GenRequest::parse(endpoint, &body) {
+        Ok(req) => req,
+        Err(message) => return respond(shared, guard, Reply::error(400, &message), None),
+    };
+    let call = Call {
+        shared,
+        req,
+        body,
+        headers: parts.headers,
+    };
+    let reply = match shared.cfg.flavor {
+        Flavor::OpenAi => {
+            let completion = Completion::for_request(&call.req, shared.cfg.default_tokens);
+            call.generate(completion, true).await
+        }
+        Flavor::VllmPrefill => vllm::prefill(&call).await,
+        Flavor::VllmDecode => vllm::decode(&call).await,
+        Flavor::SglangPrefill { bootstrap_port } => sglang::prefill(&call, bootstrap_port).await,
+        Flavor::SglangDecode => sglang::decode(&call).await,
+    };
+    respond(shared, guard, reply, abort_after)
+}
+
+/// The one place replies become HTTP responses.
+fn respond(
+    shared: &Shared,
+    guard: RequestGuard,
+    reply: Reply,
+    abort_after: Option<usize>,
+) -> Result<Response<MockBody>, BoxError> {
+    let rendered = match reply {
+        Reply::Error { status, message } => {
+            guard.finish(Outcome::Failed);
+            return Ok(error_response(status, &message));
+        }
+        Reply::Reset => {
+            guard.finish(Outcome::Failed);
+            return Err("injected connection reset".into());
+        }
+        Reply::Answer(rendered) => rendered,
+    };
+    let stream = rendered.content_type == "text/event-stream";
+    let mut chunks = rendered.chunks;
+    if let Some(after) = abort_after {
+        // Keep the leading non-token chunks and `after` token chunks.
+        let cut = if stream {
+            chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.token)
+                .nth(after)
+                .map_or(chunks.len(), |(i, _)| i)
+        } else {
+            0
+        };
+        chunks.truncate(cut);
+    }
+    let cfg = &shared.cfg;
+    let length: usize = chunks.iter().map(|c| c.data.len()).sum();
+    let steps = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Step {
+            gap: match (i, c.paced) {
+                (0, _) => cfg.body_delay,
+                (_, true) => cfg.token_delay,
+                (_, false) => Duration::ZERO,
+            },
+            data: c.data,
+        })
+        .collect();
+    let mut resp = Response::new(body::timed(steps, abort_after.is_some(), guard));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(rendered.content_type),
+    );
+    if stream {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    } else if abort_after.is_none() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Ok(resp)
+}
+
+fn json_response(status: u16, value: &Value) -> Response<MockBody> {
+    let mut resp = Response::new(body::full(value.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(status: u16, message: &str) -> Response<MockBody> {
+    json_response(status, &openai::error_body(status, message))
+}
