@@ -32,8 +32,8 @@ pub struct ClientRequest {
 impl ClientRequest {
     /// Parses and validates `bytes` as a request for `endpoint`.
     pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
         let Value::Object(body) = value else {
             return Err(ProtocolError::NotAnObject);
         };
@@ -47,7 +47,9 @@ impl ClientRequest {
             Some(Value::Object(o)) => match o.get("include_usage") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(invalid("stream_options", "include_usage must be a boolean")),
+                Some(_) => {
+                    return Err(invalid("stream_options", "include_usage must be a boolean"))
+                }
             },
             Some(_) => return Err(invalid("stream_options", "must be an object")),
         };
@@ -59,7 +61,12 @@ impl ClientRequest {
         for field in ["max_tokens", "max_completion_tokens", "min_tokens", "seed"] {
             opt_u64(&body, field)?;
         }
-        for field in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+        for field in [
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+        ] {
             match body.get(field) {
                 None | Some(Value::Null) | Some(Value::Number(_)) => {}
                 Some(_) => return Err(invalid(field, "must be a number")),
@@ -211,10 +218,10 @@ fn prompt_items(prompt: Option<&Value>) -> Result<Option<usize>, ProtocolError> 
             } else if items.iter().all(|v| v.as_u64().is_some()) {
                 // One tokenized prompt.
                 Ok(None)
-            } else if items
-                .iter()
-                .all(|v| v.as_array().is_some_and(|a| a.iter().all(|t| t.as_u64().is_some())))
-            {
+            } else if items.iter().all(|v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().all(|t| t.as_u64().is_some()))
+            }) {
                 Ok(Some(items.len()))
             } else {
                 Err(invalid(
@@ -231,14 +238,19 @@ fn generate_items(body: &Map<String, Value>) -> Result<Option<usize>, ProtocolEr
     match (body.get("text"), body.get("input_ids")) {
         (Some(Value::String(_)), _) => Ok(None),
         (Some(Value::Array(a)), _) if a.iter().all(Value::is_string) => Ok(Some(a.len())),
-        (Some(v), _) if !v.is_null() => Err(invalid("text", "must be a string or a list of strings")),
+        (Some(v), _) if !v.is_null() => {
+            Err(invalid("text", "must be a string or a list of strings"))
+        }
         (_, Some(Value::Array(a))) => {
             if a.iter().all(|v| v.as_u64().is_some()) {
                 Ok(None)
             } else if a.iter().all(Value::is_array) {
                 Ok(Some(a.len()))
             } else {
-                Err(invalid("input_ids", "must be a list of ids or a list of lists"))
+                Err(invalid(
+                    "input_ids",
+                    "must be a list of ids or a list of lists",
+                ))
             }
         }
         (_, Some(v)) if !v.is_null() => Err(invalid("input_ids", "must be a list")),
@@ -274,21 +286,65 @@ mod tests {
         let cases = [
             (Endpoint::ChatCompletions, "{", None),
             (Endpoint::ChatCompletions, "[1]", None),
-            (Endpoint::ChatCompletions, r#"{"model":"m"}"#, Some("messages")),
-            (Endpoint::ChatCompletions, r#"{"messages":[]}"#, Some("messages")),
-            (Endpoint::ChatCompletions, r#"{"messages":[1]}"#, Some("messages")),
-            (Endpoint::Completions, r#"{"prompt":"a","max_tokens":-1}"#, Some("max_tokens")),
-            (Endpoint::Completions, r#"{"prompt":"a","max_tokens":"9"}"#, Some("max_tokens")),
-            (Endpoint::Completions, r#"{"prompt":"a","stream":"yes"}"#, Some("stream")),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"model":"m"}"#,
+                Some("messages"),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"messages":[]}"#,
+                Some("messages"),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"messages":[1]}"#,
+                Some("messages"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":"9"}"#,
+                Some("max_tokens"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","stream":"yes"}"#,
+                Some("stream"),
+            ),
             (Endpoint::Completions, r#"{"prompt":"a","n":0}"#, Some("n")),
-            (Endpoint::Completions, r#"{"prompt":"a","temperature":"hot"}"#, Some("temperature")),
-            (Endpoint::Completions, r#"{"prompt":[{"x":1}]}"#, Some("prompt")),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","temperature":"hot"}"#,
+                Some("temperature"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":[{"x":1}]}"#,
+                Some("prompt"),
+            ),
             (Endpoint::Completions, r#"{"prompt":[]}"#, Some("prompt")),
             (Endpoint::Completions, r#"{}"#, Some("prompt")),
-            (Endpoint::Generate, r#"{"sampling_params":{}}"#, Some("text")),
+            (
+                Endpoint::Generate,
+                r#"{"sampling_params":{}}"#,
+                Some("text"),
+            ),
             (Endpoint::Generate, r#"{"text":5}"#, Some("text")),
-            (Endpoint::Completions, r#"{"prompt":"a","stream_options":3}"#, Some("stream_options")),
-            (Endpoint::Completions, r#"{"prompt":"a","model":3}"#, Some("model")),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","stream_options":3}"#,
+                Some("stream_options"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","model":3}"#,
+                Some("model"),
+            ),
         ];
         for (ep, body, param) in cases {
             let err = parse(ep, body).expect_err(body);

@@ -34,13 +34,19 @@ pub fn pd_body(req: &ClientRequest, bootstrap: &Bootstrap, rooms: &[u64]) -> Byt
     let port = bootstrap.port.map_or(Value::Null, |p| json!(p));
     if req.is_batch {
         let n = rooms.len();
-        body.insert("bootstrap_host".into(), json!(vec![bootstrap.host.as_str(); n]));
+        body.insert(
+            "bootstrap_host".into(),
+            json!(vec![bootstrap.host.as_str(); n]),
+        );
         body.insert("bootstrap_port".into(), Value::Array(vec![port; n]));
         body.insert("bootstrap_room".into(), json!(rooms));
     } else {
         body.insert("bootstrap_host".into(), json!(bootstrap.host));
         body.insert("bootstrap_port".into(), port);
-        body.insert("bootstrap_room".into(), json!(rooms.first().copied().unwrap_or(0)));
+        body.insert(
+            "bootstrap_room".into(),
+            json!(rooms.first().copied().unwrap_or(0)),
+        );
     }
     encode(&body)
 }
@@ -65,7 +71,10 @@ mod tests {
     #[test]
     fn single_request_gets_scalars() {
         let r = ClientRequest::parse(Endpoint::Completions, br#"{"prompt":"hi"}"#).unwrap();
-        let b = Bootstrap { host: "10.0.0.7".into(), port: Some(8998) };
+        let b = Bootstrap {
+            host: "10.0.0.7".into(),
+            port: Some(8998),
+        };
         let v: Value = serde_json::from_slice(&pd_body(&r, &b, &[42])).unwrap();
         assert_eq!(v["bootstrap_host"], "10.0.0.7");
         assert_eq!(v["bootstrap_port"], 8998);
@@ -76,7 +85,10 @@ mod tests {
     #[test]
     fn batch_gets_arrays_of_equal_length() {
         let r = ClientRequest::parse(Endpoint::Completions, br#"{"prompt":["a","b"]}"#).unwrap();
-        let b = Bootstrap { host: "h".into(), port: None };
+        let b = Bootstrap {
+            host: "h".into(),
+            port: None,
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let rooms = fresh_rooms(&mut rng, r.batch);
         let v: Value = serde_json::from_slice(&pd_body(&r, &b, &rooms)).unwrap();

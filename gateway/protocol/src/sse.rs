@@ -157,7 +157,12 @@ mod tests {
     fn crlf_comments_and_multiline_data() {
         let mut d = SseDecoder::new();
         let evs = d.push(b": keepalive\r\n\r\ndata: a\r\ndata: b\r\n\r\n");
-        assert_eq!(evs, vec![SseEvent { data: "a\nb".into() }]);
+        assert_eq!(
+            evs,
+            vec![SseEvent {
+                data: "a\nb".into()
+            }]
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub fn kv_transfer_params(prefill_reply: &[u8]) -> Result<Option<Value>, Protoco
     let value: Value = serde_json::from_slice(prefill_reply)
         .map_err(|e| ProtocolError::UpstreamReply(format!("prefill reply is not JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
-        return Err(ProtocolError::UpstreamReply("prefill reply is not a JSON object".into()));
+        return Err(ProtocolError::UpstreamReply(
+            "prefill reply is not a JSON object".into(),
+        ));
     };
     match obj.remove("kv_transfer_params") {
         None | Some(Value::Null) => Ok(None),
@@ -87,8 +89,10 @@ mod tests {
 
     #[test]
     fn prefill_asks_for_one_token_without_streaming() {
-        let r = req(r#"{"prompt":"hi","stream":true,"stream_options":{"include_usage":true},
-                        "max_tokens":50,"max_completion_tokens":50,"min_tokens":5,"top_p":0.5}"#);
+        let r = req(
+            r#"{"prompt":"hi","stream":true,"stream_options":{"include_usage":true},
+                        "max_tokens":50,"max_completion_tokens":50,"min_tokens":5,"top_p":0.5}"#,
+        );
         let b: Value = serde_json::from_slice(&prefill_body(&r).unwrap()).unwrap();
         assert_eq!(b["stream"], false);
         assert_eq!(b["max_tokens"], 1);

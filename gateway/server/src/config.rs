@@ -1,0 +1,322 @@
+//! Gateway configuration: a TOML file, overridden by the command line.
+//!
+//! Defaults follow the SGLang router's so users switching over get the same
+//! behaviour; Baton adds the per-leg timeouts it needs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use baton_policies::{PolicyConfig, PolicyKind};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub host: String,
+    pub port: u16,
+    /// A second listener serving only `/metrics`.
+    pub prometheus_host: String,
+    pub prometheus_port: Option<u16>,
+    /// Aggregated mode: plain OpenAI-compatible engines.
+    pub worker_urls: Vec<String>,
+    pub prefill: Vec<PrefillWorker>,
+    pub decode: Vec<String>,
+    /// Protocol of the PD pools; chosen automatically when absent.
+    pub pd_protocol: Option<PdProtocol>,
+    pub policy: PolicyKind,
+    pub prefill_policy: Option<PolicyKind>,
+    pub decode_policy: Option<PolicyKind>,
+    pub policy_config: PolicyConfig,
+    pub max_payload_size: usize,
+    pub timeouts: TimeoutConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PrefillWorker {
+    pub url: String,
+    /// SGLang bootstrap port; `None` for vLLM pools or SGLang's "none".
+    #[serde(default)]
+    pub bootstrap_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PdProtocol {
+    Vllm,
+    Sglang,
+}
+
+impl std::str::FromStr for PdProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "vllm" => Ok(Self::Vllm),
+            "sglang" => Ok(Self::Sglang),
+            other => Err(format!(
+                "unknown PD protocol '{other}' (expected vllm or sglang)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutConfig {
+    pub connect_ms: u64,
+    /// The whole prefill leg (head and body).
+    pub prefill_secs: f64,
+    /// From sending a leg to its response head (and, streaming, its first chunk).
+    pub first_byte_secs: f64,
+    /// Longest gap between two chunks of a stream.
+    pub idle_secs: f64,
+    /// The whole request, retries included.
+    pub request_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_retries: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub backoff_multiplier: f64,
+    pub jitter_factor: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub open_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    pub interval_secs: f64,
+    pub timeout_secs: f64,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub endpoint: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 30000,
+            prometheus_host: "127.0.0.1".into(),
+            prometheus_port: None,
+            worker_urls: Vec::new(),
+            prefill: Vec::new(),
+            decode: Vec::new(),
+            pd_protocol: None,
+            policy: PolicyKind::CacheAware,
+            prefill_policy: None,
+            decode_policy: None,
+            policy_config: PolicyConfig::default(),
+            max_payload_size: 512 << 20,
+            timeouts: TimeoutConfig::default(),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            connect_ms: 5_000,
+            prefill_secs: 600.0,
+            first_byte_secs: 600.0,
+            idle_secs: 300.0,
+            request_secs: 1800.0,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            initial_backoff_ms: 50,
+            max_backoff_ms: 30_000,
+            backoff_multiplier: 1.5,
+            jitter_factor: 0.2,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_threshold: 10,
+            success_threshold: 3,
+            open_secs: 60.0,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60.0,
+            timeout_secs: 5.0,
+            failure_threshold: 3,
+            success_threshold: 2,
+            endpoint: "/health".into(),
+        }
+    }
+}
+
+/// What the gateway serves, derived from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Aggregated,
+    Pd(PdProtocol),
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Aggregated => "aggregated",
+            Self::Pd(PdProtocol::Vllm) => "pd_vllm",
+            Self::Pd(PdProtocol::Sglang) => "pd_sglang",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl GatewayConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the config and derives the serving mode.
+    pub fn mode(&self) -> Result<Mode, ConfigError> {
+        let pd = !self.prefill.is_empty() || !self.decode.is_empty();
+        if pd && !self.worker_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "give either --worker-urls (aggregated) or --prefill/--decode (PD), not both"
+                    .into(),
+            ));
+        }
+        for url in self
+            .worker_urls
+            .iter()
+            .chain(self.decode.iter())
+            .chain(self.prefill.iter().map(|p| &p.url))
+        {
+            validate_url(url)?;
+        }
+        if !pd {
+            return Ok(Mode::Aggregated);
+        }
+        if self.prefill.is_empty() || self.decode.is_empty() {
+            return Err(ConfigError::Invalid(
+                "PD mode needs at least one --prefill and one --decode worker".into(),
+            ));
+        }
+        let protocol = self.pd_protocol.unwrap_or_else(|| {
+            if self.prefill.iter().any(|p| p.bootstrap_port.is_some()) {
+                PdProtocol::Sglang
+            } else {
+                PdProtocol::Vllm
+            }
+        });
+        Ok(Mode::Pd(protocol))
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("invalid worker URL '{url}': {e}")))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(()),
+        Some("https") => Err(ConfigError::Invalid(format!(
+            "worker URL '{url}': https upstreams are not supported; terminate TLS in front of the engine"
+        ))),
+        _ => Err(ConfigError::Invalid(format!(
+            "worker URL '{url}' must look like http://host:port"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_with_defaults() {
+        let c: GatewayConfig = toml::from_str(
+            r#"
+            port = 8080
+            decode = ["http://127.0.0.1:2"]
+            [[prefill]]
+            url = "http://127.0.0.1:1"
+            bootstrap_port = 8998
+            [timeouts]
+            idle_secs = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.timeouts.idle_secs, 5.0);
+        assert_eq!(c.timeouts.request_secs, 1800.0);
+        assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Sglang));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_modes_are_errors() {
+        assert!(toml::from_str::<GatewayConfig>("prot = 1").is_err());
+        let mut c = GatewayConfig {
+            decode: vec!["http://a:1".into()],
+            ..Default::default()
+        };
+        assert!(c.mode().is_err());
+        c.prefill.push(PrefillWorker {
+            url: "http://b:1".into(),
+            bootstrap_port: None,
+        });
+        assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+        c.worker_urls.push("http://c:1".into());
+        assert!(c.mode().is_err());
+        let bad = GatewayConfig {
+            worker_urls: vec!["localhost:8000".into()],
+            ..Default::default()
+        };
+        assert!(bad.mode().is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Executing a request's upstream plan, with retries.
+//!
+//! One *attempt* picks workers, runs the mode's legs ([`aggregated`],
+//! [`vllm`], [`sglang`]) and either returns the client response (whose body
+//! may still be streaming) or an [`AttemptError`]. This module owns the
+//! retry loop: an attempt that failed before any byte reached the client is
+//! retried on freshly chosen workers with jittered backoff.
+
+mod aggregated;
+mod reply;
+mod sglang;
+mod vllm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_protocol::ClientRequest;
+use http::{HeaderMap, Response};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::body::GatewayBody;
+use crate::config::{Mode, PdProtocol, RetryConfig};
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::metrics::{ErrorLabels, RequestLabels};
+use crate::relay::Outcome;
+use crate::respond::error_response;
+use crate::state::AppState;
+use crate::worker::Worker;
+
+/// One client request, validated.
+#[derive(Debug)]
+pub struct Ctx {
+    pub req: ClientRequest,
+    /// Prompt text for cache-aware routing.
+    pub text: Option<String>,
+    /// The client's headers (auth etc. are forwarded).
+    pub headers: HeaderMap,
+    /// The gateway's id of this request (the client's `x-request-id` or a
+    /// generated one); sent to engines as `x-baton-request-id`.
+    pub request_id: String,
+    pub start: Instant,
+    pub deadline: Instant,
+}
+
+/// Workers already used by this request, per pool.
+#[derive(Debug, Default)]
+pub struct Tried {
+    pub primary: Vec<Arc<Worker>>,
+    pub decode: Vec<Arc<Worker>>,
+}
+
+/// A failed attempt and the worker whose breaker should hear of it (none
+/// when the failure was already recorded, or was nobody's fault).
+#[derive(Debug)]
+pub struct AttemptError {
+    pub error: GatewayError,
+    pub worker: Option<Arc<Worker>>,
+}
+
+impl AttemptError {
+    pub fn of(error: GatewayError, worker: Option<&Arc<Worker>>) -> Self {
+        Self {
+            error,
+            worker: worker.cloned(),
+        }
+    }
+}
+
+impl From<GatewayError> for AttemptError {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            error,
+            worker: None,
+        }
+    }
+}
+
+type AttemptResult = Result<Response<GatewayBody>, AttemptError>;
+
+/// Serves one request to completion of its head (the body may stream on).
+pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> {
+    let mut tried = Tried::default();
+    let mut attempt: u32 = 0;
+    let error = loop {
+        let fut = async {
+            match state.mode {
+                Mode::Aggregated => aggregated::attempt(state, &ctx, &mut tried).await,
+                Mode::Pd(PdProtocol::Vllm) => vllm::attempt(state, &ctx, &mut tried).await,
+                Mode::Pd(PdProtocol::Sglang) => sglang::attempt(state, &ctx, &mut tried).await,
+            }
+        };
+        let result = match tokio::time::timeout_at(ctx.deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::new(Leg::Gateway, ErrorKind::Timeout("request")).into()),
+        };
+        let failure = match result {
+            Ok(resp) => return resp,
+            Err(f) => f,
+        };
+        let e = failure.error;
+        if e.leg != Leg::Client {
+            state
+                .metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels {
+                    leg: e.leg.label(),
+                    kind: e.kind_label(),
+                })
+                .inc();
+        }
+        if let Some(w) = &failure.worker {
+            if e.counts_against_worker() {
+                w.breaker.record_failure();
+            }
+        }
+        if e.retryable() && attempt < state.config.retry.max_retries {
+            let delay = backoff(&state.config.retry, attempt);
+            if Instant::now() + delay < ctx.deadline {
+                tracing::info!(request_id = %ctx.request_id, attempt, error = %e, ?delay, "retrying");
+                attempt += 1;
+                state.metrics.retries.inc();
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        break e;
+    };
+    if error.leg != Leg::Client {
+        tracing::warn!(request_id = %ctx.request_id, error = %error, "request failed");
+    }
+    record_outcome(state, &ctx, Outcome::of(&error));
+    error_response(&error)
+}
+
+pub fn record_outcome(state: &AppState, ctx: &Ctx, outcome: Outcome) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint: ctx.req.endpoint.label(),
+            mode: state.mode.label(),
+            outcome: outcome.label(),
+        })
+        .inc();
+}
+
+/// `initial × multiplier^attempt`, capped, ± jitter.
+pub fn backoff(cfg: &RetryConfig, attempt: u32) -> Duration {
+    let base = cfg.initial_backoff_ms as f64 * cfg.backoff_multiplier.max(1.0).powi(attempt as i32);
+    let base = base.min(cfg.max_backoff_ms as f64);
+    let jitter = cfg.jitter_factor.clamp(0.0, 1.0);
+    let factor = if jitter > 0.0 {
+        rand::rng().random_range(1.0 - jitter..=1.0 + jitter)
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64((base * factor).max(0.0) / 1000.0)
+}
+
+/// A fresh id for one attempt's KV transfer (never the client's id: clients
+/// such as `vllm bench serve` reuse theirs).
+pub fn transfer_id() -> String {
+    let mut rng = rand::rng();
+    format!(
+        "baton-{:016x}{:016x}",
+        rng.random::<u64>(),
+        rng.random::<u64>()
+    )
+}
+
+/// Picks from a pool or fails with "no healthy worker" for that leg.
+pub fn pick(
+    pool: &crate::pool::Pool,
+    leg: Leg,
+    ctx: &Ctx,
+    tried: &mut Vec<Arc<Worker>>,
+) -> Result<Arc<Worker>, AttemptError> {
+    let w = pool
+        .pick(ctx.text.as_deref(), tried)
+        .ok_or_else(|| GatewayError::new(leg, ErrorKind::NoWorker))?;
+    tried.push(Arc::clone(&w));
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let cfg = RetryConfig {
+            max_retries: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 300,
+            backoff_multiplier: 2.0,
+            jitter_factor: 0.0,
+        };
+        assert_eq!(backoff(&cfg, 0), Duration::from_millis(100));
+        assert_eq!(backoff(&cfg, 1), Duration::from_millis(200));
+        assert_eq!(backoff(&cfg, 5), Duration::from_millis(300));
+        let jittered = RetryConfig {
+            jitter_factor: 0.2,
+            ..cfg
+        };
+        for _ in 0..100 {
+            let d = backoff(&jittered, 0).as_secs_f64();
+            assert!((0.08..=0.12).contains(&d), "{d}");
+        }
+        assert_ne!(transfer_id(), transfer_id());
+    }
+}

@@ -1,0 +1,117 @@
+//! Turning the head of the leg that answers the client into the response.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::{AttemptError, Ctx};
+use crate::body::{full, GatewayBody};
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::relay::{self, AbortOnDrop, LegResult, Observer, Outcome, RelayBody, StreamLimits};
+use crate::state::AppState;
+use crate::upstream::read_body;
+use crate::worker::{LoadGuard, Worker};
+
+/// Largest error or non-streaming reply body the gateway buffers.
+const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// What keeps an answering leg company until the response ends.
+pub struct Answer {
+    pub head: Response<Incoming>,
+    pub leg: Leg,
+    pub worker: Arc<Worker>,
+    pub guards: Vec<LoadGuard>,
+    /// The concurrently running other leg (SGLang prefill), if any.
+    pub other_leg: Option<oneshot::Receiver<LegResult>>,
+    pub watcher: Option<AbortOnDrop>,
+}
+
+pub async fn respond(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    answer: Answer,
+) -> Result<Response<GatewayBody>, AttemptError> {
+    let Answer {
+        head,
+        leg,
+        worker,
+        guards,
+        other_leg,
+        watcher,
+    } = answer;
+    let status = head.status();
+    if !status.is_success() {
+        let body = read_body(leg, head.into_body(), MAX_REPLY_BYTES)
+            .await
+            .unwrap_or_default();
+        let e = GatewayError::new(
+            leg,
+            ErrorKind::Status {
+                status: status.as_u16(),
+                body,
+            },
+        );
+        return Err(AttemptError::of(e, Some(&worker)));
+    }
+    let limits = StreamLimits {
+        idle: state.idle_timeout(),
+        deadline: ctx.deadline,
+    };
+    let content_type = head
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(if ctx.req.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            })
+        });
+    let observer = Observer::new(
+        Arc::clone(&state.metrics),
+        ctx.req.endpoint.label(),
+        state.mode.label(),
+        ctx.start,
+    )
+    .with_worker(Arc::clone(&worker));
+    if ctx.req.stream {
+        let observer = observer.with_guards(guards).with_watcher(watcher);
+        let body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);
+        let mut resp = Response::new(body.boxed_unsync());
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, content_type);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(resp);
+    }
+    let bytes = relay::collect(head.into_body(), leg, limits, other_leg, MAX_REPLY_BYTES)
+        .await
+        .map_err(|e| {
+            let w = (e.leg == leg).then_some(&worker);
+            AttemptError::of(e, w)
+        })?;
+    let mut observer = observer.with_guards(guards).with_watcher(watcher);
+    observer.observe_complete(completion_tokens(&bytes));
+    observer.finish(Outcome::Success);
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = if status == StatusCode::OK {
+        StatusCode::OK
+    } else {
+        status
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    Ok(resp)
+}
+
+fn completion_tokens(bytes: &Bytes) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.pointer("/usage/completion_tokens")
+        .or_else(|| v.pointer("/meta_info/completion_tokens"))
+        .and_then(serde_json::Value::as_u64)
+}

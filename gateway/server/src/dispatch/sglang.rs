@@ -1,0 +1,151 @@
+//! SGLang PD: the same body, with a fresh bootstrap room, to prefill and
+//! decode at once.
+//!
+//! Unlike the reference gateway, the client stream starts as soon as
+//! decode's head is 2xx; prefill is watched beside it, and a failure of
+//! either leg cancels the other at once.
+
+use std::sync::Arc;
+
+use baton_protocol::sglang::{self, Bootstrap};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::reply::{respond, Answer};
+use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::relay::{AbortOnDrop, LegResult};
+use crate::state::{AppState, Pools};
+use crate::upstream::read_body;
+
+const MAX_PREFILL_REPLY: usize = 64 << 20;
+
+pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
+    let Pools::Pd { prefill, decode } = &state.pools else {
+        return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
+    };
+    let p = pick(prefill, Leg::Prefill, ctx, &mut tried.primary)?;
+    let d = pick(decode, Leg::Decode, ctx, &mut tried.decode)?;
+    let rooms = sglang::fresh_rooms(&mut rand::rng(), ctx.req.batch);
+    let bootstrap = Bootstrap {
+        host: sglang::host_of(&p.url),
+        port: p.bootstrap_port,
+    };
+    let body = sglang::pd_body(&ctx.req, &bootstrap, &rooms);
+    let xfer = transfer_id();
+    let path = ctx.req.endpoint.path();
+
+    // Prefill runs in its own task so it keeps being driven while the
+    // client stream is relayed; dropping `watcher` aborts it.
+    let (tx, rx) = oneshot::channel::<LegResult>();
+    let prefill_task = {
+        let state = Arc::clone(state);
+        let p = Arc::clone(&p);
+        let headers = ctx.headers.clone();
+        let body = body.clone();
+        let xfer = xfer.clone();
+        let guard = p.start_request();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let t0 = Instant::now();
+            let leg = async {
+                let head = state
+                    .upstream
+                    .post(Leg::Prefill, &p.url, path, &xfer, &headers, body)
+                    .await?;
+                let status = head.status();
+                let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(GatewayError::new(
+                        Leg::Prefill,
+                        ErrorKind::Status {
+                            status: status.as_u16(),
+                            body,
+                        },
+                    ))
+                }
+            };
+            let result = tokio::time::timeout(state.prefill_timeout(), leg)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::new(
+                        Leg::Prefill,
+                        ErrorKind::Timeout("prefill"),
+                    ))
+                });
+            state
+                .metrics
+                .prefill_leg
+                .observe(t0.elapsed().as_secs_f64());
+            match &result {
+                Ok(()) => p.breaker.record_success(),
+                Err(e) if e.counts_against_worker() => p.breaker.record_failure(),
+                Err(_) => {}
+            }
+            let _ = tx.send(result);
+        })
+    };
+    let watcher = AbortOnDrop(prefill_task);
+
+    let decode_guard = d.start_request();
+    let decode_url = d.url.clone();
+    let t1 = Instant::now();
+    let send = state
+        .upstream
+        .post(Leg::Decode, &decode_url, path, &xfer, &ctx.headers, body);
+    let decode_head = tokio::time::timeout(state.first_byte_timeout(), send);
+    tokio::pin!(decode_head);
+    let mut other_leg = Some(rx);
+    let head = loop {
+        tokio::select! {
+            head = &mut decode_head => break head,
+            res = async {
+                match other_leg.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if other_leg.is_some() => {
+                match res {
+                    // Prefill failed first: returning drops the decode call
+                    // (cancelling it) and reports the prefill's error.
+                    Ok(Err(e)) => return Err(e.into()),
+                    Ok(Ok(())) => other_leg = None,
+                    Err(_) => {
+                        return Err(GatewayError::new(
+                            Leg::Prefill,
+                            ErrorKind::Transport("prefill task ended unexpectedly".into()),
+                        )
+                        .into())
+                    }
+                }
+            }
+        }
+    };
+    let head = head
+        .unwrap_or_else(|_| {
+            Err(GatewayError::new(
+                Leg::Decode,
+                ErrorKind::Timeout("first_byte"),
+            ))
+        })
+        .map_err(|e| AttemptError::of(e, Some(&d)))?;
+    state
+        .metrics
+        .decode_first_byte
+        .observe(t1.elapsed().as_secs_f64());
+    respond(
+        state,
+        ctx,
+        Answer {
+            head,
+            leg: Leg::Decode,
+            worker: d,
+            guards: vec![decode_guard],
+            other_leg,
+            watcher: Some(watcher),
+        },
+    )
+    .await
+}

@@ -1,0 +1,113 @@
+//! vLLM PD (NixlConnector pull): prefill to completion, then decode with the
+//! prefill's `kv_transfer_params`.
+
+use std::sync::Arc;
+
+use baton_protocol::vllm;
+use tokio::time::Instant;
+
+use super::reply::{respond, Answer};
+use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::state::{AppState, Pools};
+use crate::upstream::read_body;
+
+/// A prefill reply is one token plus params; anything near this is a bug.
+const MAX_PREFILL_REPLY: usize = 16 << 20;
+
+pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
+    let Pools::Pd { prefill, decode } = &state.pools else {
+        return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
+    };
+    let prefill_body = vllm::prefill_body(&ctx.req).map_err(GatewayError::client)?;
+    let p = pick(prefill, Leg::Prefill, ctx, &mut tried.primary)?;
+    let d = pick(decode, Leg::Decode, ctx, &mut tried.decode)?;
+    // The same fresh id on both legs: vLLM derives the transfer key from it.
+    let xfer = transfer_id();
+    let path = ctx.req.endpoint.path();
+
+    let prefill_guard = p.start_request();
+    let t0 = Instant::now();
+    let prefill_leg = async {
+        let head = state
+            .upstream
+            .post(
+                Leg::Prefill,
+                &p.url,
+                path,
+                &xfer,
+                &ctx.headers,
+                prefill_body,
+            )
+            .await?;
+        let status = head.status();
+        let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
+        if !status.is_success() {
+            return Err(GatewayError::new(
+                Leg::Prefill,
+                ErrorKind::Status {
+                    status: status.as_u16(),
+                    body,
+                },
+            ));
+        }
+        Ok(body)
+    };
+    let reply = tokio::time::timeout(state.prefill_timeout(), prefill_leg)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::new(
+                Leg::Prefill,
+                ErrorKind::Timeout("prefill"),
+            ))
+        })
+        .map_err(|e| AttemptError::of(e, Some(&p)))?;
+    drop(prefill_guard);
+    state
+        .metrics
+        .prefill_leg
+        .observe(t0.elapsed().as_secs_f64());
+    let params = vllm::kv_transfer_params(&reply)
+        .map_err(|e| GatewayError::new(Leg::Prefill, ErrorKind::BadReply(e.to_string())))
+        .map_err(|e| AttemptError::of(e, Some(&p)))?;
+    p.breaker.record_success();
+    if params.is_none() {
+        // Prefill stopped on its own (EOS/stop on the first token): decode
+        // gets the plain body and prefills by itself.
+        state.metrics.local_prefills.inc();
+        tracing::debug!(request_id = %ctx.request_id, "prefill returned no kv_transfer_params");
+    }
+    let decode_body = vllm::decode_body(&ctx.req, params.as_ref());
+
+    let decode_guard = d.start_request();
+    let t1 = Instant::now();
+    let send = state
+        .upstream
+        .post(Leg::Decode, &d.url, path, &xfer, &ctx.headers, decode_body);
+    let head = tokio::time::timeout(state.first_byte_timeout(), send)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::new(
+                Leg::Decode,
+                ErrorKind::Timeout("first_byte"),
+            ))
+        })
+        .map_err(|e| AttemptError::of(e, Some(&d)))?;
+    state
+        .metrics
+        .decode_first_byte
+        .observe(t1.elapsed().as_secs_f64());
+    respond(
+        state,
+        ctx,
+        Answer {
+            head,
+            leg: Leg::Decode,
+            worker: d,
+            guards: vec![decode_guard],
+            other_leg: None,
+            watcher: None,
+        },
+    )
+    .await
+}

@@ -1,0 +1,24 @@
+//! The Baton gateway: an OpenAI-compatible L7 proxy in front of LLM engine
+//! pools, aggregated or prefill/decode-disaggregated (vLLM and SGLang wire
+//! protocols). This is the only Baton crate that does network I/O; protocol
+//! planning lives in `baton-protocol`, routing in `baton-policies`.
+
+pub mod body;
+pub mod breaker;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod relay;
+pub mod request_id;
+pub mod respond;
+pub mod server;
+pub mod state;
+pub mod upstream;
+pub mod worker;
+
+pub use config::GatewayConfig;
+pub use server::{start, RunningGateway, StartError};

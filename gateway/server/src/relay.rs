@@ -1,0 +1,401 @@
+//! Streaming an engine's reply to the client, watched.
+//!
+//! [`RelayBody`] forwards upstream bytes untouched while it
+//! - measures TTFT/TPOT from the SSE chunks it sees ([`Observer`]),
+//! - enforces the idle-gap and total deadlines,
+//! - ends the stream with an SSE error event when the upstream fails or the
+//!   concurrently running other leg reports a failure (`abort`),
+//! - and, on drop, records the outcome and releases worker load. A client
+//!   disconnect drops it mid-stream, which drops the upstream body and with it
+//!   the engine connection: that is the cancellation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use baton_protocol::sse::{inspect, SseDecoder};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::metrics::{ErrorLabels, Metrics, ModeLabels, RequestLabels};
+use crate::respond::openai_error;
+use crate::upstream::error_chain;
+use crate::worker::{LoadGuard, Worker};
+
+/// Result of the other leg running beside the stream (SGLang prefill).
+pub type LegResult = Result<(), GatewayError>;
+
+/// Aborts a background task when dropped (ties the prefill watcher's life to
+/// the client's stream).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a request ended, as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    ClientError,
+    UpstreamError,
+    Timeout,
+    Cancelled,
+    NoWorker,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::ClientError => "client_error",
+            Self::UpstreamError => "upstream_error",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::NoWorker => "no_worker",
+        }
+    }
+
+    pub fn of(e: &GatewayError) -> Self {
+        match (&e.kind, e.leg) {
+            (_, Leg::Client) => Self::ClientError,
+            (ErrorKind::Status { status, .. }, _)
+                if (400..500).contains(status) && *status != 408 && *status != 429 =>
+            {
+                Self::ClientError
+            }
+            (ErrorKind::Timeout(_), _) => Self::Timeout,
+            (ErrorKind::NoWorker, _) => Self::NoWorker,
+            _ => Self::UpstreamError,
+        }
+    }
+}
+
+/// Per-request accounting, finalized exactly once (on drop).
+#[derive(Debug)]
+pub struct Observer {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    mode: &'static str,
+    start: Instant,
+    decoder: SseDecoder,
+    first_output: Option<Instant>,
+    output_chunks: u64,
+    usage_tokens: Option<u64>,
+    outcome: Option<Outcome>,
+    /// The worker whose stream this is; its breaker hears the outcome.
+    worker: Option<Arc<Worker>>,
+    _guards: Vec<LoadGuard>,
+    _watcher: Option<AbortOnDrop>,
+}
+
+impl Observer {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        endpoint: &'static str,
+        mode: &'static str,
+        start: Instant,
+    ) -> Self {
+        Self {
+            metrics,
+            endpoint,
+            mode,
+            start,
+            decoder: SseDecoder::new(),
+            first_output: None,
+            output_chunks: 0,
+            usage_tokens: None,
+            outcome: None,
+            worker: None,
+            _guards: Vec::new(),
+            _watcher: None,
+        }
+    }
+
+    pub fn with_worker(mut self, w: Arc<Worker>) -> Self {
+        self.worker = Some(w);
+        self
+    }
+
+    pub fn with_guards(mut self, guards: Vec<LoadGuard>) -> Self {
+        self._guards = guards;
+        self
+    }
+
+    pub fn with_watcher(mut self, watcher: Option<AbortOnDrop>) -> Self {
+        self._watcher = watcher;
+        self
+    }
+
+    /// Watches streamed bytes.
+    pub fn observe(&mut self, bytes: &[u8]) {
+        for ev in self.decoder.push(bytes) {
+            let info = inspect(&ev.data);
+            if info.has_output {
+                self.output_chunks += 1;
+                if self.first_output.is_none() {
+                    self.first_output = Some(Instant::now());
+                }
+            }
+            if let Some(t) = info.completion_tokens {
+                self.usage_tokens = Some(t);
+            }
+        }
+    }
+
+    /// A non-streaming reply: the first (and last) output is now.
+    pub fn observe_complete(&mut self, completion_tokens: Option<u64>) {
+        self.first_output = Some(Instant::now());
+        self.usage_tokens = completion_tokens;
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+    }
+
+    pub fn record_error(&self, e: &GatewayError) {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&ErrorLabels {
+                leg: e.leg.label(),
+                kind: e.kind_label(),
+            })
+            .inc();
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // Dropped without a verdict: the client went away.
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: self.endpoint,
+                mode: self.mode,
+                outcome: outcome.label(),
+            })
+            .inc();
+        if let Some(w) = &self.worker {
+            if outcome == Outcome::Success {
+                w.breaker.record_success();
+            }
+        }
+        if outcome != Outcome::Success {
+            return;
+        }
+        let mode = ModeLabels { mode: self.mode };
+        let now = Instant::now();
+        self.metrics
+            .e2e
+            .get_or_create(&mode)
+            .observe((now - self.start).as_secs_f64());
+        if let Some(first) = self.first_output {
+            self.metrics
+                .ttft
+                .get_or_create(&mode)
+                .observe((first - self.start).as_secs_f64());
+            let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
+            if tokens > 1 {
+                let tpot = (now - first).as_secs_f64() / (tokens - 1) as f64;
+                self.metrics.tpot.get_or_create(&mode).observe(tpot);
+            }
+        }
+    }
+}
+
+/// Timeouts that bound a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub idle: Duration,
+    pub deadline: Instant,
+}
+
+/// The client-facing body of a streaming reply.
+pub struct RelayBody {
+    upstream: Option<Incoming>,
+    leg: Leg,
+    limits: StreamLimits,
+    idle: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    other_leg: Option<oneshot::Receiver<LegResult>>,
+    trailer: Option<Bytes>,
+    done: bool,
+    observer: Observer,
+}
+
+impl RelayBody {
+    pub fn new(
+        upstream: Incoming,
+        leg: Leg,
+        limits: StreamLimits,
+        other_leg: Option<oneshot::Receiver<LegResult>>,
+        observer: Observer,
+    ) -> Self {
+        Self {
+            upstream: Some(upstream),
+            leg,
+            limits,
+            idle: Box::pin(tokio::time::sleep(limits.idle)),
+            deadline: Box::pin(tokio::time::sleep_until(limits.deadline)),
+            other_leg,
+            trailer: None,
+            done: false,
+            observer,
+        }
+    }
+
+    /// Ends the stream with an error event; the upstream is dropped at once
+    /// (which cancels it).
+    fn fail(&mut self, e: GatewayError) {
+        tracing::warn!(error = %e, "stream failed");
+        self.observer.record_error(&e);
+        if e.counts_against_worker() && e.leg == self.leg {
+            if let Some(w) = &self.observer.worker {
+                w.breaker.record_failure();
+            }
+        }
+        self.observer.finish(Outcome::of(&e));
+        self.upstream = None;
+        self.other_leg = None;
+        self.trailer = Some(openai_error(&e).to_sse_event());
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(t) = this.trailer.take() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(t))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(rx) = &mut this.other_leg {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(Err(e))) => {
+                    this.fail(e);
+                    return Pin::new(this).poll_frame(cx);
+                }
+                Poll::Ready(_) => this.other_leg = None,
+                Poll::Pending => {}
+            }
+        }
+        let Some(upstream) = &mut this.upstream else {
+            this.done = true;
+            return Poll::Ready(None);
+        };
+        match Pin::new(upstream).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.observe(data);
+                    let next = tokio::time::Instant::now() + this.limits.idle;
+                    this.idle.as_mut().reset(next);
+                }
+                // Trailers from the engine are dropped; only data is relayed.
+                match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(_) => Pin::new(this).poll_frame(cx),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let leg = this.leg;
+                this.fail(GatewayError::new(
+                    leg,
+                    ErrorKind::Transport(format!("stream broke: {}", error_chain(&e))),
+                ));
+                Pin::new(this).poll_frame(cx)
+            }
+            Poll::Ready(None) => {
+                this.observer.finish(Outcome::Success);
+                this.upstream = None;
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let leg = this.leg;
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    this.fail(GatewayError::new(leg, ErrorKind::Timeout("request")));
+                    return Pin::new(this).poll_frame(cx);
+                }
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    this.fail(GatewayError::new(leg, ErrorKind::Timeout("idle")));
+                    return Pin::new(this).poll_frame(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailer.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Reads a whole (non-streaming) reply under the same limits and the same
+/// watch on the other leg.
+pub async fn collect(
+    mut upstream: Incoming,
+    leg: Leg,
+    limits: StreamLimits,
+    mut other_leg: Option<oneshot::Receiver<LegResult>>,
+    max_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let mut buf = Vec::new();
+    loop {
+        let idle = tokio::time::sleep(limits.idle);
+        tokio::select! {
+            res = async {
+                match other_leg.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if other_leg.is_some() => {
+                if let Ok(Err(e)) = res {
+                    return Err(e);
+                }
+                other_leg = None;
+            }
+            frame = upstream.frame() => match frame {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        if buf.len() + d.len() > max_bytes {
+                            return Err(GatewayError::new(leg, ErrorKind::BadReply(format!("reply larger than {max_bytes} bytes"))));
+                        }
+                        buf.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => return Err(GatewayError::new(leg, ErrorKind::Transport(error_chain(&e)))),
+                None => return Ok(Bytes::from(buf)),
+            },
+            _ = idle => return Err(GatewayError::new(leg, ErrorKind::Timeout("idle"))),
+            _ = tokio::time::sleep_until(limits.deadline) => {
+                return Err(GatewayError::new(leg, ErrorKind::Timeout("request")));
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The one place where errors become HTTP responses.
+
+use baton_protocol::OpenAiError;
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+
+use crate::body::{full, GatewayBody};
+use crate::error::{ErrorKind, GatewayError, Leg};
+
+/// HTTP status for an error that happened before the response started.
+pub fn status_of(e: &GatewayError) -> StatusCode {
+    match &e.kind {
+        ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ErrorKind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Connect(_) => StatusCode::BAD_GATEWAY,
+        ErrorKind::Transport(_) | ErrorKind::BadReply(_) => StatusCode::BAD_GATEWAY,
+        ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        // An engine's 4xx is the client's problem and keeps its status so
+        // SDKs react as they would talking to the engine; an engine's 5xx
+        // becomes a gateway-class status.
+        ErrorKind::Status { status, .. } => match *status {
+            400..=499 => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            503 => StatusCode::SERVICE_UNAVAILABLE,
+            504 => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        },
+    }
+}
+
+/// The OpenAI error object for `e`.
+pub fn openai_error(e: &GatewayError) -> OpenAiError {
+    let kind = match (&e.kind, e.leg) {
+        (ErrorKind::BadRequest(_), _) | (ErrorKind::PayloadTooLarge { .. }, _) => {
+            "invalid_request_error"
+        }
+        (ErrorKind::NotFound, _) | (ErrorKind::MethodNotAllowed, _) => "invalid_request_error",
+        (ErrorKind::Status { status, .. }, _) if *status < 500 => "invalid_request_error",
+        (_, Leg::Gateway) => "service_unavailable",
+        _ => "upstream_error",
+    };
+    let param = match &e.kind {
+        ErrorKind::BadRequest(p) => p.param(),
+        _ => None,
+    };
+    let code = match e.leg {
+        Leg::Client => e.kind_label().to_owned(),
+        leg => format!("{}_{}", leg.label(), e.kind_label()),
+    };
+    OpenAiError::new(e.to_string(), kind)
+        .with_param(param)
+        .with_code(&code)
+}
+
+/// A complete JSON error response.
+pub fn error_response(e: &GatewayError) -> Response<GatewayBody> {
+    json_response(status_of(e), openai_error(e).to_json())
+}
+
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_protocol::ProtocolError;
+
+    #[test]
+    fn statuses() {
+        let bad = GatewayError::client(ProtocolError::MissingField("messages"));
+        assert_eq!(status_of(&bad), StatusCode::BAD_REQUEST);
+        let oe = openai_error(&bad);
+        assert_eq!(oe.param.as_deref(), Some("messages"));
+        assert_eq!(oe.kind, "invalid_request_error");
+        let t = GatewayError::new(Leg::Prefill, ErrorKind::Timeout("prefill"));
+        assert_eq!(status_of(&t), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(openai_error(&t).code.as_deref(), Some("prefill_timeout"));
+        let s = GatewayError::new(
+            Leg::Decode,
+            ErrorKind::Status {
+                status: 500,
+                body: Bytes::new(),
+            },
+        );
+        assert_eq!(status_of(&s), StatusCode::BAD_GATEWAY);
+        let nw = GatewayError::new(Leg::Prefill, ErrorKind::NoWorker);
+        assert_eq!(status_of(&nw), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(openai_error(&nw).message.contains("prefill"));
+    }
+}

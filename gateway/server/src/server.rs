@@ -1,0 +1,401 @@
+//! Listeners, the tower service and the non-generation endpoints.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use baton_protocol::{ClientRequest, Endpoint};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, Service};
+
+use crate::body::{full, GatewayBody};
+use crate::config::{ConfigError, GatewayConfig};
+use crate::dispatch::{self, Ctx};
+use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::request_id::{RequestId, RequestIdLayer};
+use crate::respond::{error_response, json_response};
+use crate::state::AppState;
+
+/// Slow clients get this long to send their headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// ... and this long for the whole request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway; dropping it does not stop it, call [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<AppState>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningGateway {
+    /// Stops accepting, lets in-flight requests finish (bounded), returns.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; dropping remaining connections");
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let metrics_addr = config
+        .prometheus_port
+        .map(|p| format!("{}:{}", config.prometheus_host, p));
+    let state = Arc::new(AppState::new(config)?);
+    let bind = |addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(addr).await?;
+    let metrics_listener = match metrics_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let local = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: "listener".into(),
+        source,
+    })?;
+    tasks.spawn(crate::health::run(Arc::clone(&state), stop.clone()));
+    tasks.spawn(accept_loop(
+        listener,
+        Arc::clone(&state),
+        false,
+        stop.clone(),
+        tasks.clone(),
+    ));
+    let metrics_local = match metrics_listener {
+        Some(l) => {
+            let a = l.local_addr().ok();
+            tasks.spawn(accept_loop(
+                l,
+                Arc::clone(&state),
+                true,
+                stop.clone(),
+                tasks.clone(),
+            ));
+            a
+        }
+        None => None,
+    };
+    tracing::info!(addr = %local, mode = state.mode.label(), "baton gateway listening");
+    Ok(RunningGateway {
+        addr: local,
+        metrics_addr: metrics_local,
+        state,
+        stop,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    metrics_only: bool,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = RequestIdLayer.layer(GatewayService {
+            state: Arc::clone(&state),
+            metrics_only,
+        });
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// The gateway as a tower service.
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    state: Arc<AppState>,
+    metrics_only: bool,
+}
+
+impl Service<Request<Incoming>> for GatewayService {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        let metrics_only = self.metrics_only;
+        Box::pin(async move { Ok(route(state, req, metrics_only).await) })
+    }
+}
+
+async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    metrics_only: bool,
+) -> Response<GatewayBody> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if metrics_only && path != "/metrics" {
+        return error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound));
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/health" | "/liveness") => {
+            json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
+        }
+        (Method::GET, "/readiness" | "/ready") => readiness(&state),
+        (Method::GET, "/metrics") => {
+            let text = state.metrics.render(&state.pools.all());
+            let mut resp = Response::new(full(text));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        (Method::GET, "/v1/models") => models(&state).await,
+        (Method::POST, p) => match Endpoint::from_path(p) {
+            Some(ep) => generate(state, ep, req).await,
+            None => error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound)),
+        },
+        (_, p)
+            if Endpoint::from_path(p).is_some()
+                || matches!(p, "/health" | "/readiness" | "/metrics" | "/v1/models") =>
+        {
+            error_response(&GatewayError::new(Leg::Client, ErrorKind::MethodNotAllowed))
+        }
+        _ => error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound)),
+    }
+}
+
+fn readiness(state: &AppState) -> Response<GatewayBody> {
+    let pools: Vec<Value> = state
+        .pools
+        .all()
+        .iter()
+        .map(|p| {
+            json!({
+                "role": p.role.label(),
+                "policy": p.policy_name(),
+                "workers": p.workers.len(),
+                "healthy": p.healthy_count(),
+            })
+        })
+        .collect();
+    let ready = state.pools.ready();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "mode": state.mode.label(),
+        "pools": pools,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, Bytes::from(body.to_string()))
+}
+
+/// The union of the models the answering pool's workers serve.
+async fn models(state: &Arc<AppState>) -> Response<GatewayBody> {
+    let pools = state.pools.all();
+    let Some(pool) = pools.last() else {
+        return error_response(&GatewayError::new(Leg::Gateway, ErrorKind::NoWorker));
+    };
+    let probes = pool.workers.iter().filter(|w| w.is_healthy()).map(|w| {
+        let upstream = state.upstream.clone();
+        let url = w.url.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), upstream.get(&url, "/v1/models"))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    });
+    let mut seen = std::collections::BTreeMap::new();
+    for (status, body) in futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        if status != 200 {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            continue;
+        };
+        for m in v
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = m.get("id").and_then(Value::as_str) {
+                seen.entry(id.to_owned()).or_insert_with(|| m.clone());
+            }
+        }
+    }
+    if seen.is_empty() {
+        return error_response(&GatewayError::new(pool_leg(pool.role), ErrorKind::NoWorker));
+    }
+    let body = json!({"object": "list", "data": seen.into_values().collect::<Vec<_>>()});
+    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+fn pool_leg(role: crate::worker::Role) -> Leg {
+    match role {
+        crate::worker::Role::Unified => Leg::Worker,
+        crate::worker::Role::Prefill => Leg::Prefill,
+        crate::worker::Role::Decode => Leg::Decode,
+    }
+}
+
+async fn generate(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let start = Instant::now();
+    let limit = state.config.max_payload_size;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let too_large = GatewayError::new(Leg::Client, ErrorKind::PayloadTooLarge { limit });
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return error_response(&too_large);
+        }
+    }
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return error_response(&too_large)
+            }
+            Ok(Err(e)) => {
+                let err = GatewayError::client(baton_protocol::ProtocolError::InvalidJson(
+                    format!("could not read request body: {e}"),
+                ));
+                return error_response(&err);
+            }
+            Err(_) => {
+                let mut resp = error_response(&GatewayError::new(
+                    Leg::Client,
+                    ErrorKind::Timeout("body_read"),
+                ));
+                *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                return resp;
+            }
+        };
+    let creq = match ClientRequest::parse(endpoint, &bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = GatewayError::client(e);
+            let ctx_outcome = crate::relay::Outcome::ClientError;
+            state
+                .metrics
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    endpoint: endpoint.label(),
+                    mode: state.mode.label(),
+                    outcome: ctx_outcome.label(),
+                })
+                .inc();
+            return error_response(&err);
+        }
+    };
+    let span = tracing::info_span!("request", id = %request_id, endpoint = endpoint.label(), stream = creq.stream);
+    let _enter = span.enter();
+    let ctx = Ctx {
+        text: creq.routing_text(),
+        req: creq,
+        headers: parts.headers,
+        request_id,
+        start,
+        deadline: start + state.request_timeout(),
+    };
+    drop(_enter);
+    dispatch::dispatch(&state, ctx).await
+}

@@ -1,0 +1,104 @@
+//! Everything a request handler needs, shared behind one `Arc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_policies::PolicyKind;
+
+use crate::config::{secs, ConfigError, GatewayConfig, Mode};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::upstream::Upstream;
+use crate::worker::{Role, Worker};
+
+/// The worker pools of the configured mode.
+#[derive(Debug)]
+pub enum Pools {
+    Aggregated(Pool),
+    Pd { prefill: Pool, decode: Pool },
+}
+
+impl Pools {
+    pub fn all(&self) -> Vec<&Pool> {
+        match self {
+            Self::Aggregated(p) => vec![p],
+            Self::Pd { prefill, decode } => vec![prefill, decode],
+        }
+    }
+
+    /// Ready to serve: a healthy worker for every role the mode needs.
+    pub fn ready(&self) -> bool {
+        self.all().iter().all(|p| p.healthy_count() > 0)
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub config: GatewayConfig,
+    pub mode: Mode,
+    pub pools: Pools,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(config: GatewayConfig) -> Result<Self, ConfigError> {
+        let mode = config.mode()?;
+        let build = |kind: PolicyKind| baton_policies::build(kind, &config.policy_config);
+        let make = |url: &str, role: Role, port: Option<u16>| {
+            Arc::new(Worker::new(url, role, port, &config.breaker))
+        };
+        let pools = match mode {
+            Mode::Aggregated => Pools::Aggregated(Pool::new(
+                Role::Unified,
+                config
+                    .worker_urls
+                    .iter()
+                    .map(|u| make(u, Role::Unified, None))
+                    .collect(),
+                build(config.policy),
+            )),
+            Mode::Pd(_) => Pools::Pd {
+                prefill: Pool::new(
+                    Role::Prefill,
+                    config
+                        .prefill
+                        .iter()
+                        .map(|p| make(&p.url, Role::Prefill, p.bootstrap_port))
+                        .collect(),
+                    build(config.prefill_policy.unwrap_or(config.policy)),
+                ),
+                decode: Pool::new(
+                    Role::Decode,
+                    config
+                        .decode
+                        .iter()
+                        .map(|u| make(u, Role::Decode, None))
+                        .collect(),
+                    build(config.decode_policy.unwrap_or(config.policy)),
+                ),
+            },
+        };
+        let upstream = Upstream::new(Duration::from_millis(config.timeouts.connect_ms));
+        Ok(Self {
+            config,
+            mode,
+            pools,
+            upstream,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.config.timeouts.idle_secs)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        secs(self.config.timeouts.first_byte_secs)
+    }
+    pub fn prefill_timeout(&self) -> Duration {
+        secs(self.config.timeouts.prefill_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.config.timeouts.request_secs)
+    }
+}

@@ -1,0 +1,138 @@
+//! One upstream engine: identity, health, load and breaker.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::breaker::Breaker;
+use crate::config::BreakerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Aggregated mode: does prefill and decode.
+    Unified,
+    Prefill,
+    Decode,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unified => "unified",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub url: String,
+    pub role: Role,
+    /// SGLang bootstrap port of a prefill worker.
+    pub bootstrap_port: Option<u16>,
+    pub breaker: Breaker,
+    healthy: AtomicBool,
+    in_flight: AtomicU64,
+    health_failures: AtomicU32,
+    health_successes: AtomicU32,
+}
+
+impl Worker {
+    pub fn new(
+        url: &str,
+        role: Role,
+        bootstrap_port: Option<u16>,
+        breaker: &BreakerConfig,
+    ) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            role,
+            bootstrap_port,
+            breaker: Breaker::new(breaker),
+            // Optimistic until the first check: the breaker catches a dead
+            // worker on its first requests anyway.
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            health_failures: AtomicU32::new(0),
+            health_successes: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy and breaker not open.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && self.breaker.allows()
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> LoadGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        LoadGuard {
+            worker: Arc::clone(self),
+        }
+    }
+
+    /// Feeds one active health check result; flips health after the
+    /// configured streak. Returns the new health.
+    pub fn record_health(&self, ok: bool, fail_threshold: u32, ok_threshold: u32) -> bool {
+        if ok {
+            self.health_failures.store(0, Ordering::Relaxed);
+            let n = self.health_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= ok_threshold.max(1) {
+                self.healthy.store(true, Ordering::Relaxed);
+            }
+        } else {
+            self.health_successes.store(0, Ordering::Relaxed);
+            let n = self.health_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= fail_threshold.max(1) {
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+        }
+        self.is_healthy()
+    }
+}
+
+/// RAII in-flight counter of one worker.
+#[derive(Debug)]
+pub struct LoadGuard {
+    worker: Arc<Worker>,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_counts_and_health_streaks() {
+        let w = Arc::new(Worker::new(
+            "http://a:1/",
+            Role::Decode,
+            None,
+            &BreakerConfig::default(),
+        ));
+        assert_eq!(w.url, "http://a:1");
+        let g1 = w.start_request();
+        let g2 = w.start_request();
+        assert_eq!(w.in_flight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(w.in_flight(), 0);
+        assert!(w.record_health(false, 2, 2));
+        assert!(!w.record_health(false, 2, 2));
+        assert!(!w.record_health(true, 2, 2));
+        assert!(w.record_health(true, 2, 2));
+    }
+}
