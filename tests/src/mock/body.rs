@@ -50,19 +50,29 @@ pub(crate) fn timed(steps: Vec<Step>, abort: bool, guard: RequestGuard) -> MockB
     let frames = stream::unfold(state, |mut st| async move {
         let Some(step) = st.steps.pop_front() else {
             let guard = st.guard.take()?;
-            if st.abort {
-                guard.finish(Outcome::Failed);
-                let err: BoxError = "injected mid-stream drop".into();
-                return Some((Err(err), st));
+            if !st.abort {
+                // An empty body (a complete one finished with its last step).
+                guard.finish(Outcome::Completed);
+                return None;
             }
-            guard.finish(Outcome::Completed);
-            return None;
+            // Return Pending once so hyper flushes what was written before the abort.
+            tokio::task::yield_now().await;
+            guard.finish(Outcome::Failed);
+            let err: BoxError = "injected mid-stream drop".into();
+            return Some((Err(err), st));
         };
         let due = st.last.unwrap_or_else(Instant::now) + step.gap;
         if !step.gap.is_zero() {
             tokio::time::sleep_until(due).await;
         }
         st.last = Some(due);
+        // Hyper stops polling a body once its content-length is written: finish with the last
+        // step rather than at end-of-stream.
+        if st.steps.is_empty() && !st.abort {
+            if let Some(guard) = st.guard.take() {
+                guard.finish(Outcome::Completed);
+            }
+        }
         Some((Ok(Frame::data(step.data)), st))
     });
     StreamBody::new(frames).boxed_unsync()

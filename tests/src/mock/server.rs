@@ -78,9 +78,15 @@ impl Call<'_> {
         &self.shared.cfg
     }
 
-    /// Produces `completion`: waits the head delay (if `head_delay`), then for a non-stream
-    /// answer the whole generation time (tokens × token delay), and renders the answer.
+    /// Produces `completion`: [`Call::compute`], then [`Call::answer`].
     pub(crate) async fn generate(&self, completion: Completion, head_delay: bool) -> Reply {
+        self.compute(&completion, head_delay).await;
+        self.answer(&completion)
+    }
+
+    /// The time before the response head: the head delay (if `head_delay`), then for a
+    /// non-stream answer the whole generation time (tokens × token delay).
+    pub(crate) async fn compute(&self, completion: &Completion, head_delay: bool) {
         let cfg = self.cfg();
         if head_delay {
             sleep(cfg.head_delay).await;
@@ -89,7 +95,11 @@ impl Call<'_> {
             let tokens = u32::try_from(completion.tokens).unwrap_or(u32::MAX);
             sleep(cfg.token_delay.saturating_mul(tokens)).await;
         }
-        Reply::Answer(openai::render(&self.req, &completion, &cfg.model))
+    }
+
+    /// Renders `completion` in the request's format.
+    pub(crate) fn answer(&self, completion: &Completion) -> Reply {
+        Reply::Answer(openai::render(&self.req, completion, &self.cfg().model))
     }
 }
 

@@ -90,7 +90,11 @@ pub(crate) async fn prefill(call: &Call<'_>) -> Reply {
             return Reply::error(400, "do_remote_decode requires n=1 and a single prompt");
         }
         if call.req.max_tokens == Some(1) {
+            // Issue only once the answer is ready, so a prefill cancelled before that strands
+            // nothing in the registry.
+            call.compute(&completion, true).await;
             completion.extra = issue(call);
+            return call.answer(&completion);
         }
     }
     call.generate(completion, true).await
