@@ -18,6 +18,9 @@ pub enum Fault {
     DropMidStreamNth { n: usize, after_tokens: usize },
     /// The n-th request: the connection is closed without any response.
     ConnectionResetNth { n: usize },
+    /// The n-th request's first token is EOS: one token, finish reason `stop`. On a vLLM
+    /// prefill this means no `kv_transfer_params` (the decode must then prefill locally).
+    EosFirstNth { n: usize },
 }
 
 /// What the handler must do instead of (or while) serving normally.
@@ -27,6 +30,7 @@ pub(crate) enum FaultAction {
     Hang,
     DropMidStream { after_tokens: usize },
     Reset,
+    EosFirst,
 }
 
 /// The action for the `index`-th (1-based) generation request, if any fault matches.
@@ -39,6 +43,7 @@ pub(crate) fn decide(faults: &[Fault], index: usize) -> Option<FaultAction> {
             Some(FaultAction::DropMidStream { after_tokens })
         }
         Fault::ConnectionResetNth { n } if n == index => Some(FaultAction::Reset),
+        Fault::EosFirstNth { n } if n == index => Some(FaultAction::EosFirst),
         _ => None,
     })
 }

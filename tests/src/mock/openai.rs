@@ -236,6 +236,15 @@ impl Completion {
         }
     }
 
+    /// The first token was EOS.
+    pub(crate) fn eos_first() -> Self {
+        Self {
+            tokens: 1,
+            finish_reason: "stop",
+            extra: Map::new(),
+        }
+    }
+
     pub(crate) fn length(tokens: usize) -> Self {
         Self {
             tokens,

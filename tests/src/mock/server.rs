@@ -71,11 +71,22 @@ pub(crate) struct Call<'a> {
     pub req: GenRequest,
     pub body: Value,
     pub headers: HeaderMap,
+    /// Injected: the first token is EOS.
+    pub eos_first: bool,
 }
 
 impl Call<'_> {
     pub(crate) fn cfg(&self) -> &Config {
         &self.shared.cfg
+    }
+
+    /// What a normal generation for this request produces.
+    pub(crate) fn completion(&self) -> Completion {
+        if self.eos_first {
+            Completion::eos_first()
+        } else {
+            Completion::for_request(&self.req, self.cfg().default_tokens)
+        }
     }
 
     /// Produces `completion`: [`Call::compute`], then [`Call::answer`].
@@ -222,6 +233,7 @@ async fn generation(
         body: parsed.clone().unwrap_or(Value::Null),
     });
     let mut abort_after = None;
+    let mut eos_first = false;
     match faults::decide(&shared.cfg.faults, index) {
         Some(FaultAction::Status(status)) => {
             let message = format!("injected fault: HTTP {status}");
@@ -233,6 +245,7 @@ async fn generation(
         }
         Some(FaultAction::Reset) => return respond(shared, guard, Reply::Reset, None),
         Some(FaultAction::DropMidStream { after_tokens }) => abort_after = Some(after_tokens),
+        Some(FaultAction::EosFirst) => eos_first = true,
         None => {}
     }
     let Some(body) = parsed else {
@@ -248,10 +261,11 @@ async fn generation(
         req,
         body,
         headers: parts.headers,
+        eos_first,
     };
     let reply = match shared.cfg.flavor {
         Flavor::OpenAi => {
-            let completion = Completion::for_request(&call.req, shared.cfg.default_tokens);
+            let completion = call.completion();
             call.generate(completion, true).await
         }
         Flavor::VllmPrefill => vllm::prefill(&call).await,

@@ -83,7 +83,11 @@ pub(crate) async fn prefill(call: &Call<'_>, bootstrap_port: u16) -> Reply {
             ),
         );
     }
-    let completion = Completion::length(1);
+    let completion = if call.eos_first {
+        Completion::eos_first()
+    } else {
+        Completion::length(1)
+    };
     if call.cfg().no_rendezvous {
         return call.generate(completion, true).await;
     }
@@ -135,7 +139,7 @@ pub(crate) async fn decode(call: &Call<'_>) -> Reply {
             return Reply::error(500, "bootstrap timeout: KV transfer never completed");
         }
     }
-    let completion = Completion::for_request(&call.req, call.cfg().default_tokens);
+    let completion = call.completion();
     call.generate(completion, true).await
 }
 

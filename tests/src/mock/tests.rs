@@ -248,6 +248,19 @@ async fn vllm_prefill_issues_params_only_when_planned() {
 }
 
 #[tokio::test]
+async fn vllm_prefill_eos_first_token_issues_no_params() {
+    let p = MockEngine::new(Flavor::VllmPrefill)
+        .fault(Fault::EosFirstNth { n: 1 })
+        .spawn()
+        .await;
+    let a = call(&p, "/v1/completions", prefill_body(1, false), &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["choices"][0]["finish_reason"], "stop");
+    assert!(a.json().get("kv_transfer_params").is_none());
+    assert_eq!(p.kv_registry().outstanding(), 0);
+}
+
+#[tokio::test]
 async fn vllm_decode_pulls_exact_params_once() {
     let kv = VllmKvRegistry::default();
     let p = MockEngine::new(Flavor::VllmPrefill)

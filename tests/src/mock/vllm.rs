@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
-use super::openai::Completion;
 use super::server::{Call, Reply};
 use super::stats::lock;
 
@@ -75,13 +74,13 @@ fn request_params<'a>(call: &'a Call<'_>) -> Option<&'a Value> {
 }
 
 /// A vLLM prefill: issues params only for `do_remote_decode: true`, `max_tokens == 1`,
-/// `stream: false`; otherwise behaves like a plain engine.
+/// `stream: false` and a first token that is not EOS; otherwise behaves like a plain engine.
 pub(crate) async fn prefill(call: &Call<'_>) -> Reply {
     let remote_decode = request_params(call)
         .and_then(|p| p.get("do_remote_decode"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let mut completion = Completion::for_request(&call.req, call.cfg().default_tokens);
+    let mut completion = call.completion();
     if remote_decode {
         if call.req.stream {
             return Reply::error(400, "do_remote_decode requires stream=false");
@@ -89,7 +88,8 @@ pub(crate) async fn prefill(call: &Call<'_>) -> Reply {
         if call.req.choices() != 1 {
             return Reply::error(400, "do_remote_decode requires n=1 and a single prompt");
         }
-        if call.req.max_tokens == Some(1) {
+        // Params only when prefill stopped at the length cap (not on an EOS first token).
+        if call.req.max_tokens == Some(1) && completion.finish_reason == "length" {
             // Issue only once the answer is ready, so a prefill cancelled before that strands
             // nothing in the registry.
             call.compute(&completion, true).await;
@@ -150,7 +150,7 @@ pub(crate) async fn decode(call: &Call<'_>) -> Reply {
         }
         None => call.shared.stats.update(|s| s.local_prefills += 1),
     }
-    let completion = Completion::for_request(&call.req, call.cfg().default_tokens);
+    let completion = call.completion();
     call.generate(completion, true).await
 }
 
