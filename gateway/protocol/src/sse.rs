@@ -20,6 +20,9 @@ pub struct SseEvent {
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for an event end (keeps scanning
+    /// linear when a big event arrives in many small chunks).
+    scanned: usize,
     overflowed: bool,
 }
 
@@ -32,17 +35,17 @@ impl SseDecoder {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
         self.buf.extend_from_slice(chunk);
-        loop {
-            let Some((end, sep)) = find_event_end(&self.buf) else {
-                break;
-            };
+        while let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) {
             let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
+            self.scanned = 0;
             if let Some(ev) = parse_event(&raw[..end]) {
                 events.push(ev);
             }
         }
+        self.scanned = self.buf.len();
         if self.buf.len() > MAX_EVENT_BYTES {
             self.buf.clear();
+            self.scanned = 0;
             self.overflowed = true;
         }
         events
@@ -54,16 +57,14 @@ impl SseDecoder {
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i + 1 < buf.len() {
         if buf[i] == b'\n' && buf[i + 1] == b'\n' {
             return Some((i, 2));
         }
-        if buf[i] == b'\r' && buf[i + 1] == b'\n' {
-            if buf.get(i + 2..i + 4) == Some(b"\r\n") {
-                return Some((i, 4));
-            }
+        if buf[i] == b'\r' && buf[i + 1] == b'\n' && buf.get(i + 2..i + 4) == Some(b"\r\n") {
+            return Some((i, 4));
         }
         i += 1;
     }
