@@ -1,0 +1,3 @@
+//! The paged KV cache: physical storage and the block manager that hands out blocks.
+
+pub mod store;
