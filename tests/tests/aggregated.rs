@@ -378,3 +378,39 @@ async fn dropped_stream_becomes_an_sse_error() {
     assert_eq!(r.status, StatusCode::OK);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn total_request_timeout_bounds_retries_and_hangs() {
+    let hang = MockEngine::new(Flavor::OpenAi)
+        .fault(Fault::HangNth { n: 1 })
+        .fault(Fault::HangNth { n: 2 })
+        .spawn()
+        .await;
+    let mut cfg = aggregated(&[hang.url()]);
+    cfg.timeouts.request_secs = 0.3;
+    let gw = start(cfg).await;
+    let r = post(&gw.url(), "/v1/completions", COMPLETION).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(hang
+        .wait_until(|s| s.cancelled == 1, Duration::from_secs(2))
+        .await
+        .is_ok());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn separate_prometheus_listener_serves_only_metrics() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[engine.url()]);
+    cfg.prometheus_port = Some(0);
+    let gw = start(cfg).await;
+    let maddr = format!("http://{}", gw.metrics_addr.expect("metrics listener"));
+    let m = get(&maddr, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.text().contains("baton_worker_healthy"));
+    assert_eq!(
+        get(&maddr, "/v1/models").await.status,
+        StatusCode::NOT_FOUND
+    );
+    gw.shutdown().await;
+}

@@ -180,3 +180,75 @@ async fn n_greater_than_one_is_a_clear_400() {
     assert_eq!(p.prefill.stats().requests, 0);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_request_id_reaches_both_legs_for_correlation() {
+    let p = simple_pair().await;
+    let gw = start(pd(&[(p.prefill.url(), None)], &[p.decode.url()])).await;
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("x-request-id", "trace-7")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        p.prefill.requests()[0].headers["x-baton-request-id"],
+        "trace-7"
+    );
+    assert_eq!(
+        p.decode.requests()[0].headers["x-baton-request-id"],
+        "trace-7"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_during_prefill_cancels_it_and_decode_never_starts() {
+    let p = pair(
+        MockEngine::new(Flavor::VllmPrefill).head_delay(std::time::Duration::from_secs(30)),
+        MockEngine::new(Flavor::VllmDecode),
+    )
+    .await;
+    let gw = start(pd(&[(p.prefill.url(), None)], &[p.decode.url()])).await;
+    let url = gw.url();
+    let req =
+        tokio::spawn(async move { open(&url, "/v1/completions", COMPLETION_STREAM, &[]).await });
+    p.prefill
+        .wait_until(|s| s.active == 1, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    req.abort();
+    let _ = req.await;
+    assert!(p
+        .prefill
+        .wait_until(|s| s.cancelled == 1, std::time::Duration::from_secs(2))
+        .await
+        .is_ok());
+    assert_eq!(p.decode.stats().requests, 0);
+    assert_eq!(p.kv.outstanding(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn prefill_timeout_is_a_504_naming_prefill() {
+    let p = pair(
+        MockEngine::new(Flavor::VllmPrefill).fault(Fault::HangNth { n: 1 }),
+        MockEngine::new(Flavor::VllmDecode),
+    )
+    .await;
+    let mut cfg = pd(&[(p.prefill.url(), None)], &[p.decode.url()]);
+    cfg.timeouts.prefill_secs = 0.2;
+    cfg.retry.max_retries = 0;
+    let gw = start(cfg).await;
+    let r = post(&gw.url(), "/v1/completions", COMPLETION).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"]["code"], "prefill_timeout");
+    assert!(p
+        .prefill
+        .wait_until(|s| s.cancelled == 1, std::time::Duration::from_secs(2))
+        .await
+        .is_ok());
+    gw.shutdown().await;
+}

@@ -386,8 +386,12 @@ async fn generate(
             return error_response(&err);
         }
     };
-    let span = tracing::info_span!("request", id = %request_id, endpoint = endpoint.label(), stream = creq.stream);
-    let _enter = span.enter();
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        endpoint = endpoint.label(),
+        stream = creq.stream
+    );
     let ctx = Ctx {
         text: creq.routing_text(),
         req: creq,
@@ -396,6 +400,5 @@ async fn generate(
         start,
         deadline: start + state.request_timeout(),
     };
-    drop(_enter);
-    dispatch::dispatch(&state, ctx).await
+    tracing::Instrument::instrument(dispatch::dispatch(&state, ctx), span).await
 }

@@ -25,6 +25,17 @@ const FORWARDED: &[&str] = &[
     "x-api-key",
 ];
 
+/// Ids sent on an engine call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallIds<'a> {
+    /// `X-Request-Id` for the engine: in PD mode the per-attempt transfer id
+    /// (vLLM keys the KV hand-off on it), else the request id.
+    pub upstream: &'a str,
+    /// The gateway's request id (the client's, when it sent one), as
+    /// `x-baton-request-id` on every leg for log correlation.
+    pub request: &'a str,
+}
+
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -49,7 +60,7 @@ impl Upstream {
         leg: Leg,
         base_url: &str,
         path: &str,
-        request_id: &str,
+        ids: CallIds<'_>,
         client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Incoming>, GatewayError> {
@@ -61,8 +72,11 @@ impl Upstream {
             .body(Full::new(body))
             .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(e.to_string())))?;
         let headers = req.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(request_id) {
+        if let Ok(v) = HeaderValue::from_str(ids.upstream) {
             headers.insert("x-request-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(ids.request) {
+            headers.insert("x-baton-request-id", v);
         }
         for name in FORWARDED {
             if let Some(v) = client_headers.get(*name) {

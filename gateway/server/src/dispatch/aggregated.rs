@@ -6,6 +6,7 @@ use super::reply::{respond, Answer};
 use super::{pick, AttemptError, AttemptResult, Ctx, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
+use crate::upstream::CallIds;
 
 pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
     let Pools::Aggregated(pool) = &state.pools else {
@@ -17,7 +18,10 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
         Leg::Worker,
         &worker.url,
         ctx.req.endpoint.path(),
-        &ctx.request_id,
+        CallIds {
+            upstream: &ctx.request_id,
+            request: &ctx.request_id,
+        },
         &ctx.headers,
         ctx.req.to_bytes(),
     );

@@ -16,7 +16,7 @@ use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{AbortOnDrop, LegResult};
 use crate::state::{AppState, Pools};
-use crate::upstream::read_body;
+use crate::upstream::{read_body, CallIds};
 
 const MAX_PREFILL_REPLY: usize = 64 << 20;
 
@@ -44,6 +44,7 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
         let headers = ctx.headers.clone();
         let body = body.clone();
         let xfer = xfer.clone();
+        let request_id = ctx.request_id.clone();
         let guard = p.start_request();
         tokio::spawn(async move {
             let _guard = guard;
@@ -51,7 +52,17 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
             let leg = async {
                 let head = state
                     .upstream
-                    .post(Leg::Prefill, &p.url, path, &xfer, &headers, body)
+                    .post(
+                        Leg::Prefill,
+                        &p.url,
+                        path,
+                        CallIds {
+                            upstream: &xfer,
+                            request: &request_id,
+                        },
+                        &headers,
+                        body,
+                    )
                     .await?;
                 let status = head.status();
                 let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
@@ -92,9 +103,17 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
     let decode_guard = d.start_request();
     let decode_url = d.url.clone();
     let t1 = Instant::now();
-    let send = state
-        .upstream
-        .post(Leg::Decode, &decode_url, path, &xfer, &ctx.headers, body);
+    let send = state.upstream.post(
+        Leg::Decode,
+        &decode_url,
+        path,
+        CallIds {
+            upstream: &xfer,
+            request: &ctx.request_id,
+        },
+        &ctx.headers,
+        body,
+    );
     let decode_head = tokio::time::timeout(state.first_byte_timeout(), send);
     tokio::pin!(decode_head);
     let mut other_leg = Some(rx);

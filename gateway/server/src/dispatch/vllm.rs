@@ -10,7 +10,7 @@ use super::reply::{respond, Answer};
 use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
-use crate::upstream::read_body;
+use crate::upstream::{read_body, CallIds};
 
 /// A prefill reply is one token plus params; anything near this is a bug.
 const MAX_PREFILL_REPLY: usize = 16 << 20;
@@ -25,20 +25,17 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
     // The same fresh id on both legs: vLLM derives the transfer key from it.
     let xfer = transfer_id();
     let path = ctx.req.endpoint.path();
+    let ids = CallIds {
+        upstream: &xfer,
+        request: &ctx.request_id,
+    };
 
     let prefill_guard = p.start_request();
     let t0 = Instant::now();
     let prefill_leg = async {
         let head = state
             .upstream
-            .post(
-                Leg::Prefill,
-                &p.url,
-                path,
-                &xfer,
-                &ctx.headers,
-                prefill_body,
-            )
+            .post(Leg::Prefill, &p.url, path, ids, &ctx.headers, prefill_body)
             .await?;
         let status = head.status();
         let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
@@ -83,7 +80,7 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
     let t1 = Instant::now();
     let send = state
         .upstream
-        .post(Leg::Decode, &d.url, path, &xfer, &ctx.headers, decode_body);
+        .post(Leg::Decode, &d.url, path, ids, &ctx.headers, decode_body);
     let head = tokio::time::timeout(state.first_byte_timeout(), send)
         .await
         .unwrap_or_else(|_| {
