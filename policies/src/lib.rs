@@ -12,6 +12,7 @@ mod least_load;
 mod power_of_two;
 mod random;
 mod round_robin;
+pub mod slo;
 mod view;
 
 pub use cache_aware::{CacheAware, CacheAwareConfig};
