@@ -1,14 +1,19 @@
-//! `baton-native`: a CPU inference engine for Llama-family models (f32 math on dequantized GGUF or safetensors
-//! weights) with a paged KV cache, continuous batching, an OpenAI-compatible HTTP server and vLLM-style
-//! prefill/decode roles that move KV blocks over TCP.
+//! `baton-native`: a CPU inference engine for Llama-family models (f32 math on dequantized GGUF weights) with a
+//! paged KV cache, continuous batching, an OpenAI-compatible HTTP server and vLLM-style prefill/decode roles that
+//! move KV blocks over TCP.
 
+pub mod chat_template;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod kv;
+pub mod metrics;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub mod tokenizer;

@@ -1,0 +1,169 @@
+//! The engine: a scheduler thread that owns the model and KV cache, fed through a channel; per-request events
+//! come back on their own channel. Dropping a [`RequestGuard`] cancels the request and frees its blocks.
+
+mod scheduler;
+pub mod stop;
+pub mod types;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::kv::store::KvStore;
+use crate::metrics::Stats;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+pub use types::*;
+
+/// Scheduler and cache settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    /// Blocks in the pool (see [`EngineConfig::blocks_for_budget`]).
+    pub num_blocks: usize,
+    pub max_num_seqs: usize,
+    /// Tokens (prefill + decode) per forward step.
+    pub max_batched_tokens: usize,
+    /// Split long prompts across steps instead of running each prompt in one step.
+    pub chunked_prefill: bool,
+    pub prefix_caching: bool,
+    /// How long prompt KV kept for a remote decoder waits to be pulled.
+    pub kv_lease: Duration,
+}
+
+impl EngineConfig {
+    /// Blocks that fit in `mb` MiB for this model.
+    pub fn blocks_for_budget(model: &Model, block_size: usize, mb: usize) -> usize {
+        let per_block = KvStore::bytes_per_token(&model.cfg) * block_size;
+        (mb * 1024 * 1024 / per_block.max(1)).max(1)
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            num_blocks: 256,
+            max_num_seqs: 64,
+            max_batched_tokens: 512,
+            chunked_prefill: true,
+            prefix_caching: true,
+            kv_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+enum Command {
+    Add(Box<Admission>),
+    Cancel(u64),
+    /// Hands out (and frees) the KV blocks of a finished prefill.
+    Export {
+        transfer_id: String,
+        reply: oneshot::Sender<Option<ExportedKv>>,
+    },
+}
+
+struct Admission {
+    id: u64,
+    req: GenerateRequest,
+    events: tmpsc::UnboundedSender<Event>,
+}
+
+/// A cheap, cloneable handle to the scheduler thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    next_id: Arc<AtomicU64>,
+    pub stats: Arc<Stats>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub context_length: usize,
+    pub block_size: usize,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").finish_non_exhaustive()
+    }
+}
+
+/// Cancels its request when dropped (client went away, handler finished early).
+#[derive(Debug)]
+pub struct RequestGuard {
+    id: u64,
+    tx: mpsc::Sender<Command>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        // Cancelling a finished request is a no-op in the scheduler.
+        let _ = self.tx.send(Command::Cancel(self.id));
+    }
+}
+
+impl EngineHandle {
+    /// Starts the scheduler thread, which owns `model` from now on.
+    pub fn spawn(model: Model, tokenizer: Tokenizer, cfg: EngineConfig) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let tokenizer = Arc::new(tokenizer);
+        let context_length = model.cfg.context_length;
+        let block_size = cfg.block_size;
+        let sched = scheduler::Scheduler::new(model, tokenizer.clone(), cfg, stats.clone());
+        std::thread::Builder::new()
+            .name("baton-scheduler".into())
+            .spawn(move || sched.run(rx))
+            .map_err(|e| Error::Io {
+                path: "scheduler thread".into(),
+                source: e,
+            })?;
+        Ok(Self {
+            tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+            stats,
+            tokenizer,
+            context_length,
+            block_size,
+        })
+    }
+
+    /// Queues a request; events arrive on the returned receiver until `Done` or `Error`.
+    pub fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(RequestGuard, tmpsc::UnboundedReceiver<Event>)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = tmpsc::unbounded_channel();
+        self.tx
+            .send(Command::Add(Box::new(Admission {
+                id,
+                req,
+                events: etx,
+            })))
+            .map_err(|_| Error::Shutdown)?;
+        Ok((
+            RequestGuard {
+                id,
+                tx: self.tx.clone(),
+            },
+            erx,
+        ))
+    }
+
+    /// Takes the KV kept for `transfer_id` (the blocks are freed on the prefill side at once).
+    pub async fn export_kv(&self, transfer_id: &str) -> Option<ExportedKv> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Export {
+                transfer_id: transfer_id.to_string(),
+                reply,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,608 @@
+//! Continuous batching: each step packs decode tokens of running sequences and (chunked) prefills of waiting ones
+//! into one forward pass under a token budget. When blocks run out, the most recently admitted sequence is
+//! preempted and later recomputed (its generated tokens are kept); nothing crashes on a full cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc as tmpsc;
+
+use super::stop::StopStrings;
+use super::{Admission, Command, EngineConfig};
+use crate::engine::types::*;
+use crate::kv::block_manager::{block_hash, BlockManager};
+use crate::kv::store::{BlockId, KvStore};
+use crate::metrics::Stats;
+use crate::model::{Model, SeqInput};
+use crate::sampling::Sampler;
+use crate::tokenizer::stream::DetokStream;
+use crate::tokenizer::Tokenizer;
+
+struct Seq {
+    id: u64,
+    request_id: String,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    num_computed: usize,
+    blocks: Vec<BlockId>,
+    /// Hashes of the full blocks registered so far (a prefix of `blocks`).
+    hashes: Vec<u64>,
+    params: GenParams,
+    sampler: Sampler,
+    detok: DetokStream,
+    stops: StopStrings,
+    events: tmpsc::UnboundedSender<Event>,
+    remote_decode: bool,
+    imported: Option<ImportedKv>,
+    cached_tokens: usize,
+    arrival: Instant,
+    scheduled_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+struct Lease {
+    blocks: Vec<BlockId>,
+    num_tokens: usize,
+    expires: Instant,
+}
+
+pub(super) struct Scheduler {
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    stats: Arc<Stats>,
+    kv: KvStore,
+    blocks: BlockManager,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    leases: HashMap<String, Lease>,
+}
+
+struct Planned {
+    /// Index into `running`.
+    idx: usize,
+    n: usize,
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let kv = KvStore::new(&model.cfg, cfg.block_size, cfg.num_blocks);
+        let blocks = BlockManager::new(cfg.num_blocks, cfg.block_size, cfg.prefix_caching);
+        Self {
+            model,
+            tokenizer,
+            cfg,
+            stats,
+            kv,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            leases: HashMap::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let mut idle = true;
+        loop {
+            // Block only when idle; otherwise just drain what arrived.
+            if idle {
+                let wait = if self.waiting.is_empty() { 500 } else { 5 };
+                match rx.recv_timeout(Duration::from_millis(wait)) {
+                    Ok(c) => self.handle(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(c) => self.handle(c),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            self.expire_leases();
+            self.drop_disconnected();
+            idle = !self.step();
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .num_running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        self.stats
+            .num_waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+        self.stats.set_kv_usage(self.blocks.usage());
+    }
+
+    fn handle(&mut self, c: Command) {
+        match c {
+            Command::Add(a) => self.add(*a),
+            Command::Cancel(id) => {
+                if let Some(i) = self.running.iter().position(|s| s.id == id) {
+                    let s = self.running.remove(i);
+                    self.blocks.free(&s.blocks);
+                } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+                    if let Some(s) = self.waiting.remove(i) {
+                        self.blocks.free(&s.blocks);
+                    }
+                }
+            }
+            Command::Export { transfer_id, reply } => {
+                let out = self.leases.remove(&transfer_id).map(|lease| {
+                    let blocks = lease
+                        .blocks
+                        .iter()
+                        .map(|&b| self.kv.export_block(b))
+                        .collect();
+                    self.blocks.free(&lease.blocks);
+                    ExportedKv {
+                        block_size: self.cfg.block_size,
+                        num_tokens: lease.num_tokens,
+                        blocks,
+                    }
+                });
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    fn add(&mut self, a: Admission) {
+        let Admission { id, req, events } = a;
+        let ctx = self.model.cfg.context_length;
+        let bad = |msg: String| {
+            let _ = events.send(Event::Error(msg));
+        };
+        if req.prompt.is_empty() {
+            return bad("prompt is empty".into());
+        }
+        if let Some(t) = req
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.model.cfg.vocab)
+        {
+            return bad(format!("token id {t} is out of vocabulary"));
+        }
+        if req.prompt.len() >= ctx {
+            return bad(format!(
+                "prompt has {} tokens; the context length is {ctx}",
+                req.prompt.len()
+            ));
+        }
+        if self.blocks.blocks_for(req.prompt.len() + 1) > self.blocks.num_blocks() {
+            return bad(format!(
+                "prompt has {} tokens; the KV cache holds at most {}",
+                req.prompt.len(),
+                self.blocks.num_blocks() * self.cfg.block_size - 1
+            ));
+        }
+        let seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.waiting.push_back(Seq {
+            id,
+            request_id: req.request_id,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            num_computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            sampler: Sampler::new(req.params.sampling.clone(), seed),
+            stops: StopStrings::new(req.params.stop.clone()),
+            params: req.params,
+            detok: DetokStream::default(),
+            events,
+            remote_decode: req.remote_decode,
+            imported: req.imported,
+            cached_tokens: 0,
+            arrival: Instant::now(),
+            scheduled_at: None,
+            first_token_at: None,
+            last_token_at: None,
+        });
+    }
+
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(l) = self.leases.remove(&k) {
+                self.blocks.free(&l.blocks);
+                self.stats.kv_leases_expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn drop_disconnected(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].events.is_closed() {
+                let s = self.running.remove(i);
+                self.blocks.free(&s.blocks);
+            } else {
+                i += 1;
+            }
+        }
+        self.waiting.retain(|s| !s.events.is_closed());
+    }
+
+    /// Moves the most recently admitted running sequence back to the waiting queue, freeing its blocks.
+    fn preempt_last(&mut self) -> bool {
+        let Some(mut s) = self.running.pop() else {
+            return false;
+        };
+        self.blocks.free(&s.blocks);
+        s.blocks.clear();
+        s.hashes.clear();
+        s.num_computed = 0;
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.waiting.push_front(s);
+        true
+    }
+
+    /// Ensures running[idx] has blocks for `upto` positions, preempting later sequences if needed.
+    fn reserve(&mut self, idx: usize, upto: usize) -> bool {
+        loop {
+            let need = self
+                .blocks
+                .blocks_for(upto)
+                .saturating_sub(self.running[idx].blocks.len());
+            if need == 0 {
+                return true;
+            }
+            if let Some(b) = self.blocks.allocate(need) {
+                self.running[idx].blocks.extend(b);
+                return true;
+            }
+            if self.running.len() <= idx + 1 || !self.preempt_last() {
+                return false;
+            }
+        }
+    }
+
+    /// Takes a waiting sequence in: prefix-cache lookup, imported KV. Gives it back when out of blocks.
+    fn admit(&mut self, mut s: Seq) -> Option<Seq> {
+        let bs = self.cfg.block_size;
+        let len = s.tokens.len();
+        // Leave at least one token to compute: its logits pick the next token.
+        let max_cached_blocks = (len - 1) / bs;
+        if s.blocks.is_empty() {
+            let full: Vec<u64> = {
+                let mut parent = None;
+                s.tokens
+                    .chunks_exact(bs)
+                    .take(max_cached_blocks)
+                    .map(|c| {
+                        let h = block_hash(parent, c);
+                        parent = Some(h);
+                        h
+                    })
+                    .collect()
+            };
+            let hits = self.blocks.lookup_prefix(&full);
+            self.stats
+                .prefix_queries
+                .fetch_add(len as u64, Ordering::Relaxed);
+            self.stats
+                .prefix_hits
+                .fetch_add((hits.len() * bs) as u64, Ordering::Relaxed);
+            s.num_computed = hits.len() * bs;
+            s.cached_tokens = s.cached_tokens.max(s.num_computed);
+            s.hashes = full[..hits.len()].to_vec();
+            s.blocks = hits;
+        }
+        if let Some(imp) = s.imported.take() {
+            if imp.num_tokens <= len && imp.num_tokens > s.num_computed {
+                let need = self
+                    .blocks
+                    .blocks_for(imp.num_tokens)
+                    .saturating_sub(s.blocks.len());
+                match self.blocks.allocate(need) {
+                    Some(b) => s.blocks.extend(b),
+                    None => {
+                        s.imported = Some(imp);
+                        self.blocks.free(&s.blocks);
+                        s.blocks.clear();
+                        s.hashes.clear();
+                        return Some(s);
+                    }
+                }
+                self.import(&s.blocks, s.num_computed, &imp);
+                // Recompute the last token so that its logits pick the next token.
+                s.num_computed = imp.num_tokens.min(len - 1);
+            }
+        }
+        self.running.push(s);
+        None
+    }
+
+    fn import(&mut self, table: &[BlockId], from: usize, imp: &ImportedKv) {
+        let kvd = self.kv.kv_dim();
+        let layers = self.model.cfg.n_layers;
+        let rbs = imp.block_size;
+        for pos in from..imp.num_tokens {
+            let (rb, off) = (pos / rbs, pos % rbs);
+            let Some(block) = imp.blocks.get(rb) else {
+                return;
+            };
+            let slot = self.kv.slot(table, pos);
+            for l in 0..layers {
+                let base = l * 2 * rbs * kvd;
+                let k = &block[base + off * kvd..base + (off + 1) * kvd];
+                let v = &block[base + rbs * kvd + off * kvd..base + rbs * kvd + (off + 1) * kvd];
+                self.kv.write(l, slot, k, v);
+            }
+        }
+    }
+
+    /// Runs one forward pass if anything is schedulable; false when there was nothing to do.
+    fn step(&mut self) -> bool {
+        let mut budget = self.cfg.max_batched_tokens.max(1);
+        let mut plan: Vec<Planned> = Vec::new();
+        // 1. Running sequences, oldest first: decode tokens and unfinished prefill chunks.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let s = &self.running[i];
+            let need = s.tokens.len() - s.num_computed;
+            let n = if self.cfg.chunked_prefill {
+                need.min(budget)
+            } else {
+                need
+            };
+            if n > budget && !plan.is_empty() {
+                break;
+            }
+            let upto = s.num_computed + n;
+            if !self.reserve(i, upto) {
+                // Not even this sequence fits alone: put it back to wait for blocks.
+                if plan.is_empty() && self.running.len() == 1 {
+                    let s = self.running.remove(0);
+                    self.blocks.free(&s.blocks);
+                    let _ = s
+                        .events
+                        .send(Event::Error("KV cache too small for this sequence".into()));
+                }
+                break;
+            }
+            plan.push(Planned { idx: i, n });
+            budget = budget.saturating_sub(n);
+            i += 1;
+        }
+        // 2. Admit waiting sequences while budget, sequence slots and blocks last.
+        while budget > 0
+            && self.running.len() < self.cfg.max_num_seqs
+            && plan.len() == self.running.len()
+        {
+            let Some(s) = self.waiting.pop_front() else {
+                break;
+            };
+            match self.admit(s) {
+                Some(s) => {
+                    self.waiting.push_front(s);
+                    break;
+                }
+                None => {
+                    let idx = self.running.len() - 1;
+                    let s = &self.running[idx];
+                    let need = s.tokens.len() - s.num_computed;
+                    let n = if self.cfg.chunked_prefill {
+                        need.min(budget)
+                    } else {
+                        need
+                    };
+                    if n > budget && !plan.is_empty() {
+                        self.unadmit();
+                        break;
+                    }
+                    let upto = s.num_computed + n;
+                    let blocks = self.blocks.blocks_for(upto).saturating_sub(s.blocks.len());
+                    match self.blocks.allocate(blocks) {
+                        Some(b) => self.running[idx].blocks.extend(b),
+                        None => {
+                            self.unadmit();
+                            break;
+                        }
+                    }
+                    if self.running[idx].scheduled_at.is_none() {
+                        let now = Instant::now();
+                        let s = &mut self.running[idx];
+                        s.scheduled_at = Some(now);
+                        self.stats.queue.observe((now - s.arrival).as_secs_f64());
+                    }
+                    plan.push(Planned { idx, n });
+                    budget = budget.saturating_sub(n);
+                }
+            }
+        }
+        if plan.is_empty() {
+            return false;
+        }
+        let inputs: Vec<SeqInput<'_>> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.running[p.idx];
+                SeqInput {
+                    tokens: &s.tokens[s.num_computed..s.num_computed + p.n],
+                    start_pos: s.num_computed,
+                    block_table: &s.blocks,
+                    want_logits: s.num_computed + p.n == s.tokens.len(),
+                }
+            })
+            .collect();
+        let logits = self.model.forward(&mut self.kv, &inputs);
+        let mut finished = Vec::new();
+        for (p, logits) in plan.iter().zip(logits) {
+            let seq = &mut self.running[p.idx];
+            let was_prefill = seq.num_computed < seq.prompt_len;
+            seq.num_computed += p.n;
+            if was_prefill && seq.num_computed >= seq.prompt_len {
+                self.stats
+                    .prompt_tokens
+                    .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+            }
+            // Register newly completed full blocks for prefix caching.
+            let bs = self.cfg.block_size;
+            while seq.hashes.len() < seq.num_computed / bs {
+                let b = seq.hashes.len();
+                let h = block_hash(
+                    seq.hashes.last().copied(),
+                    &seq.tokens[b * bs..(b + 1) * bs],
+                );
+                self.blocks.register(seq.blocks[b], h);
+                seq.hashes.push(h);
+            }
+            if logits.is_empty() {
+                continue;
+            }
+            if let Some(done) =
+                Self::accept_token(&self.tokenizer, &self.stats, &self.model, seq, &logits)
+            {
+                finished.push((p.idx, done));
+            }
+        }
+        // Remove finished sequences (highest index first so indices stay valid).
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+        for (idx, (reason, stop_reason)) in finished {
+            let s = self.running.remove(idx);
+            self.finish(s, reason, stop_reason);
+        }
+        true
+    }
+
+    /// Undoes the last admission (the sequence goes back to the front of the queue).
+    fn unadmit(&mut self) {
+        if let Some(mut s) = self.running.pop() {
+            self.blocks.free(&s.blocks);
+            s.blocks.clear();
+            s.hashes.clear();
+            s.num_computed = 0;
+            self.waiting.push_front(s);
+        }
+    }
+
+    /// Samples and emits one token; returns the finish reason when the sequence is done.
+    fn accept_token(
+        tok: &Tokenizer,
+        stats: &Stats,
+        model: &Model,
+        seq: &mut Seq,
+        logits: &[f32],
+    ) -> Option<(FinishReason, Option<StopReason>)> {
+        let now = Instant::now();
+        let s = seq.sampler.sample(logits);
+        seq.tokens.push(s.token);
+        stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        match seq.last_token_at {
+            None => {
+                seq.first_token_at = Some(now);
+                stats.ttft.observe((now - seq.arrival).as_secs_f64());
+            }
+            Some(t) => stats.itl.observe((now - t).as_secs_f64()),
+        }
+        seq.last_token_at = Some(now);
+        let gen = seq.generated();
+        let can_stop = gen > seq.params.min_tokens;
+        let is_eos = tok.eos_id == Some(s.token);
+        let mut stop = None;
+        if can_stop && is_eos && !seq.params.ignore_eos {
+            stop = Some(StopReason::Eos);
+        } else if can_stop && seq.params.stop_token_ids.contains(&s.token) {
+            stop = Some(StopReason::Token(s.token));
+        }
+        let text = if stop.is_some() {
+            String::new()
+        } else {
+            let delta = seq.detok.push(tok, s.token, seq.params.skip_special_tokens);
+            let out = seq.stops.push(&delta);
+            if let Some(m) = out.matched.filter(|_| can_stop) {
+                stop = Some(StopReason::Text(m));
+            }
+            out.emit
+        };
+        let _ = seq.events.send(Event::Token(TokenEvent {
+            token: s.token,
+            text,
+            logprob: s.logprob,
+            top: s.top,
+        }));
+        if stop.is_some() {
+            return Some((FinishReason::Stop, stop));
+        }
+        if gen >= seq.params.max_tokens || seq.tokens.len() >= model.cfg.context_length {
+            return Some((FinishReason::Length, None));
+        }
+        None
+    }
+
+    fn finish(&mut self, mut s: Seq, reason: FinishReason, stop_reason: Option<StopReason>) {
+        let now = Instant::now();
+        let mut tail = String::new();
+        if stop_reason.is_none() {
+            tail = s.detok.finish();
+            let released = s.stops.push(&tail);
+            tail = released.emit + &s.stops.finish();
+        }
+        let mut kv_lease = None;
+        // vLLM keeps prompt KV for a remote decoder only when prefill stopped at the length cap.
+        if s.remote_decode && reason == FinishReason::Length {
+            let n_blocks = self.blocks.blocks_for(s.prompt_len);
+            let keep: Vec<BlockId> = s.blocks[..n_blocks.min(s.blocks.len())].to_vec();
+            self.blocks.free(&s.blocks[keep.len()..]);
+            let transfer_id = format!(
+                "{}-{:08x}",
+                s.request_id,
+                s.id.wrapping_mul(0x2545_F491_4F6C_DD1D) as u32
+            );
+            kv_lease = Some(KvLease {
+                transfer_id: transfer_id.clone(),
+                block_ids: keep.clone(),
+                num_tokens: s.prompt_len,
+            });
+            self.leases.insert(
+                transfer_id,
+                Lease {
+                    blocks: keep,
+                    num_tokens: s.prompt_len,
+                    expires: now + self.cfg.kv_lease,
+                },
+            );
+        } else {
+            self.blocks.free(&s.blocks);
+        }
+        s.blocks.clear();
+        self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+        self.stats.e2e.observe((now - s.arrival).as_secs_f64());
+        if let (Some(sched), Some(first)) = (s.scheduled_at, s.first_token_at) {
+            self.stats.prefill.observe((first - sched).as_secs_f64());
+            self.stats.decode.observe((now - first).as_secs_f64());
+        }
+        let _ = s.events.send(Event::Done(Finish {
+            reason,
+            stop_reason,
+            tail_text: tail,
+            prompt_tokens: s.prompt_len,
+            completion_tokens: s.generated(),
+            cached_tokens: s.cached_tokens,
+            kv_lease,
+        }));
+    }
+}

@@ -1,0 +1,261 @@
+//! Scheduler behaviour on a tiny random model: batching, preemption, cancellation, prefix caching, PD export.
+
+use std::time::Duration;
+
+use super::*;
+use crate::model::{ModelConfig, RopeStyle, Weights};
+use crate::sampling::SamplingParams;
+
+pub(crate) fn tiny_model() -> Model {
+    let cfg = ModelConfig {
+        n_layers: 2,
+        hidden: 32,
+        ffn: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 8,
+        vocab: 264,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-5,
+        context_length: 256,
+        tied_embeddings: true,
+        rope_style: RopeStyle::Interleaved,
+    };
+    let w = Weights::dummy(&cfg, 7);
+    Model::new(cfg, w)
+}
+
+fn engine(cfg: EngineConfig) -> EngineHandle {
+    EngineHandle::spawn(tiny_model(), crate::tokenizer::tests::tiny(), cfg).unwrap()
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        request_id: "r".into(),
+        prompt,
+        params: GenParams {
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            max_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        },
+        remote_decode: false,
+        imported: None,
+    }
+}
+
+async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, Finish) {
+    let mut toks = Vec::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Token(t) => toks.push(t.token),
+            Event::Done(f) => return (toks, f),
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+fn prompt(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 3 + (i * 31 + seed * 17) % 250)
+        .collect()
+}
+
+async fn run_all(e: &EngineHandle, reqs: Vec<GenerateRequest>) -> Vec<(Vec<u32>, Finish)> {
+    let mut guards = Vec::new();
+    let mut futs = Vec::new();
+    for r in reqs {
+        let (g, rx) = e.submit(r).unwrap();
+        guards.push(g);
+        futs.push(tokio::spawn(collect(rx)));
+    }
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(f.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn batched_equals_sequential_and_preemption_is_transparent() {
+    let reqs: Vec<_> = (0..5)
+        .map(|i| greedy(prompt(i, 10 + 7 * i as usize), 12))
+        .collect();
+    // Reference: one at a time on a roomy engine.
+    let solo = engine(EngineConfig::default());
+    let mut expected = Vec::new();
+    for r in &reqs {
+        expected.push(run_all(&solo, vec![r.clone()]).await.remove(0).0);
+    }
+    // Batched with a tiny token budget (chunked prefill) on a tiny pool: forces chunking and preemption.
+    let small = engine(EngineConfig {
+        block_size: 4,
+        num_blocks: 14,
+        max_batched_tokens: 8,
+        ..Default::default()
+    });
+    let got = run_all(&small, reqs.clone()).await;
+    for (i, (toks, fin)) in got.iter().enumerate() {
+        assert_eq!(toks, &expected[i], "request {i}");
+        assert_eq!(fin.reason, FinishReason::Length);
+        assert_eq!(fin.completion_tokens, 12);
+    }
+    assert!(
+        small.stats.preemptions.load(Ordering::Relaxed) > 0,
+        "expected preemption"
+    );
+    // Without chunked prefill too.
+    let whole = engine(EngineConfig {
+        chunked_prefill: false,
+        max_batched_tokens: 64,
+        ..Default::default()
+    });
+    let got = run_all(&whole, reqs).await;
+    for (i, (toks, _)) in got.iter().enumerate() {
+        assert_eq!(toks, &expected[i], "request {i} (unchunked)");
+    }
+}
+
+#[tokio::test]
+async fn prefix_cache_hits_give_identical_output() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        ..Default::default()
+    });
+    let p = prompt(3, 21);
+    let a = run_all(&e, vec![greedy(p.clone(), 8)]).await.remove(0);
+    let b = run_all(&e, vec![greedy(p, 8)]).await.remove(0);
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1.cached_tokens, 0);
+    assert_eq!(b.1.cached_tokens, 20);
+}
+
+#[tokio::test]
+async fn cancellation_frees_blocks() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        num_blocks: 64,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    let (guard, mut rx) = e.submit(greedy(prompt(1, 30), 200)).unwrap();
+    // Wait until it is generating.
+    assert!(matches!(rx.recv().await, Some(Event::Token(_))));
+    assert!(e.stats.kv_usage() > 0.0);
+    drop(guard);
+    drop(rx);
+    for _ in 0..200 {
+        if e.stats.kv_usage() == 0.0 && e.stats.num_running.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "blocks not freed after cancel: usage {}",
+        e.stats.kv_usage()
+    );
+}
+
+#[tokio::test]
+async fn invalid_requests_get_errors() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        num_blocks: 4,
+        ..Default::default()
+    });
+    for p in [vec![], vec![9999], prompt(0, 40)] {
+        let (_g, mut rx) = e.submit(greedy(p, 4)).unwrap();
+        assert!(matches!(rx.recv().await, Some(Event::Error(_))));
+    }
+}
+
+#[tokio::test]
+async fn prefill_lease_export_and_import_continue_exactly() {
+    let p = prompt(5, 19);
+    let e = engine(EngineConfig {
+        block_size: 4,
+        ..Default::default()
+    });
+    let full = run_all(&e, vec![greedy(p.clone(), 6)]).await.remove(0).0;
+
+    let prefill = engine(EngineConfig {
+        block_size: 4,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    let mut req = greedy(p.clone(), 1);
+    req.remote_decode = true;
+    let (_, fin) = run_all(&prefill, vec![req]).await.remove(0);
+    let lease = fin.kv_lease.expect("lease");
+    assert_eq!(lease.num_tokens, 19);
+    assert_eq!(lease.block_ids.len(), 5);
+    assert!(
+        prefill.stats.kv_usage() > 0.0,
+        "blocks are kept for the puller"
+    );
+    let exported = prefill
+        .export_kv(&lease.transfer_id)
+        .await
+        .expect("exported");
+    assert!(
+        prefill.export_kv(&lease.transfer_id).await.is_none(),
+        "second pull finds nothing"
+    );
+
+    // A decoder with another block size imports it and continues exactly.
+    let decode = engine(EngineConfig {
+        block_size: 8,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    let mut req = greedy(p, 6);
+    req.imported = Some(ImportedKv {
+        block_size: exported.block_size,
+        num_tokens: exported.num_tokens,
+        blocks: exported.blocks,
+    });
+    let (toks, _) = run_all(&decode, vec![req]).await.remove(0);
+    assert_eq!(toks, full);
+}
+
+#[tokio::test]
+async fn unpulled_leases_expire() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        prefix_caching: false,
+        kv_lease: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let mut req = greedy(prompt(2, 9), 1);
+    req.remote_decode = true;
+    let (_, fin) = run_all(&e, vec![req]).await.remove(0);
+    assert!(fin.kv_lease.is_some());
+    for _ in 0..400 {
+        if e.stats.kv_leases_expired.load(Ordering::Relaxed) == 1 {
+            // Usage is published after the scheduler's next pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(e.stats.kv_usage(), 0.0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("lease never expired");
+}
+
+#[tokio::test]
+async fn stop_strings_and_stop_tokens() {
+    let e = engine(EngineConfig::default());
+    let p = prompt(4, 8);
+    let (toks, _) = run_all(&e, vec![greedy(p.clone(), 8)]).await.remove(0);
+    let mut req = greedy(p, 8);
+    req.params.stop_token_ids = vec![toks[3]];
+    let (got, fin) = run_all(&e, vec![req]).await.remove(0);
+    let first = toks.iter().position(|&t| t == toks[3]).unwrap();
+    assert_eq!(got, toks[..=first].to_vec());
+    assert_eq!(fin.reason, FinishReason::Stop);
+    assert_eq!(fin.stop_reason, Some(StopReason::Token(toks[3])));
+}

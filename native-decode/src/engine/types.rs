@@ -1,0 +1,120 @@
+//! What goes into the engine and what comes out of it.
+
+use crate::sampling::SamplingParams;
+
+/// Generation settings of one request, validated.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub min_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub skip_special_tokens: bool,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_tokens: 16,
+            min_tokens: 0,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// KV pulled from a prefill engine: `num_tokens` positions of the prompt, in blocks of `block_size` tokens,
+/// each block laid out per layer as K then V (`block_size × kv_dim` floats each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedKv {
+    pub block_size: usize,
+    pub num_tokens: usize,
+    pub blocks: Vec<Vec<f32>>,
+}
+
+/// A request as the scheduler receives it.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub request_id: String,
+    pub prompt: Vec<u32>,
+    pub params: GenParams,
+    /// Prefill role: keep the prompt's KV blocks for a decode engine to pull.
+    pub remote_decode: bool,
+    /// Decode role: KV pulled from the prefill engine (positions `0..num_tokens` of the prompt).
+    pub imported: Option<ImportedKv>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Why a `stop` finish happened (vLLM's `stop_reason`: the stop string or token id; none for EOS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Eos,
+    Token(u32),
+    Text(String),
+}
+
+/// Prompt KV kept on a prefill engine for a decode engine to pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvLease {
+    pub transfer_id: String,
+    pub block_ids: Vec<u32>,
+    pub num_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    pub token: u32,
+    /// Text newly completed by this token (may be empty; never includes a matched stop string).
+    pub text: String,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub stop_reason: Option<StopReason>,
+    /// Text released at the end (held back while it could have become a stop string).
+    pub tail_text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+    pub kv_lease: Option<KvLease>,
+}
+
+/// Streamed from the scheduler to the request's handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token(TokenEvent),
+    Done(Finish),
+    Error(String),
+}
+
+/// Block contents handed out to a puller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedKv {
+    pub block_size: usize,
+    pub num_tokens: usize,
+    pub blocks: Vec<Vec<f32>>,
+}

@@ -1,0 +1,210 @@
+//! Engine metrics under vLLM's names, rendered in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                g.0[i] += 1;
+            }
+        }
+        g.1 += v;
+        g.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&g.0) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", g.2);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", g.1);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", g.2);
+    }
+}
+
+const LATENCY: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+const REQUEST: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+];
+
+/// Counters, gauges and histograms shared between the scheduler (writer) and `/metrics` (reader).
+#[derive(Debug)]
+pub struct Stats {
+    pub num_running: AtomicU64,
+    pub num_waiting: AtomicU64,
+    kv_usage_bits: AtomicU64,
+    pub prefix_queries: AtomicU64,
+    pub prefix_hits: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    pub requests_finished: AtomicU64,
+    pub kv_pulls: AtomicU64,
+    pub kv_pull_failures: AtomicU64,
+    pub kv_pull_recomputes: AtomicU64,
+    pub kv_leases_expired: AtomicU64,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub queue: Histogram,
+    pub prefill: Histogram,
+    pub decode: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            num_running: AtomicU64::new(0),
+            num_waiting: AtomicU64::new(0),
+            kv_usage_bits: AtomicU64::new(0f64.to_bits()),
+            prefix_queries: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            requests_finished: AtomicU64::new(0),
+            kv_pulls: AtomicU64::new(0),
+            kv_pull_failures: AtomicU64::new(0),
+            kv_pull_recomputes: AtomicU64::new(0),
+            kv_leases_expired: AtomicU64::new(0),
+            ttft: Histogram::new(LATENCY),
+            itl: Histogram::new(LATENCY),
+            e2e: Histogram::new(REQUEST),
+            queue: Histogram::new(REQUEST),
+            prefill: Histogram::new(REQUEST),
+            decode: Histogram::new(REQUEST),
+        }
+    }
+}
+
+impl Stats {
+    pub fn set_kv_usage(&self, v: f64) {
+        self.kv_usage_bits.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn kv_usage(&self) -> f64 {
+        f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn render(&self, model_name: &str) -> String {
+        let labels = format!(
+            "model_name=\"{}\",engine=\"0\"",
+            model_name.replace(['"', '\\', '\n'], "_")
+        );
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, v: f64| {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{{labels}}} {v}");
+        };
+        let counter = |out: &mut String, name: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# TYPE {name} counter\n{name}{{{labels}}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        gauge(
+            &mut out,
+            "vllm:num_requests_running",
+            self.num_running.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "vllm:num_requests_waiting",
+            self.num_waiting.load(Ordering::Relaxed) as f64,
+        );
+        gauge(&mut out, "vllm:kv_cache_usage_perc", self.kv_usage());
+        counter(
+            &mut out,
+            "vllm:prefix_cache_queries_total",
+            &self.prefix_queries,
+        );
+        counter(&mut out, "vllm:prefix_cache_hits_total", &self.prefix_hits);
+        counter(&mut out, "vllm:num_preemptions_total", &self.preemptions);
+        counter(&mut out, "vllm:prompt_tokens_total", &self.prompt_tokens);
+        counter(
+            &mut out,
+            "vllm:generation_tokens_total",
+            &self.generation_tokens,
+        );
+        counter(
+            &mut out,
+            "vllm:request_success_total",
+            &self.requests_finished,
+        );
+        counter(&mut out, "baton:kv_pulls_total", &self.kv_pulls);
+        counter(
+            &mut out,
+            "baton:kv_pull_failures_total",
+            &self.kv_pull_failures,
+        );
+        counter(
+            &mut out,
+            "baton:kv_pull_recomputes_total",
+            &self.kv_pull_recomputes,
+        );
+        counter(
+            &mut out,
+            "baton:kv_leases_expired_total",
+            &self.kv_leases_expired,
+        );
+        self.ttft
+            .render(&mut out, "vllm:time_to_first_token_seconds", &labels);
+        self.itl
+            .render(&mut out, "vllm:inter_token_latency_seconds", &labels);
+        self.e2e
+            .render(&mut out, "vllm:e2e_request_latency_seconds", &labels);
+        self.queue
+            .render(&mut out, "vllm:request_queue_time_seconds", &labels);
+        self.prefill
+            .render(&mut out, "vllm:request_prefill_time_seconds", &labels);
+        self.decode
+            .render(&mut out, "vllm:request_decode_time_seconds", &labels);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_vllm_names_and_cumulative_buckets() {
+        let s = Stats::default();
+        s.num_running.store(2, Ordering::Relaxed);
+        s.set_kv_usage(0.25);
+        s.ttft.observe(0.05);
+        let text = s.render("m");
+        assert!(text.contains("vllm:num_requests_running{model_name=\"m\",engine=\"0\"} 2"));
+        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\",engine=\"0\"} 0.25"));
+        assert!(text.contains(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.06\"} 1"
+        ));
+        assert!(text.contains(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.04\"} 0"
+        ));
+        assert!(text
+            .contains("vllm:time_to_first_token_seconds_count{model_name=\"m\",engine=\"0\"} 1"));
+    }
+}
