@@ -32,6 +32,7 @@ pub struct GatewayConfig {
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
     pub health: HealthConfig,
+    pub slo: crate::slo::config::SloConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -126,6 +127,7 @@ impl Default for GatewayConfig {
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
+            slo: crate::slo::config::SloConfig::default(),
         }
     }
 }

@@ -59,6 +59,8 @@ pub enum ErrorKind {
     },
     /// The engine's reply could not be understood.
     BadReply(String),
+    /// Admission control predicted the SLO cannot be met (429).
+    Rejected,
 }
 
 /// A failure of one request, attributed to a leg.
@@ -117,6 +119,7 @@ impl GatewayError {
             ErrorKind::Timeout(_) => "timeout",
             ErrorKind::Status { .. } => "status",
             ErrorKind::BadReply(_) => "bad_reply",
+            ErrorKind::Rejected => "rejected",
         }
     }
 }
@@ -140,6 +143,10 @@ impl fmt::Display for GatewayError {
                 write!(f, "{leg} worker returned HTTP {status}: {detail}")
             }
             ErrorKind::BadReply(e) => write!(f, "{leg} worker sent an invalid reply: {e}"),
+            ErrorKind::Rejected => write!(
+                f,
+                "no worker can meet this request's latency targets now; retry later"
+            ),
         }
     }
 }

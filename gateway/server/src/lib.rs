@@ -16,6 +16,7 @@ pub mod relay;
 pub mod request_id;
 pub mod respond;
 pub mod server;
+pub mod slo;
 pub mod state;
 pub mod upstream;
 pub mod worker;

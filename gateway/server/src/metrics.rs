@@ -60,6 +60,7 @@ pub struct Metrics {
     pub retries: Counter,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub local_prefills: Counter,
+    pub slo_local_prefills: Counter,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
     breaker_state: Family<WorkerLabels, Gauge>,
@@ -134,6 +135,12 @@ impl Metrics {
             "vLLM PD requests whose prefill returned no kv_transfer_params, so decode prefilled itself",
             local_prefills.clone(),
         );
+        let slo_local_prefills = Counter::default();
+        registry.register(
+            "slo_local_prefills",
+            "Requests the SLO policy sent to a decode worker's own prefill (conditional disaggregation)",
+            slo_local_prefills.clone(),
+        );
         let worker_healthy = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "worker_healthy",
@@ -163,6 +170,7 @@ impl Metrics {
             retries,
             upstream_errors,
             local_prefills,
+            slo_local_prefills,
             worker_healthy,
             worker_in_flight,
             breaker_state,

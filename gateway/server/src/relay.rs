@@ -26,6 +26,9 @@ use tokio::time::{Instant, Sleep};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::metrics::{ErrorLabels, Metrics, ModeLabels, RequestLabels};
 use crate::respond::openai_error;
+use crate::slo::classify::SloTarget;
+use crate::slo::tracker::DecodeTicket;
+use crate::slo::SloEngine;
 use crate::upstream::error_chain;
 use crate::worker::{LoadGuard, Worker};
 
@@ -52,6 +55,7 @@ pub enum Outcome {
     Timeout,
     Cancelled,
     NoWorker,
+    Rejected,
 }
 
 impl Outcome {
@@ -63,6 +67,7 @@ impl Outcome {
             Self::Timeout => "timeout",
             Self::Cancelled => "cancelled",
             Self::NoWorker => "no_worker",
+            Self::Rejected => "rejected",
         }
     }
 
@@ -97,6 +102,8 @@ pub struct Observer {
     worker: Option<Arc<Worker>>,
     _guards: Vec<LoadGuard>,
     _watcher: Option<AbortOnDrop>,
+    slo: Option<(Arc<SloEngine>, SloTarget)>,
+    ticket: Option<DecodeTicket>,
 }
 
 impl Observer {
@@ -119,7 +126,21 @@ impl Observer {
             worker: None,
             _guards: Vec::new(),
             _watcher: None,
+            slo: None,
+            ticket: None,
         }
+    }
+
+    /// Accounts the request against its SLO when it ends.
+    pub fn with_slo(
+        mut self,
+        engine: Arc<SloEngine>,
+        target: SloTarget,
+        ticket: Option<DecodeTicket>,
+    ) -> Self {
+        self.slo = Some((engine, target));
+        self.ticket = ticket;
+        self
     }
 
     pub fn with_worker(mut self, w: Arc<Worker>) -> Self {
@@ -193,11 +214,25 @@ impl Drop for Observer {
                 w.breaker.record_success();
             }
         }
+        let now = Instant::now();
+        let ttft = self.first_output.map(|f| (f - self.start).as_secs_f64());
+        let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
+        let tpot = match (self.first_output, tokens > 1) {
+            (Some(first), true) => Some((now - first).as_secs_f64() / (tokens - 1) as f64),
+            _ => None,
+        };
+        if let Some((engine, target)) = &self.slo {
+            let ms = |s: Option<f64>| s.map(|x| x * 1000.0);
+            let failed = outcome != Outcome::Success;
+            engine.record(target, ms(ttft), ms(tpot), false, failed);
+            if let (Some(t), false) = (&mut self.ticket, failed) {
+                t.observe(ms(ttft), ms(tpot));
+            }
+        }
         if outcome != Outcome::Success {
             return;
         }
         let mode = ModeLabels { mode: self.mode };
-        let now = Instant::now();
         self.metrics
             .e2e
             .get_or_create(&mode)

@@ -18,6 +18,7 @@ pub fn status_of(e: &GatewayError) -> StatusCode {
         ErrorKind::Connect(_) => StatusCode::BAD_GATEWAY,
         ErrorKind::Transport(_) | ErrorKind::BadReply(_) => StatusCode::BAD_GATEWAY,
         ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Rejected => StatusCode::TOO_MANY_REQUESTS,
         // An engine's 4xx is the client's problem and keeps its status so
         // SDKs react as they would talking to the engine; an engine's 5xx
         // becomes a gateway-class status.
@@ -38,6 +39,7 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
         }
         (ErrorKind::NotFound, _) | (ErrorKind::MethodNotAllowed, _) => "invalid_request_error",
         (ErrorKind::Status { status, .. }, _) if *status < 500 => "invalid_request_error",
+        (ErrorKind::Rejected, _) => "rate_limit_error",
         (_, Leg::Gateway) => "service_unavailable",
         _ => "upstream_error",
     };

@@ -228,13 +228,17 @@ async fn route(
             resp
         }
         (Method::GET, "/v1/models") => models(&state).await,
+        (Method::GET, "/v1/slo") => slo_report(&state),
         (Method::POST, p) => match Endpoint::from_path(p) {
             Some(ep) => generate(state, ep, req).await,
             None => error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound)),
         },
         (_, p)
             if Endpoint::from_path(p).is_some()
-                || matches!(p, "/health" | "/readiness" | "/metrics" | "/v1/models") =>
+                || matches!(
+                    p,
+                    "/health" | "/readiness" | "/metrics" | "/v1/models" | "/v1/slo"
+                ) =>
         {
             error_response(&GatewayError::new(Leg::Client, ErrorKind::MethodNotAllowed))
         }
@@ -392,8 +396,16 @@ async fn generate(
         endpoint = endpoint.label(),
         stream = creq.stream
     );
+    let slo = match crate::slo::classify::classify(&state.config.slo, &parts.headers) {
+        Ok(t) => t,
+        Err(e) => return error_response(&GatewayError::client(e)),
+    };
+    let text = creq.routing_text();
+    let prompt_tokens = crate::slo::estimate_prompt_tokens(&creq, text.as_deref());
     let ctx = Ctx {
-        text: creq.routing_text(),
+        text,
+        slo,
+        prompt_tokens,
         req: creq,
         headers: parts.headers,
         request_id,
@@ -401,4 +413,54 @@ async fn generate(
         deadline: start + state.request_timeout(),
     };
     tracing::Instrument::instrument(dispatch::dispatch(&state, ctx), span).await
+}
+
+/// `GET /v1/slo`: goodput and attainment per class and tenant over the window.
+fn slo_report(state: &AppState) -> Response<GatewayBody> {
+    let window = state.slo.accounting.window().as_secs_f64();
+    let rows: Vec<Value> = state
+        .slo
+        .report()
+        .into_iter()
+        .map(|((class, tenant), c)| {
+            let ratio = |n: u64| {
+                if c.requests == 0 {
+                    0.0
+                } else {
+                    n as f64 / c.requests as f64
+                }
+            };
+            json!({
+                "class": class,
+                "tenant": tenant,
+                "requests": c.requests,
+                "good": c.good,
+                "rejected": c.rejected,
+                "failed": c.failed,
+                "attainment": ratio(c.good),
+                "ttft_attainment": ratio(c.ttft_met),
+                "tpot_attainment": ratio(c.tpot_met),
+                "goodput_rps": c.good as f64 / window,
+            })
+        })
+        .collect();
+    let classes: serde_json::Map<String, Value> = state
+        .config
+        .slo
+        .classes
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                json!({"ttft_ms": v.ttft_ms, "tpot_ms": v.tpot_ms}),
+            )
+        })
+        .collect();
+    let body = json!({
+        "window_secs": window,
+        "replicas": state.slo.replica_count(),
+        "classes": classes,
+        "rows": rows,
+    });
+    json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }

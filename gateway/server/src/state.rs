@@ -39,6 +39,7 @@ pub struct AppState {
     pub pools: Pools,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    pub slo: Arc<crate::slo::SloEngine>,
 }
 
 impl AppState {
@@ -79,6 +80,7 @@ impl AppState {
                 ),
             },
         };
+        let config_slo = config.slo.clone();
         let upstream = Upstream::new(Duration::from_millis(config.timeouts.connect_ms));
         Ok(Self {
             config,
@@ -86,6 +88,7 @@ impl AppState {
             pools,
             upstream,
             metrics: Arc::new(Metrics::new()),
+            slo: Arc::new(crate::slo::SloEngine::new(config_slo)),
         })
     }
 

@@ -3,17 +3,33 @@
 use std::sync::Arc;
 
 use super::reply::{respond, Answer};
-use super::{pick, AttemptError, AttemptResult, Ctx, Tried};
+use super::{pick, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
 use crate::upstream::CallIds;
+use tokio::time::Instant;
 
-pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
+pub async fn attempt(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    tried: &mut Tried,
+    placement: Placement<'_>,
+) -> AttemptResult {
     let Pools::Aggregated(pool) = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
     };
-    let worker = pick(pool, Leg::Worker, ctx, &mut tried.primary)?;
+    let worker = pick(
+        pool,
+        Leg::Worker,
+        ctx,
+        &mut tried.primary,
+        placement.map(|f| &f.decode),
+    )?;
     let guard = worker.start_request();
+    let tracker = &state.slo.tracker;
+    let ticket = tracker.start_decode(&worker.url);
+    let prefill_ticket = tracker.start_prefill(&worker.url, ctx.prompt_tokens);
+    let t0 = Instant::now();
     let send = state.upstream.post(
         Leg::Worker,
         &worker.url,
@@ -34,6 +50,13 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
             ))
         })
         .map_err(|e| AttemptError::of(e, Some(&worker)))?;
+    // A streaming head arrives once the prompt is prefilled: that time
+    // measures this worker's prefill rate. A non-streaming one does not.
+    if ctx.req.stream {
+        prefill_ticket.finish(t0.elapsed());
+    } else {
+        drop(prefill_ticket);
+    }
     respond(
         state,
         ctx,
@@ -44,6 +67,7 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
             guards: vec![guard],
             other_leg: None,
             watcher: None,
+            ticket,
         },
     )
     .await

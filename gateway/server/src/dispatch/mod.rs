@@ -25,6 +25,8 @@ use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::metrics::{ErrorLabels, RequestLabels};
 use crate::relay::Outcome;
 use crate::respond::error_response;
+use crate::slo::classify::SloTarget;
+use crate::slo::{Admission, Forced};
 use crate::state::AppState;
 use crate::worker::Worker;
 
@@ -41,6 +43,10 @@ pub struct Ctx {
     pub request_id: String,
     pub start: Instant,
     pub deadline: Instant,
+    /// The SLO this request is held to.
+    pub slo: SloTarget,
+    /// Estimated prompt tokens (for load tracking and placement).
+    pub prompt_tokens: u64,
 }
 
 /// Workers already used by this request, per pool.
@@ -78,16 +84,45 @@ impl From<GatewayError> for AttemptError {
 
 type AttemptResult = Result<Response<GatewayBody>, AttemptError>;
 
+/// The SLO policy's placement for an attempt, if any.
+pub type Placement<'a> = Option<&'a Forced>;
+
 /// Serves one request to completion of its head (the body may stream on).
 pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> {
+    let mut forced = None;
+    if state.slo.config.routing {
+        let req = baton_policies::slo::SloRequest {
+            prompt_tokens: ctx.prompt_tokens,
+            output_tokens: crate::slo::output_tokens(&ctx.req),
+            budget: ctx.slo.budget,
+        };
+        let admission = tokio::time::timeout_at(
+            ctx.deadline,
+            state.slo.admit(state.mode, &state.pools, &req, ctx.start),
+        )
+        .await
+        .unwrap_or(Admission::Reject {
+            retry_after: Duration::from_secs(1),
+        });
+        match admission {
+            Admission::Admit(f) => forced = f,
+            Admission::Reject { retry_after } => return reject(state, &ctx, retry_after),
+        }
+    }
     let mut tried = Tried::default();
     let mut attempt: u32 = 0;
     let error = loop {
+        // The SLO placement holds for the first attempt; retries re-pick.
+        let placement = if attempt == 0 { forced.as_ref() } else { None };
         let fut = async {
             match state.mode {
-                Mode::Aggregated => aggregated::attempt(state, &ctx, &mut tried).await,
-                Mode::Pd(PdProtocol::Vllm) => vllm::attempt(state, &ctx, &mut tried).await,
-                Mode::Pd(PdProtocol::Sglang) => sglang::attempt(state, &ctx, &mut tried).await,
+                Mode::Aggregated => aggregated::attempt(state, &ctx, &mut tried, placement).await,
+                Mode::Pd(PdProtocol::Vllm) => {
+                    vllm::attempt(state, &ctx, &mut tried, placement).await
+                }
+                Mode::Pd(PdProtocol::Sglang) => {
+                    sglang::attempt(state, &ctx, &mut tried, placement).await
+                }
             }
         };
         let result = match tokio::time::timeout_at(ctx.deadline, fut).await {
@@ -130,7 +165,21 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
         tracing::warn!(request_id = %ctx.request_id, error = %error, "request failed");
     }
     record_outcome(state, &ctx, Outcome::of(&error));
+    state.slo.record(&ctx.slo, None, None, false, true);
     error_response(&error)
+}
+
+/// Early rejection: 429 with `Retry-After`, counted as a miss.
+fn reject(state: &AppState, ctx: &Ctx, retry_after: Duration) -> Response<GatewayBody> {
+    state.slo.record(&ctx.slo, None, None, true, false);
+    record_outcome(state, ctx, Outcome::Rejected);
+    let e = GatewayError::new(Leg::Gateway, ErrorKind::Rejected);
+    let mut resp = error_response(&e);
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 pub fn record_outcome(state: &AppState, ctx: &Ctx, outcome: Outcome) {
@@ -169,16 +218,21 @@ pub fn transfer_id() -> String {
     )
 }
 
-/// Picks from a pool or fails with "no healthy worker" for that leg.
+/// Picks from a pool (or takes the SLO policy's choice) or fails with "no
+/// healthy worker" for that leg.
 pub fn pick(
     pool: &crate::pool::Pool,
     leg: Leg,
     ctx: &Ctx,
     tried: &mut Vec<Arc<Worker>>,
+    forced: Option<&Arc<Worker>>,
 ) -> Result<Arc<Worker>, AttemptError> {
-    let w = pool
-        .pick(ctx.text.as_deref(), tried)
-        .ok_or_else(|| GatewayError::new(leg, ErrorKind::NoWorker))?;
+    let w = match forced {
+        Some(w) => Arc::clone(w),
+        None => pool
+            .pick(ctx.text.as_deref(), tried)
+            .ok_or_else(|| GatewayError::new(leg, ErrorKind::NoWorker))?,
+    };
     tried.push(Arc::clone(&w));
     Ok(w)
 }

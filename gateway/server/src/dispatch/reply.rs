@@ -12,6 +12,7 @@ use super::{AttemptError, Ctx};
 use crate::body::{full, GatewayBody};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{self, AbortOnDrop, LegResult, Observer, Outcome, RelayBody, StreamLimits};
+use crate::slo::tracker::DecodeTicket;
 use crate::state::AppState;
 use crate::upstream::read_body;
 use crate::worker::{LoadGuard, Worker};
@@ -28,6 +29,8 @@ pub struct Answer {
     /// The concurrently running other leg (SGLang prefill), if any.
     pub other_leg: Option<oneshot::Receiver<LegResult>>,
     pub watcher: Option<AbortOnDrop>,
+    /// The sequence's decode-load ticket (activated here).
+    pub ticket: DecodeTicket,
 }
 
 pub async fn respond(
@@ -42,6 +45,7 @@ pub async fn respond(
         guards,
         other_leg,
         watcher,
+        mut ticket,
     } = answer;
     let status = head.status();
     if !status.is_success() {
@@ -57,6 +61,7 @@ pub async fn respond(
         );
         return Err(AttemptError::of(e, Some(&worker)));
     }
+    ticket.activate();
     let limits = StreamLimits {
         idle: state.idle_timeout(),
         deadline: ctx.deadline,
@@ -78,7 +83,8 @@ pub async fn respond(
         state.mode.label(),
         ctx.start,
     )
-    .with_worker(Arc::clone(&worker));
+    .with_worker(Arc::clone(&worker))
+    .with_slo(Arc::clone(&state.slo), ctx.slo.clone(), Some(ticket));
     if ctx.req.stream {
         let observer = observer.with_guards(guards).with_watcher(watcher);
         let body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);

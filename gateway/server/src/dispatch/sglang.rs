@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
+use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{AbortOnDrop, LegResult};
 use crate::state::{AppState, Pools};
@@ -20,12 +20,30 @@ use crate::upstream::{read_body, CallIds};
 
 const MAX_PREFILL_REPLY: usize = 64 << 20;
 
-pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
+pub async fn attempt(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    tried: &mut Tried,
+    placement: Placement<'_>,
+) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
     };
-    let p = pick(prefill, Leg::Prefill, ctx, &mut tried.primary)?;
-    let d = pick(decode, Leg::Decode, ctx, &mut tried.decode)?;
+    let p = pick(
+        prefill,
+        Leg::Prefill,
+        ctx,
+        &mut tried.primary,
+        placement.and_then(|f| f.prefill.as_ref()),
+    )?;
+    let d = pick(
+        decode,
+        Leg::Decode,
+        ctx,
+        &mut tried.decode,
+        placement.map(|f| &f.decode),
+    )?;
+    let ticket = state.slo.tracker.start_decode(&d.url);
     let rooms = sglang::fresh_rooms(&mut rand::rng(), ctx.req.batch);
     let bootstrap = Bootstrap {
         host: sglang::host_of(&p.url),
@@ -46,6 +64,7 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
         let xfer = xfer.clone();
         let request_id = ctx.request_id.clone();
         let guard = p.start_request();
+        let prefill_ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
         tokio::spawn(async move {
             let _guard = guard;
             let t0 = Instant::now();
@@ -86,10 +105,13 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
                         ErrorKind::Timeout("prefill"),
                     ))
                 });
-            state
-                .metrics
-                .prefill_leg
-                .observe(t0.elapsed().as_secs_f64());
+            let took = t0.elapsed();
+            state.metrics.prefill_leg.observe(took.as_secs_f64());
+            if result.is_ok() {
+                prefill_ticket.finish(took);
+            } else {
+                drop(prefill_ticket);
+            }
             match &result {
                 Ok(()) => p.breaker.record_success(),
                 Err(e) if e.counts_against_worker() => p.breaker.record_failure(),
@@ -164,6 +186,7 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
             guards: vec![decode_guard],
             other_leg,
             watcher: Some(watcher),
+            ticket,
         },
     )
     .await

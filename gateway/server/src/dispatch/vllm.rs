@@ -7,21 +7,33 @@ use baton_protocol::vllm;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Tried};
+use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
 use crate::upstream::{read_body, CallIds};
+use crate::worker::Worker;
 
 /// A prefill reply is one token plus params; anything near this is a bug.
 const MAX_PREFILL_REPLY: usize = 16 << 20;
 
-pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> AttemptResult {
+pub async fn attempt(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    tried: &mut Tried,
+    placement: Placement<'_>,
+) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
     };
     let prefill_body = vllm::prefill_body(&ctx.req).map_err(GatewayError::client)?;
-    let p = pick(prefill, Leg::Prefill, ctx, &mut tried.primary)?;
-    let d = pick(decode, Leg::Decode, ctx, &mut tried.decode)?;
+    let d = pick(
+        decode,
+        Leg::Decode,
+        ctx,
+        &mut tried.decode,
+        placement.map(|f| &f.decode),
+    )?;
+    let local = placement.is_some_and(|f| f.prefill.is_none());
     // The same fresh id on both legs: vLLM derives the transfer key from it.
     let xfer = transfer_id();
     let path = ctx.req.endpoint.path();
@@ -29,51 +41,22 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
         upstream: &xfer,
         request: &ctx.request_id,
     };
-
-    let prefill_guard = p.start_request();
-    let t0 = Instant::now();
-    let prefill_leg = async {
-        let head = state
-            .upstream
-            .post(Leg::Prefill, &p.url, path, ids, &ctx.headers, prefill_body)
-            .await?;
-        let status = head.status();
-        let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
-        if !status.is_success() {
-            return Err(GatewayError::new(
-                Leg::Prefill,
-                ErrorKind::Status {
-                    status: status.as_u16(),
-                    body,
-                },
-            ));
-        }
-        Ok(body)
+    let tracker = &state.slo.tracker;
+    let ticket = tracker.start_decode(&d.url);
+    let params = if local {
+        // Conditional disaggregation: the decode worker prefills itself.
+        state.metrics.slo_local_prefills.inc();
+        None
+    } else {
+        let p = pick(
+            prefill,
+            Leg::Prefill,
+            ctx,
+            &mut tried.primary,
+            placement.and_then(|f| f.prefill.as_ref()),
+        )?;
+        prefill_leg(state, ctx, &p, ids, prefill_body).await?
     };
-    let reply = tokio::time::timeout(state.prefill_timeout(), prefill_leg)
-        .await
-        .unwrap_or_else(|_| {
-            Err(GatewayError::new(
-                Leg::Prefill,
-                ErrorKind::Timeout("prefill"),
-            ))
-        })
-        .map_err(|e| AttemptError::of(e, Some(&p)))?;
-    drop(prefill_guard);
-    state
-        .metrics
-        .prefill_leg
-        .observe(t0.elapsed().as_secs_f64());
-    let params = vllm::kv_transfer_params(&reply)
-        .map_err(|e| GatewayError::new(Leg::Prefill, ErrorKind::BadReply(e.to_string())))
-        .map_err(|e| AttemptError::of(e, Some(&p)))?;
-    p.breaker.record_success();
-    if params.is_none() {
-        // Prefill stopped on its own (EOS/stop on the first token): decode
-        // gets the plain body and prefills by itself.
-        state.metrics.local_prefills.inc();
-        tracing::debug!(request_id = %ctx.request_id, "prefill returned no kv_transfer_params");
-    }
     let decode_body = vllm::decode_body(&ctx.req, params.as_ref());
 
     let decode_guard = d.start_request();
@@ -104,7 +87,63 @@ pub async fn attempt(state: &Arc<AppState>, ctx: &Ctx, tried: &mut Tried) -> Att
             guards: vec![decode_guard],
             other_leg: None,
             watcher: None,
+            ticket,
         },
     )
     .await
+}
+
+/// Runs the prefill leg to completion; returns the params for decode.
+async fn prefill_leg(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    p: &Arc<Worker>,
+    ids: CallIds<'_>,
+    body: bytes::Bytes,
+) -> Result<Option<serde_json::Value>, AttemptError> {
+    let path = ctx.req.endpoint.path();
+    let _guard = p.start_request();
+    let ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
+    let t0 = Instant::now();
+    let leg = async {
+        let head = state
+            .upstream
+            .post(Leg::Prefill, &p.url, path, ids, &ctx.headers, body)
+            .await?;
+        let status = head.status();
+        let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
+        if !status.is_success() {
+            return Err(GatewayError::new(
+                Leg::Prefill,
+                ErrorKind::Status {
+                    status: status.as_u16(),
+                    body,
+                },
+            ));
+        }
+        Ok(body)
+    };
+    let reply = tokio::time::timeout(state.prefill_timeout(), leg)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::new(
+                Leg::Prefill,
+                ErrorKind::Timeout("prefill"),
+            ))
+        })
+        .map_err(|e| AttemptError::of(e, Some(p)))?;
+    let took = t0.elapsed();
+    ticket.finish(took);
+    state.metrics.prefill_leg.observe(took.as_secs_f64());
+    let params = vllm::kv_transfer_params(&reply)
+        .map_err(|e| GatewayError::new(Leg::Prefill, ErrorKind::BadReply(e.to_string())))
+        .map_err(|e| AttemptError::of(e, Some(p)))?;
+    p.breaker.record_success();
+    if params.is_none() {
+        // Prefill stopped on its own (EOS/stop on the first token): decode
+        // gets the plain body and prefills by itself.
+        state.metrics.local_prefills.inc();
+        tracing::debug!(request_id = %ctx.request_id, "prefill returned no kv_transfer_params");
+    }
+    Ok(params)
 }

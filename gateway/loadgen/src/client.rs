@@ -1,0 +1,236 @@
+//! The streaming OpenAI client: sends one request, reads its SSE stream through
+//! [`StreamTimer`], and classifies how it ended (ok, 429 rejected, HTTP error, aborted stream,
+//! connection failure, timeout).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{timeout_at, Instant};
+
+use crate::record::Outcome;
+use crate::request::RequestTemplate;
+use crate::sse::{truncate, Chunk, SseParser};
+use crate::timing::{StreamResult, StreamTimer};
+use crate::workload::RequestSpec;
+
+/// A client that can't be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("bad header {0:?}")]
+    Header(String),
+}
+
+/// Sends benchmark requests to one server.
+#[derive(Clone)]
+pub struct BenchClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    template: RequestTemplate,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+}
+
+/// How one request went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sent {
+    pub outcome: Outcome,
+    pub stream: StreamResult,
+}
+
+impl BenchClient {
+    /// `base_url` is `http://host:port` (a trailing `/v1` or the full endpoint path is fine too).
+    pub fn new(
+        base_url: &str,
+        template: RequestTemplate,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let uri = endpoint_uri(base_url, template.endpoint.path())?;
+        let headers = template
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let name = HeaderName::try_from(k.as_str())
+                    .map_err(|_| ClientError::Header(k.clone()))?;
+                let value = HeaderValue::try_from(v.as_str())
+                    .map_err(|_| ClientError::Header(k.clone()))?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, ClientError>>()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            http,
+            uri,
+            template,
+            headers,
+            timeout,
+        })
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Sends `spec` and measures its stream; never fails (failures are outcomes).
+    pub async fn send(&self, spec: &RequestSpec) -> Sent {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let body = self.template.body(spec).to_string();
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json");
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => return failed(Outcome::Connect { message: e.to_string() }),
+        };
+        let resp = match timeout_at(deadline, self.http.request(req)).await {
+            Err(_) => return failed(Outcome::Timeout),
+            Ok(Err(e)) => {
+                return failed(Outcome::Connect {
+                    message: error_chain(&e),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return failed(Outcome::Rejected { retry_after });
+        }
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let message = match timeout_at(deadline, body.collect()).await {
+                Ok(Ok(b)) => truncate(&String::from_utf8_lossy(&b.to_bytes()), 500).to_owned(),
+                _ => String::new(),
+            };
+            return failed(Outcome::HttpError {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let mut parser = SseParser::default();
+        let mut timer = StreamTimer::default();
+        let broken = 'read: loop {
+            let frame = match timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Sent {
+                        outcome: Outcome::Timeout,
+                        stream: timer.finish(Some("timeout".into())),
+                    }
+                }
+                Ok(None) => break None,
+                Ok(Some(Err(e))) => break Some(format!("connection broke: {}", error_chain(&e))),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let at = start.elapsed();
+            for ev in parser.push(&data) {
+                if timer.on_chunk(&Chunk::classify(&ev), at) {
+                    break 'read None;
+                }
+            }
+        };
+        let stream = timer.finish(broken);
+        let outcome = match &stream.failure {
+            None => Outcome::Ok,
+            Some(reason) => Outcome::Aborted {
+                reason: reason.clone(),
+            },
+        };
+        Sent { outcome, stream }
+    }
+}
+
+fn failed(outcome: Outcome) -> Sent {
+    Sent {
+        outcome,
+        stream: StreamResult {
+            ttft: None,
+            latency: None,
+            itl: Vec::new(),
+            output_tokens: None,
+            prompt_tokens: None,
+            failure: None,
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `base` + `path`, unless `base` already ends with the path (or with `/v1`).
+pub fn endpoint_uri(base: &str, path: &str) -> Result<Uri, ClientError> {
+    let bad = |m: &str| ClientError::Url(base.to_owned(), m.to_owned());
+    let trimmed = base.trim_end_matches('/');
+    let full = if trimmed.ends_with(path) {
+        trimmed.to_owned()
+    } else if let Some(root) = trimmed.strip_suffix("/v1") {
+        format!("{root}{path}")
+    } else {
+        format!("{trimmed}{path}")
+    };
+    let uri: Uri = full.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https is not supported (plain http only)")),
+        _ => return Err(bad("expected http://host:port")),
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_uris() {
+        let p = "/v1/completions";
+        for base in [
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:8000/",
+            "http://127.0.0.1:8000/v1",
+            "http://127.0.0.1:8000/v1/completions",
+        ] {
+            assert_eq!(
+                endpoint_uri(base, p).unwrap().to_string(),
+                "http://127.0.0.1:8000/v1/completions",
+                "{base}"
+            );
+        }
+        assert!(endpoint_uri("https://x", p).is_err());
+        assert!(endpoint_uri("127.0.0.1:80", p).is_err());
+        assert!(endpoint_uri("http://a b", p).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! Baton's goodput load generator (`baton-bench`): open-loop arrivals against an
+//! OpenAI-compatible server, per-request TTFT / TPOT / ITL / E2E measured the way
+//! `vllm bench serve` measures them, goodput by vLLM's definition (good requests per second) and
+//! by DistServe's (the highest request rate at which ≥ 90% of requests meet the SLOs), reports
+//! as JSON, CSV and PNG plots.
+//!
+//! Pure pieces (arrivals, workloads, SSE parsing, stream timing, metrics, sweeps) are separate
+//! from the I/O ones (`client`, `runner`, `report`, `plot`).
+
+pub mod arrival;
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
+pub mod record;
+pub mod report;
+pub mod request;
+pub mod runner;
+pub mod slo;
+pub mod sse;
+pub mod sweep;
+pub mod timing;
+pub mod workload;

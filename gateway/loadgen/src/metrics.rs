@@ -1,0 +1,202 @@
+//! Aggregates a run's records: counts, latency percentiles (numpy's linear interpolation, as
+//! `vllm bench serve` reports them), throughput, vLLM goodput (good requests per second) and SLO
+//! attainment (good / sent: rejected and failed requests are misses).
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Outcome, RequestRecord};
+use crate::slo::Slo;
+
+/// Distribution summary of one latency metric, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub count: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// `None` when there are no samples. Input in seconds.
+    pub fn from_secs(samples: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut ms: Vec<f64> = samples
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .map(|s| s * 1000.0)
+            .collect();
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_by(f64::total_cmp);
+        Some(Self {
+            count: ms.len(),
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            p50: percentile(&ms, 50.0),
+            p90: percentile(&ms, 90.0),
+            p99: percentile(&ms, 99.0),
+            max: ms[ms.len() - 1],
+        })
+    }
+}
+
+/// numpy's default (linear) percentile of sorted, non-empty data.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let Some(&last) = sorted.last() else {
+        return f64::NAN;
+    };
+    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    let frac = rank - lo as f64;
+    if lo >= sorted.len() {
+        return last;
+    }
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub sent: usize,
+    pub completed: usize,
+    /// Neither completed nor rejected: HTTP errors, aborted streams, connection failures, timeouts.
+    pub failed: usize,
+    /// HTTP 429.
+    pub rejected: usize,
+    pub timed_out: usize,
+    /// From the first send to the last answer, seconds.
+    pub duration_s: f64,
+    /// Completed requests per second.
+    pub request_throughput: f64,
+    /// Output tokens of completed requests per second.
+    pub output_throughput: f64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub ttft_ms: Option<Stats>,
+    pub tpot_ms: Option<Stats>,
+    pub itl_ms: Option<Stats>,
+    pub e2el_ms: Option<Stats>,
+    /// The SLOs goodput and attainment were judged against (absent: none given).
+    pub slo: Option<Slo>,
+    pub good: Option<usize>,
+    /// vLLM goodput: good requests per second of the run.
+    pub goodput: Option<f64>,
+    /// Good / sent.
+    pub attainment: Option<f64>,
+}
+
+impl RunSummary {
+    pub fn compute(records: &[RequestRecord], duration_s: f64, slo: &Slo) -> Self {
+        let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.outcome.is_ok()).collect();
+        let rejected = records.iter().filter(|r| r.outcome.is_rejected()).count();
+        let timed_out = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Timeout)
+            .count();
+        let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+        let total_output_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
+        let total_input_tokens: u64 = ok
+            .iter()
+            .map(|r| r.prompt_tokens.unwrap_or(u64::from(r.prompt_len)))
+            .sum();
+        let (slo, good, goodput, attainment) = if slo.is_empty() {
+            (None, None, None, None)
+        } else {
+            let (good, attainment) = attainment(records, slo);
+            (
+                Some(*slo),
+                Some(good),
+                Some(per_s(good as f64)),
+                Some(attainment),
+            )
+        };
+        Self {
+            sent: records.len(),
+            completed: ok.len(),
+            failed: records.len() - ok.len() - rejected,
+            rejected,
+            timed_out,
+            duration_s,
+            request_throughput: per_s(ok.len() as f64),
+            output_throughput: per_s(total_output_tokens as f64),
+            total_input_tokens,
+            total_output_tokens,
+            ttft_ms: Stats::from_secs(ok.iter().filter_map(|r| r.ttft_s)),
+            tpot_ms: Stats::from_secs(ok.iter().filter_map(|r| r.tpot_s())),
+            itl_ms: Stats::from_secs(ok.iter().flat_map(|r| r.itl_s.iter().copied())),
+            e2el_ms: Stats::from_secs(ok.iter().filter_map(|r| r.latency_s)),
+            slo,
+            good,
+            goodput,
+            attainment,
+        }
+    }
+}
+
+/// (good requests, good / sent); an empty run attains 0.
+pub fn attainment(records: &[RequestRecord], slo: &Slo) -> (usize, f64) {
+    let good = records.iter().filter(|r| slo.is_good(r)).count();
+    let frac = if records.is_empty() {
+        0.0
+    } else {
+        good as f64 / records.len() as f64
+    };
+    (good, frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::{failed, ok};
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn percentiles_match_numpy() {
+        let xs = [1.0, 2.0, 3.0, 4.0];
+        // numpy.percentile([1,2,3,4], [50, 90, 99]) = 2.5, 3.7, 3.97
+        assert!(close(percentile(&xs, 50.0), 2.5));
+        assert!(close(percentile(&xs, 90.0), 3.7));
+        assert!(close(percentile(&xs, 99.0), 3.97));
+        assert!(close(percentile(&[7.0], 99.0), 7.0));
+        assert!(percentile(&[], 50.0).is_nan());
+        assert!(Stats::from_secs([]).is_none());
+    }
+
+    #[test]
+    fn counts_throughput_goodput_attainment() {
+        let mut fast = ok(0.1, 1.1, 11); // TTFT 100 ms, TPOT 100 ms
+        fast.itl_s = vec![0.1; 10];
+        let slow = ok(0.9, 1.9, 11); // TTFT 900 ms
+        let records = vec![
+            fast.clone(),
+            fast,
+            slow,
+            failed(Outcome::Rejected {
+                retry_after: Some("1".into()),
+            }),
+            failed(Outcome::Timeout),
+        ];
+        let slo = Slo::parse(&["ttft:500", "tpot:100"]).unwrap();
+        let s = RunSummary::compute(&records, 2.0, &slo);
+        assert_eq!((s.sent, s.completed, s.failed, s.rejected, s.timed_out), (5, 3, 1, 1, 1));
+        assert_eq!(s.good, Some(2));
+        assert!(close(s.goodput.unwrap(), 1.0)); // 2 good / 2 s
+        assert!(close(s.attainment.unwrap(), 0.4)); // rejected and failed are misses
+        assert!(close(s.request_throughput, 1.5));
+        assert!(close(s.output_throughput, 33.0 / 2.0));
+        let tpot = s.tpot_ms.unwrap();
+        assert_eq!(tpot.count, 3);
+        assert!(close(tpot.mean, 100.0));
+        let ttft = s.ttft_ms.unwrap();
+        assert!(close(ttft.p50, 100.0));
+        assert!(close(ttft.max, 900.0));
+        assert_eq!(s.itl_ms.unwrap().count, 20);
+        let none = RunSummary::compute(&records, 2.0, &Slo::default());
+        assert_eq!((none.goodput, none.attainment), (None, None));
+    }
+}

@@ -1,0 +1,235 @@
+//! Goodput: SLO classes, per-request budgets, live accounting, and
+//! SLO-aware placement/admission.
+//!
+//! `classify` decides which targets a request is held to; `LoadTracker`
+//! keeps this replica's view of worker load; `place` asks the pure policy in
+//! `baton_policies::slo` where the request should run (or whether to reject
+//! it early); `Accounting` counts every request once when it ends.
+
+pub mod accounting;
+pub mod classify;
+pub mod config;
+pub mod tracker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_policies::slo::{
+    self as policy, AdmissionMode, DecodeLoad, Placement, PrefillLoad, SloRequest,
+    Verdict as PolicyVerdict,
+};
+use baton_protocol::ClientRequest;
+use tokio::time::Instant;
+
+use crate::config::{Mode, PdProtocol};
+use crate::state::Pools;
+use crate::worker::Worker;
+use accounting::{Accounting, Verdict};
+use classify::SloTarget;
+use config::SloConfig;
+use tracker::LoadTracker;
+
+/// The SLO machinery of one gateway replica.
+#[derive(Debug)]
+pub struct SloEngine {
+    pub config: SloConfig,
+    pub tracker: Arc<LoadTracker>,
+    pub accounting: Accounting,
+}
+
+/// Where the SLO policy put a request.
+#[derive(Debug, Clone)]
+pub struct Forced {
+    /// `None`: the decode worker prefills by itself (local path).
+    pub prefill: Option<Arc<Worker>>,
+    pub decode: Arc<Worker>,
+}
+
+/// Result of admission.
+#[derive(Debug)]
+pub enum Admission {
+    Admit(Option<Forced>),
+    Reject { retry_after: Duration },
+}
+
+/// Prompt length estimate (the gateway does not tokenize): ~4 characters
+/// per token for English text, which is what the latency model needs.
+pub fn estimate_prompt_tokens(req: &ClientRequest, text: Option<&str>) -> u64 {
+    let chars = text.map_or(0, |t| t.chars().count()) as u64;
+    let messages = req
+        .body
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .map_or(0, |m| m.len() as u64);
+    (chars / 4 + 4 * messages).max(1)
+}
+
+pub fn output_tokens(req: &ClientRequest) -> u64 {
+    req.body
+        .get("max_tokens")
+        .or_else(|| req.body.get("max_completion_tokens"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(256)
+}
+
+impl SloEngine {
+    pub fn new(config: SloConfig) -> Self {
+        let tracker = Arc::new(LoadTracker::new(
+            config.prior_prefill_tokens_per_s,
+            config.prior_tpot_base_ms,
+            config.prior_tpot_per_seq_ms,
+        ));
+        let accounting = Accounting::new(Duration::from_secs(config.window_secs));
+        Self {
+            config,
+            tracker,
+            accounting,
+        }
+    }
+
+    /// One placement decision on the current snapshot.
+    pub fn decide(
+        &self,
+        mode: Mode,
+        pools: &Pools,
+        req: &SloRequest,
+    ) -> (PolicyVerdict, Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
+        let (prefill_workers, decode_workers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) = match pools {
+            Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
+            Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
+        };
+        let pstats: Vec<_> = prefill_workers
+            .iter()
+            .map(|w| self.tracker.get(&w.url))
+            .collect();
+        let dstats: Vec<_> = decode_workers
+            .iter()
+            .map(|w| self.tracker.get(&w.url))
+            .collect();
+        let prior = self.config.prior_prefill_tokens_per_s;
+        let prefills: Vec<PrefillLoad<'_>> = prefill_workers
+            .iter()
+            .zip(&pstats)
+            .map(|(w, s)| PrefillLoad {
+                url: &w.url,
+                available: w.is_available(),
+                queued_tokens: s.queued_prefill_tokens,
+                tokens_per_s: s.prefill_rate.get_or(prior),
+            })
+            .collect();
+        let decodes: Vec<DecodeLoad<'_>> = decode_workers
+            .iter()
+            .zip(&dstats)
+            .map(|(w, s)| DecodeLoad {
+                url: &w.url,
+                available: w.is_available(),
+                active: s.active_decodes,
+                pending: s.pending_decodes,
+                tpot: s.tpot,
+                local_prefill_tokens_per_s: s.prefill_rate.get_or(prior),
+                local_queued_tokens: s.queued_prefill_tokens,
+            })
+            .collect();
+        let mut cfg = self.config.policy;
+        // SGLang decode servers cannot serve a request without a prefill peer.
+        if mode == Mode::Pd(PdProtocol::Sglang) {
+            cfg.conditional_disaggregation = false;
+        }
+        let verdict = policy::decide(&cfg, req, &prefills, &decodes);
+        (verdict, prefill_workers, decode_workers)
+    }
+
+    /// Admits (possibly after waiting, in queue mode) or rejects.
+    pub async fn admit(
+        &self,
+        mode: Mode,
+        pools: &Pools,
+        req: &SloRequest,
+        start: Instant,
+    ) -> Admission {
+        let deadline = req
+            .budget
+            .ttft_ms
+            .map(|t| start + Duration::from_secs_f64(t / 1000.0));
+        loop {
+            // Register interest before deciding so a release between the
+            // decision and the wait is not missed.
+            let freed = self.tracker.freed.notified();
+            let (verdict, pw, dw) = self.decide(mode, pools, req);
+            match verdict {
+                PolicyVerdict::Admit { placement, .. } => {
+                    let forced = match placement {
+                        Placement::Disaggregated { prefill, decode } => Forced {
+                            prefill: pw.get(prefill).cloned(),
+                            decode: Arc::clone(&dw[decode]),
+                        },
+                        Placement::Local { decode } => Forced {
+                            prefill: None,
+                            decode: Arc::clone(&dw[decode]),
+                        },
+                    };
+                    return Admission::Admit(Some(forced));
+                }
+                PolicyVerdict::Reject { retry_after_ms, .. } => {
+                    let retry_after = Duration::from_secs_f64(retry_after_ms / 1000.0);
+                    if self.config.policy.admission != AdmissionMode::Queue {
+                        return Admission::Reject { retry_after };
+                    }
+                    let Some(deadline) = deadline else {
+                        return Admission::Reject { retry_after };
+                    };
+                    if Instant::now() >= deadline {
+                        return Admission::Reject { retry_after };
+                    }
+                    // Wait for capacity (or re-check periodically: load also
+                    // changes on other replicas).
+                    let recheck = Instant::now() + Duration::from_millis(20);
+                    tokio::select! {
+                        _ = freed => {}
+                        _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records how a request ended (exactly once per request).
+    pub fn record(
+        &self,
+        target: &SloTarget,
+        ttft_ms: Option<f64>,
+        tpot_ms: Option<f64>,
+        rejected: bool,
+        failed: bool,
+    ) -> Verdict {
+        let meets = |limit: Option<f64>, got: Option<f64>| match (limit, got) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(l), Some(g)) => g <= l,
+        };
+        let v = Verdict {
+            ttft_met: !rejected && !failed && meets(target.budget.ttft_ms, ttft_ms),
+            // A one-token answer has no TPOT: nothing to miss.
+            tpot_met: !rejected
+                && !failed
+                && (tpot_ms.is_none() || meets(target.budget.tpot_ms, tpot_ms)),
+            rejected,
+            failed,
+        };
+        self.accounting.record(&target.class, &target.tenant, &v);
+        v
+    }
+}
+
+impl SloEngine {
+    /// Window counts per (class, tenant) — this replica's, merged with the
+    /// other replicas' when a shared store is configured.
+    pub fn report(&self) -> std::collections::BTreeMap<(String, String), accounting::Counts> {
+        self.accounting.window_counts()
+    }
+
+    /// Replicas contributing to [`report`](Self::report).
+    pub fn replica_count(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,221 @@
+//! This replica's live view of worker load, kept by RAII tickets.
+//!
+//! A [`PrefillTicket`] counts a request's prompt tokens as queued on its
+//! prefill worker until the prefill leg ends (then the leg's duration updates
+//! the worker's measured prefill rate). A [`DecodeTicket`] counts a sequence
+//! as pending on its decode worker while prefill runs, then active while it
+//! decodes; at the end its TPOT feeds the worker's batch→TPOT fit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_policies::slo::{Ewma, TpotFit};
+use tokio::sync::Notify;
+
+/// Load of one worker as this replica sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerStats {
+    pub queued_prefill_tokens: u64,
+    pub active_prefills: u64,
+    pub pending_decodes: u64,
+    pub active_decodes: u64,
+    pub prefill_rate: Ewma,
+    pub tpot: TpotFit,
+    pub ttft_ms: Ewma,
+}
+
+#[derive(Debug)]
+pub struct LoadTracker {
+    stats: Mutex<HashMap<String, WorkerStats>>,
+    prior: WorkerStats,
+    /// Signalled whenever capacity frees up (queued admissions re-check).
+    pub freed: Notify,
+}
+
+impl LoadTracker {
+    pub fn new(
+        prior_prefill_tps: f64,
+        prior_tpot_base_ms: f64,
+        prior_tpot_per_seq_ms: f64,
+    ) -> Self {
+        let mut rate = Ewma::new(0.2);
+        rate.observe(prior_prefill_tps);
+        // The prior is replaced quickly by the first observations.
+        rate.alpha = 0.3;
+        Self {
+            stats: Mutex::new(HashMap::new()),
+            prior: WorkerStats {
+                queued_prefill_tokens: 0,
+                active_prefills: 0,
+                pending_decodes: 0,
+                active_decodes: 0,
+                prefill_rate: rate,
+                tpot: TpotFit::new(prior_tpot_base_ms, prior_tpot_per_seq_ms),
+                ttft_ms: Ewma::new(0.2),
+            },
+            freed: Notify::new(),
+        }
+    }
+
+    fn with<R>(&self, url: &str, f: impl FnOnce(&mut WorkerStats) -> R) -> R {
+        let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let s = g.entry(url.to_owned()).or_insert(self.prior);
+        f(s)
+    }
+
+    /// A copy of one worker's stats (the prior for an unseen worker).
+    pub fn get(&self, url: &str) -> WorkerStats {
+        let g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(url).copied().unwrap_or(self.prior)
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, WorkerStats)> {
+        let g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    pub fn start_prefill(self: &Arc<Self>, url: &str, tokens: u64) -> PrefillTicket {
+        self.with(url, |s| {
+            s.queued_prefill_tokens += tokens;
+            s.active_prefills += 1;
+        });
+        PrefillTicket {
+            tracker: Arc::clone(self),
+            url: url.to_owned(),
+            tokens,
+            done: false,
+        }
+    }
+
+    /// Counts a sequence headed for `url` (pending until [`DecodeTicket::activate`]).
+    pub fn start_decode(self: &Arc<Self>, url: &str) -> DecodeTicket {
+        self.with(url, |s| s.pending_decodes += 1);
+        DecodeTicket {
+            tracker: Arc::clone(self),
+            url: url.to_owned(),
+            active: false,
+            batch_at_start: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PrefillTicket {
+    tracker: Arc<LoadTracker>,
+    url: String,
+    tokens: u64,
+    done: bool,
+}
+
+impl PrefillTicket {
+    /// The prefill leg succeeded after `took`: updates the measured rate.
+    pub fn finish(mut self, took: Duration) {
+        let tokens = self.tokens;
+        let secs = took.as_secs_f64();
+        self.release(|s| {
+            if secs > 0.0 && tokens > 0 {
+                s.prefill_rate.observe(tokens as f64 / secs);
+            }
+        });
+        self.done = true;
+    }
+
+    fn release(&mut self, extra: impl FnOnce(&mut WorkerStats)) {
+        let tokens = self.tokens;
+        self.tracker.with(&self.url, |s| {
+            s.queued_prefill_tokens = s.queued_prefill_tokens.saturating_sub(tokens);
+            s.active_prefills = s.active_prefills.saturating_sub(1);
+            extra(s);
+        });
+        self.tracker.freed.notify_waiters();
+    }
+}
+
+impl Drop for PrefillTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.release(|_| {});
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DecodeTicket {
+    tracker: Arc<LoadTracker>,
+    url: String,
+    active: bool,
+    batch_at_start: u64,
+}
+
+impl DecodeTicket {
+    /// The sequence started decoding.
+    pub fn activate(&mut self) {
+        if self.active {
+            return;
+        }
+        self.active = true;
+        self.batch_at_start = self.tracker.with(&self.url, |s| {
+            s.pending_decodes = s.pending_decodes.saturating_sub(1);
+            s.active_decodes += 1;
+            s.active_decodes
+        });
+    }
+
+    /// The sequence finished with this TPOT (and TTFT).
+    pub fn observe(&mut self, ttft_ms: Option<f64>, tpot_ms: Option<f64>) {
+        let start = self.batch_at_start as f64;
+        self.tracker.with(&self.url, |s| {
+            let batch = (start + s.active_decodes as f64) / 2.0;
+            if let Some(t) = tpot_ms {
+                s.tpot.observe(batch.max(1.0), t);
+            }
+            if let Some(t) = ttft_ms {
+                s.ttft_ms.observe(t);
+            }
+        });
+    }
+}
+
+impl Drop for DecodeTicket {
+    fn drop(&mut self) {
+        let active = self.active;
+        self.tracker.with(&self.url, |s| {
+            if active {
+                s.active_decodes = s.active_decodes.saturating_sub(1);
+            } else {
+                s.pending_decodes = s.pending_decodes.saturating_sub(1);
+            }
+        });
+        self.tracker.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_count_and_release() {
+        let t = Arc::new(LoadTracker::new(1000.0, 20.0, 1.0));
+        let p = t.start_prefill("p", 500);
+        let mut d = t.start_decode("d");
+        assert_eq!(t.get("p").queued_prefill_tokens, 500);
+        assert_eq!(t.get("d").pending_decodes, 1);
+        p.finish(Duration::from_millis(100));
+        assert_eq!(t.get("p").queued_prefill_tokens, 0);
+        // 500 tokens / 0.1 s moved the rate from the 1000 tok/s prior.
+        assert!(t.get("p").prefill_rate.get_or(0.0) > 1000.0);
+        d.activate();
+        assert_eq!(
+            (t.get("d").pending_decodes, t.get("d").active_decodes),
+            (0, 1)
+        );
+        d.observe(Some(50.0), Some(25.0));
+        drop(d);
+        assert_eq!(t.get("d").active_decodes, 0);
+        let dropped = t.start_prefill("p", 7);
+        drop(dropped);
+        assert_eq!(t.get("p").queued_prefill_tokens, 0);
+    }
+}
