@@ -10,10 +10,13 @@ pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod kv;
+pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;
+pub mod transfer;
 
 pub use error::{Error, Result};

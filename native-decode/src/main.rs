@@ -1,1 +1,186 @@
-fn main() {}
+//! `baton-engine`: serve a model on CPU with an OpenAI-compatible API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use baton_native::chat_template::{ChatTemplate, CHATML_FALLBACK};
+use baton_native::engine::{EngineConfig, EngineHandle};
+use baton_native::loader::{load, LoadFormat};
+use baton_native::server::{serve, Role, ServerState};
+use baton_native::transfer::tcp::TcpPuller;
+use baton_native::transfer::{tcp, KvEndpoint, PullFailurePolicy};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton-engine",
+    about = "CPU inference engine with an OpenAI-compatible API"
+)]
+struct Args {
+    /// GGUF file, or HF folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    load_format: LoadFormat,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    #[arg(long, value_enum, default_value = "both")]
+    role: Role,
+    /// Name reported by /v1/models and required in `model` (default: the file name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Memory for the KV cache pool.
+    #[arg(long, default_value_t = 512)]
+    kv_memory_mb: usize,
+    #[arg(long, default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Token budget of one forward step (prefill chunks + decode tokens).
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// Run each prompt's prefill in one step instead of chunks.
+    #[arg(long)]
+    no_chunked_prefill: bool,
+    #[arg(long)]
+    no_prefix_caching: bool,
+    /// Cap the context length below the model's.
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Host advertised in kv_transfer_params (default: --host, or 127.0.0.1 for a wildcard host).
+    #[arg(long)]
+    kv_host: Option<String>,
+    /// Port of the KV pull listener (prefill role; 0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    kv_port: u16,
+    #[arg(long)]
+    engine_id: Option<String>,
+    /// Seconds prefill KV waits to be pulled before it is freed.
+    #[arg(long, default_value_t = 30)]
+    kv_lease_secs: u64,
+    #[arg(long, value_enum, default_value = "recompute")]
+    kv_pull_failure: PullFailurePolicy,
+    #[arg(long, default_value_t = 30)]
+    kv_pull_timeout_secs: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of `--load-format dummy` weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let t0 = std::time::Instant::now();
+    let (mut model, tokenizer) = load(&args.model, args.load_format, args.seed)?;
+    if let Some(n) = args.max_model_len {
+        model.cfg.context_length = model.cfg.context_length.min(n.max(2));
+    }
+    tracing::info!(
+        "loaded {} ({} layers, hidden {}, vocab {}, context {}) in {:.1?}",
+        args.model.display(),
+        model.cfg.n_layers,
+        model.cfg.hidden,
+        model.cfg.vocab,
+        model.cfg.context_length,
+        t0.elapsed()
+    );
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        args.model
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let template_src = tokenizer
+        .chat_template
+        .clone()
+        .unwrap_or_else(|| CHATML_FALLBACK.to_string());
+    let tok_text = |id: Option<u32>| {
+        id.map(|i| tokenizer.decode(&[i], false))
+            .unwrap_or_default()
+    };
+    let template = ChatTemplate::new(
+        &template_src,
+        &tok_text(tokenizer.bos_id),
+        &tok_text(tokenizer.eos_id),
+    )?;
+    let block_size = args.block_size.max(1);
+    let cfg = EngineConfig {
+        block_size,
+        num_blocks: EngineConfig::blocks_for_budget(&model, block_size, args.kv_memory_mb),
+        max_num_seqs: args.max_num_seqs.max(1),
+        max_batched_tokens: args.max_num_batched_tokens.max(1),
+        chunked_prefill: !args.no_chunked_prefill,
+        prefix_caching: !args.no_prefix_caching,
+        kv_lease: Duration::from_secs(args.kv_lease_secs),
+    };
+    tracing::info!(
+        "KV cache: {} blocks of {} tokens",
+        cfg.num_blocks,
+        cfg.block_size
+    );
+    let engine = EngineHandle::spawn(model, tokenizer, cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let kv_endpoint = if matches!(args.role, Role::Prefill | Role::Both) {
+            let kv_listener =
+                tokio::net::TcpListener::bind((args.host.as_str(), args.kv_port)).await?;
+            let port = kv_listener.local_addr()?.port();
+            tokio::spawn(tcp::serve(kv_listener, engine.clone()));
+            let host = args
+                .kv_host
+                .clone()
+                .unwrap_or_else(|| match args.host.as_str() {
+                    "0.0.0.0" | "::" => "127.0.0.1".into(),
+                    h => h.into(),
+                });
+            tracing::info!("KV pull listener on {host}:{port}");
+            Some(KvEndpoint {
+                engine_id: args
+                    .engine_id
+                    .clone()
+                    .unwrap_or_else(|| format!("baton-{:x}", std::process::id())),
+                host,
+                port,
+                lease_secs: args.kv_lease_secs,
+            })
+        } else {
+            None
+        };
+        let state = Arc::new(ServerState {
+            engine,
+            model_name: name,
+            template: Some(template),
+            role: args.role,
+            kv_endpoint,
+            puller: Arc::new(TcpPuller {
+                timeout: Duration::from_secs(args.kv_pull_timeout_secs),
+            }),
+            pull_failure: args.kv_pull_failure,
+        });
+        tracing::info!("serving on http://{}", listener.local_addr()?);
+        serve(listener, state).await;
+        Ok(())
+    })
+}

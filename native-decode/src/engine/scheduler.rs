@@ -311,7 +311,16 @@ impl Scheduler {
             s.blocks = hits;
         }
         if let Some(imp) = s.imported.take() {
-            if imp.num_tokens <= len && imp.num_tokens > s.num_computed {
+            let floats = self.model.cfg.n_layers * 2 * imp.block_size * self.kv.kv_dim();
+            let well_formed = imp.block_size > 0
+                && imp.blocks.len() * imp.block_size >= imp.num_tokens
+                && imp.blocks.iter().all(|b| b.len() == floats);
+            if !well_formed {
+                // The holder's model or layout differs: recompute instead.
+                self.stats
+                    .kv_pull_recomputes
+                    .fetch_add(1, Ordering::Relaxed);
+            } else if imp.num_tokens <= len && imp.num_tokens > s.num_computed {
                 let need = self
                     .blocks
                     .blocks_for(imp.num_tokens)

@@ -1,0 +1,357 @@
+//! Request handlers: parse, validate, run through the engine, answer in JSON or SSE.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::api::{fit_max_tokens, ChatRequest, CompletionRequest, PromptInput, Validated};
+use super::body::{channel, full, Body};
+use super::error::ApiError;
+use super::respond::{Flavor, Logprobs, Renderer};
+use super::{Role, ServerState};
+use crate::engine::types::{Event, Finish, GenerateRequest, ImportedKv};
+use crate::transfer::{PullFailurePolicy, RemoteKv};
+
+pub fn json_response(v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(v.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+fn check_model(state: &ServerState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != state.model_name => {
+            Err(ApiError::not_found(format!("The model `{m}` does not exist.")).param("model"))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn completions(
+    state: Arc<ServerState>,
+    body: Bytes,
+    request_id: String,
+) -> Result<Response<Body>, ApiError> {
+    let req: CompletionRequest = parse(&body)?;
+    check_model(&state, req.common.model.as_deref())?;
+    if req.echo.unwrap_or(false) {
+        return Err(ApiError::bad_request("echo is not supported").param("echo"));
+    }
+    let tok = &state.engine.tokenizer;
+    let prompt = match req.prompt {
+        None => return Err(ApiError::bad_request("prompt is required").param("prompt")),
+        Some(PromptInput::Text(s)) => tok.encode(&s, true)?,
+        Some(PromptInput::Texts(v)) if v.len() == 1 => tok.encode(&v[0], true)?,
+        Some(PromptInput::Ids(ids)) => ids,
+        Some(PromptInput::IdLists(mut v)) if v.len() == 1 => v.remove(0),
+        Some(_) => {
+            return Err(ApiError::bad_request("batched prompts are not supported").param("prompt"))
+        }
+    };
+    let v = req.common.validate(req.logprobs)?;
+    let r = Renderer {
+        id: format!("cmpl-{request_id}"),
+        created: now_secs(),
+        model: state.model_name.clone(),
+        flavor: Flavor::Completion,
+        logprobs: req.logprobs.is_some(),
+    };
+    generate(
+        state,
+        r,
+        prompt,
+        v,
+        Some(16),
+        req.common.kv_transfer_params,
+        request_id,
+    )
+    .await
+}
+
+pub async fn chat(
+    state: Arc<ServerState>,
+    body: Bytes,
+    request_id: String,
+) -> Result<Response<Body>, ApiError> {
+    let req: ChatRequest = parse(&body)?;
+    check_model(&state, req.common.model.as_deref())?;
+    let template = state
+        .template
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+    let messages = req
+        .messages
+        .iter()
+        .map(|m| m.to_chat())
+        .collect::<Result<Vec<_>, _>>()?;
+    let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
+    let prompt = state.engine.tokenizer.encode(&text, false)?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (true, n) => Some(n.unwrap_or(0)),
+        (false, Some(n)) if n > 0 => {
+            return Err(
+                ApiError::bad_request("top_logprobs requires logprobs = true")
+                    .param("top_logprobs"),
+            )
+        }
+        _ => None,
+    };
+    let mut v = req.common.validate(logprobs)?;
+    if v.max_tokens.is_none() {
+        v.max_tokens = req.max_completion_tokens.map(|m| m as usize);
+    }
+    let r = Renderer {
+        id: format!("chatcmpl-{request_id}"),
+        created: now_secs(),
+        model: state.model_name.clone(),
+        flavor: Flavor::Chat,
+        logprobs: logprobs.is_some(),
+    };
+    generate(
+        state,
+        r,
+        prompt,
+        v,
+        None,
+        req.common.kv_transfer_params,
+        request_id,
+    )
+    .await
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Pulls remote KV for a decode request, applying the failure policy.
+async fn pull_kv(state: &ServerState, params: &Value) -> Result<Option<ImportedKv>, ApiError> {
+    if !matches!(state.role, Role::Decode | Role::Both) {
+        return Ok(None);
+    }
+    let Some(remote) = RemoteKv::from_params(params)? else {
+        return Ok(None);
+    };
+    use std::sync::atomic::Ordering;
+    let stats = &state.engine.stats;
+    match state.puller.pull(&remote).await {
+        Ok(kv) => {
+            stats.kv_pulls.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(kv))
+        }
+        Err(e) => {
+            stats.kv_pull_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(transfer_id = %remote.transfer_id, "KV pull failed: {e}");
+            match state.pull_failure {
+                PullFailurePolicy::Recompute => {
+                    stats.kv_pull_recomputes.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+                PullFailurePolicy::Error => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn generate(
+    state: Arc<ServerState>,
+    r: Renderer,
+    prompt: Vec<u32>,
+    v: Validated,
+    default_max: Option<usize>,
+    kv_params: Option<Value>,
+    request_id: String,
+) -> Result<Response<Body>, ApiError> {
+    let ctx = state.engine.context_length;
+    let mut params = v.params;
+    params.max_tokens = fit_max_tokens(prompt.len(), v.max_tokens, default_max, ctx)?;
+    let remote_decode = matches!(state.role, Role::Prefill | Role::Both)
+        && kv_params
+            .as_ref()
+            .and_then(|p| p.get("do_remote_decode"))
+            .and_then(Value::as_bool)
+            == Some(true);
+    let imported = match &kv_params {
+        Some(p) => pull_kv(&state, p).await?,
+        None => None,
+    };
+    let (guard, mut rx) = state.engine.submit(GenerateRequest {
+        request_id,
+        prompt,
+        params,
+        remote_decode,
+        imported,
+    })?;
+    // Wait for the first event so that engine-side rejections become proper HTTP errors.
+    let first = rx
+        .recv()
+        .await
+        .ok_or_else(|| ApiError::unavailable("engine stopped"))?;
+    if let Event::Error(e) = first {
+        return Err(ApiError::bad_request(e));
+    }
+    let tok = state.engine.tokenizer.clone();
+    if !v.stream {
+        let mut text = String::new();
+        let mut lps = Logprobs::default();
+        let mut ev = Some(first);
+        loop {
+            let e = match ev.take() {
+                Some(e) => e,
+                None => rx
+                    .recv()
+                    .await
+                    .ok_or_else(|| ApiError::unavailable("engine stopped"))?,
+            };
+            match e {
+                Event::Token(t) => {
+                    text.push_str(&t.text);
+                    if r.logprobs {
+                        lps.push(&tok, &t, r.flavor);
+                    }
+                }
+                Event::Done(f) => {
+                    text.push_str(&f.tail_text);
+                    let kv = f
+                        .kv_lease
+                        .as_ref()
+                        .zip(state.kv_endpoint.as_ref())
+                        .map(|(l, ep)| ep.params(l, f.cached_tokens));
+                    drop(guard);
+                    return Ok(json_response(&r.response(&text, &mut lps, &f, kv)));
+                }
+                Event::Error(e) => return Err(ApiError::internal(e)),
+            }
+        }
+    }
+    let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    let include_usage = v.include_usage;
+    tokio::spawn(async move {
+        let _guard = guard;
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Bytes::from(format!("data: {v}\n\n"))).await.is_ok() }
+        };
+        if r.flavor == Flavor::Chat && !send(r.role_chunk()).await {
+            return;
+        }
+        let mut lps = Logprobs::default();
+        let mut ev = Some(first);
+        loop {
+            let e = match ev.take() {
+                Some(e) => e,
+                None => match rx.recv().await {
+                    Some(e) => e,
+                    None => return,
+                },
+            };
+            match e {
+                Event::Token(t) => {
+                    if r.logprobs {
+                        lps.push(&tok, &t, r.flavor);
+                    }
+                    if (!t.text.is_empty() || r.logprobs)
+                        && !send(r.chunk(&t.text, &mut lps, None)).await
+                    {
+                        return;
+                    }
+                }
+                Event::Done(f) => {
+                    finish_stream(&r, &f, &mut lps, include_usage, &send).await;
+                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    return;
+                }
+                Event::Error(e) => {
+                    let err = ApiError::internal(e).json_body();
+                    let _ = send(err).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(channel(body_rx));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+async fn finish_stream<F, Fut>(
+    r: &Renderer,
+    f: &Finish,
+    lps: &mut Logprobs,
+    include_usage: bool,
+    send: &F,
+) where
+    F: Fn(Value) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !send(r.chunk(&f.tail_text, lps, Some(f))).await {
+        return;
+    }
+    if include_usage {
+        send(r.usage_chunk(f)).await;
+    }
+}
+
+pub async fn tokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<Body>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        prompt: Option<String>,
+        messages: Option<Vec<super::api::Message>>,
+        add_special_tokens: Option<bool>,
+        add_generation_prompt: Option<bool>,
+    }
+    let req: Req = parse(&body)?;
+    let tok = &state.engine.tokenizer;
+    let tokens = match (req.prompt, req.messages) {
+        (Some(p), _) => tok.encode(&p, req.add_special_tokens.unwrap_or(true))?,
+        (None, Some(msgs)) => {
+            let t = state
+                .template
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+            let msgs = msgs
+                .iter()
+                .map(|m| m.to_chat())
+                .collect::<Result<Vec<_>, _>>()?;
+            tok.encode(
+                &t.render(&msgs, req.add_generation_prompt.unwrap_or(true))?,
+                false,
+            )?
+        }
+        (None, None) => return Err(ApiError::bad_request("prompt or messages is required")),
+    };
+    Ok(json_response(&json!({
+        "count": tokens.len(),
+        "max_model_len": state.engine.context_length,
+        "tokens": tokens,
+    })))
+}
+
+pub async fn detokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<Body>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Req {
+        tokens: Vec<u32>,
+    }
+    let req: Req = parse(&body)?;
+    Ok(json_response(
+        &json!({"prompt": state.engine.tokenizer.decode(&req.tokens, false)}),
+    ))
+}

@@ -1,0 +1,172 @@
+//! KV pull over TCP: a listener on the prefill engine and the matching [`KvPuller`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::BufWriter;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::frame::{bytes_to_f32s, f32s_to_bytes, read_frame, write_frame, FrameKind};
+use super::{BoxFuture, KvPuller, RemoteKv};
+use crate::engine::types::ImportedKv;
+use crate::engine::EngineHandle;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    transfer_id: String,
+}
+
+/// Describes the blocks that follow.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub block_size: usize,
+    pub num_tokens: usize,
+    pub num_blocks: usize,
+    pub floats_per_block: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorMsg {
+    message: String,
+}
+
+/// Serves pulls until the listener fails. Each connection asks for one transfer id; the blocks are freed on
+/// this side as soon as they are handed out.
+pub async fn serve(listener: TcpListener, engine: EngineHandle) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("kv listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(sock, &engine).await {
+                tracing::warn!(%peer, "kv pull failed: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_one(sock: TcpStream, engine: &EngineHandle) -> Result<()> {
+    let _ = sock.set_nodelay(true);
+    let (mut rd, wr) = sock.into_split();
+    let mut wr = BufWriter::new(wr);
+    let (kind, payload) = read_frame(&mut rd).await?;
+    if kind != FrameKind::Request {
+        return Err(Error::Transfer(format!(
+            "expected a request frame, got {kind:?}"
+        )));
+    }
+    let req: Request = serde_json::from_slice(&payload)
+        .map_err(|e| Error::Transfer(format!("bad request: {e}")))?;
+    let Some(kv) = engine.export_kv(&req.transfer_id).await else {
+        let msg = serde_json::to_vec(&ErrorMsg {
+            message: format!("unknown or expired transfer id `{}`", req.transfer_id),
+        })
+        .unwrap_or_default();
+        write_frame(&mut wr, FrameKind::Error, &msg).await?;
+        return flush(&mut wr).await;
+    };
+    let header = Header {
+        block_size: kv.block_size,
+        num_tokens: kv.num_tokens,
+        num_blocks: kv.blocks.len(),
+        floats_per_block: kv.blocks.first().map_or(0, Vec::len),
+    };
+    let h = serde_json::to_vec(&header).map_err(|e| Error::Transfer(e.to_string()))?;
+    write_frame(&mut wr, FrameKind::Header, &h).await?;
+    for b in &kv.blocks {
+        write_frame(&mut wr, FrameKind::Block, &f32s_to_bytes(b)).await?;
+    }
+    write_frame(&mut wr, FrameKind::End, &[]).await?;
+    flush(&mut wr).await
+}
+
+async fn flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.flush()
+        .await
+        .map_err(|e| Error::Transfer(format!("flush: {e}")))
+}
+
+/// Pulls over TCP with a deadline for the whole transfer.
+#[derive(Debug, Clone)]
+pub struct TcpPuller {
+    pub timeout: Duration,
+}
+
+impl TcpPuller {
+    async fn pull_inner(&self, remote: &RemoteKv) -> Result<ImportedKv> {
+        let sock = TcpStream::connect((remote.host.as_str(), remote.port))
+            .await
+            .map_err(|e| {
+                Error::Transfer(format!("connect {}:{}: {e}", remote.host, remote.port))
+            })?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let req = serde_json::to_vec(&Request {
+            transfer_id: remote.transfer_id.clone(),
+        })
+        .map_err(|e| Error::Transfer(e.to_string()))?;
+        write_frame(&mut wr, FrameKind::Request, &req).await?;
+        let (kind, payload) = read_frame(&mut rd).await?;
+        let header: Header = match kind {
+            FrameKind::Header => serde_json::from_slice(&payload)
+                .map_err(|e| Error::Transfer(format!("header: {e}")))?,
+            FrameKind::Error => {
+                let m: ErrorMsg =
+                    serde_json::from_slice(&payload).map_err(|e| Error::Transfer(e.to_string()))?;
+                return Err(Error::Transfer(m.message));
+            }
+            other => return Err(Error::Transfer(format!("unexpected {other:?} frame"))),
+        };
+        if header.block_size == 0
+            || header.num_blocks != header.num_tokens.div_ceil(header.block_size)
+        {
+            return Err(Error::Transfer("inconsistent header".into()));
+        }
+        if !remote.block_ids.is_empty() && remote.block_ids.len() != header.num_blocks {
+            return Err(Error::Transfer(format!(
+                "expected {} blocks, the holder has {}",
+                remote.block_ids.len(),
+                header.num_blocks
+            )));
+        }
+        let mut blocks = Vec::with_capacity(header.num_blocks);
+        for _ in 0..header.num_blocks {
+            let (kind, payload) = read_frame(&mut rd).await?;
+            if kind != FrameKind::Block {
+                return Err(Error::Transfer(format!("expected a block, got {kind:?}")));
+            }
+            let b = bytes_to_f32s(&payload)?;
+            if b.len() != header.floats_per_block {
+                return Err(Error::Transfer("block has the wrong size".into()));
+            }
+            blocks.push(b);
+        }
+        let (kind, _) = read_frame(&mut rd).await?;
+        if kind != FrameKind::End {
+            return Err(Error::Transfer(format!("expected end, got {kind:?}")));
+        }
+        Ok(ImportedKv {
+            block_size: header.block_size,
+            num_tokens: header.num_tokens,
+            blocks,
+        })
+    }
+}
+
+impl KvPuller for TcpPuller {
+    fn pull<'a>(&'a self, remote: &'a RemoteKv) -> BoxFuture<'a, Result<ImportedKv>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.pull_inner(remote))
+                .await
+                .map_err(|_| Error::Transfer(format!("pull timed out after {:?}", self.timeout)))?
+        })
+    }
+}
