@@ -81,9 +81,7 @@ mod tests {
 
     fn gaps(rate: f64, burstiness: f64, n: usize) -> Vec<f64> {
         let t = Arrivals::new(rate, burstiness, 7).unwrap().take_n(n + 1);
-        t.windows(2)
-            .map(|w| (w[1] - w[0]).as_secs_f64())
-            .collect()
+        t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect()
     }
 
     fn mean_var(xs: &[f64]) -> (f64, f64) {

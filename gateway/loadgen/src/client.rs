@@ -57,8 +57,8 @@ impl BenchClient {
             .headers
             .iter()
             .map(|(k, v)| {
-                let name = HeaderName::try_from(k.as_str())
-                    .map_err(|_| ClientError::Header(k.clone()))?;
+                let name =
+                    HeaderName::try_from(k.as_str()).map_err(|_| ClientError::Header(k.clone()))?;
                 let value = HeaderValue::try_from(v.as_str())
                     .map_err(|_| ClientError::Header(k.clone()))?;
                 Ok((name, value))
@@ -96,7 +96,11 @@ impl BenchClient {
         }
         let req = match req.body(Full::new(Bytes::from(body))) {
             Ok(r) => r,
-            Err(e) => return failed(Outcome::Connect { message: e.to_string() }),
+            Err(e) => {
+                return failed(Outcome::Connect {
+                    message: e.to_string(),
+                })
+            }
         };
         let resp = match timeout_at(deadline, self.http.request(req)).await {
             Err(_) => return failed(Outcome::Timeout),
@@ -198,7 +202,9 @@ pub fn endpoint_uri(base: &str, path: &str) -> Result<Uri, ClientError> {
     } else {
         format!("{trimmed}{path}")
     };
-    let uri: Uri = full.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let uri: Uri = full
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err(bad("https is not supported (plain http only)")),

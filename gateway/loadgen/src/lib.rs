@@ -7,6 +7,7 @@
 //! Pure pieces (arrivals, workloads, SSE parsing, stream timing, metrics, sweeps) are separate
 //! from the I/O ones (`client`, `runner`, `report`, `plot`).
 
+pub mod app;
 pub mod arrival;
 pub mod cli;
 pub mod client;

@@ -95,7 +95,13 @@ impl RunSummary {
             .iter()
             .filter(|r| r.outcome == Outcome::Timeout)
             .count();
-        let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
         let total_output_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
         let total_input_tokens: u64 = ok
             .iter()
@@ -183,7 +189,10 @@ mod tests {
         ];
         let slo = Slo::parse(&["ttft:500", "tpot:100"]).unwrap();
         let s = RunSummary::compute(&records, 2.0, &slo);
-        assert_eq!((s.sent, s.completed, s.failed, s.rejected, s.timed_out), (5, 3, 1, 1, 1));
+        assert_eq!(
+            (s.sent, s.completed, s.failed, s.rejected, s.timed_out),
+            (5, 3, 1, 1, 1)
+        );
         assert_eq!(s.good, Some(2));
         assert!(close(s.goodput.unwrap(), 1.0)); // 2 good / 2 s
         assert!(close(s.attainment.unwrap(), 0.4)); // rejected and failed are misses

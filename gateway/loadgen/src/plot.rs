@@ -246,7 +246,10 @@ fn draw_inner(c: &Chart<'_>, out: &Path, text: bool) -> Result<(), String> {
     for (i, s) in c.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let drawn = chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|x| e(&x))?;
         if text {
             drawn.label(s.name.clone()).legend(move |(x, y)| {
@@ -255,11 +258,7 @@ fn draw_inner(c: &Chart<'_>, out: &Path, text: bool) -> Result<(), String> {
         }
         if s.markers {
             chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 4, color.filled())),
-                )
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(|x| e(&x))?;
         }
     }

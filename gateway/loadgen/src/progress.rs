@@ -24,8 +24,10 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             ),
             (true, None) => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{prefix} [{elapsed_precise}] {spinner} {pos} done {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {spinner} {pos} done {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             ),
         };
         bar.set_prefix(prefix.to_owned());

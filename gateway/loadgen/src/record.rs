@@ -118,6 +118,9 @@ pub(crate) mod tests {
             retry_after: Some("2".into()),
         })
         .unwrap();
-        assert_eq!(v, serde_json::json!({"kind": "rejected", "retry_after": "2"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"kind": "rejected", "retry_after": "2"})
+        );
     }
 }

@@ -181,8 +181,14 @@ pub fn text_summary(label: &str, rate: f64, s: &RunSummary) -> String {
     line("Failed:", s.failed.to_string());
     line("Rejected (429):", s.rejected.to_string());
     line("Duration (s):", format!("{:.2}", s.duration_s));
-    line("Request throughput (req/s):", format!("{:.2}", s.request_throughput));
-    line("Output token throughput (tok/s):", format!("{:.2}", s.output_throughput));
+    line(
+        "Request throughput (req/s):",
+        format!("{:.2}", s.request_throughput),
+    );
+    line(
+        "Output token throughput (tok/s):",
+        format!("{:.2}", s.output_throughput),
+    );
     if let (Some(slo), Some(g), Some(a)) = (s.slo, s.goodput, s.attainment) {
         line(&format!("Goodput (req/s) [{slo}]:"), format!("{g:.2}"));
         line("SLO attainment (good/sent):", format!("{:.1}%", a * 100.0));

@@ -6,7 +6,9 @@ use serde_json::{json, Map, Value};
 use crate::workload::RequestSpec;
 
 /// Which OpenAI API to call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     /// `/v1/completions` with `prompt`.

@@ -60,7 +60,9 @@ pub async fn run(
 ) -> Result<RunOutput, ArrivalError> {
     let arrivals = Arrivals::new(cfg.rate, cfg.burstiness, cfg.seed)?;
     let sampler = Sampler::new(workload, label, cfg.seed);
-    let limit = cfg.max_concurrency.map(|c| Arc::new(Semaphore::new(c.max(1))));
+    let limit = cfg
+        .max_concurrency
+        .map(|c| Arc::new(Semaphore::new(c.max(1))));
     let mut records = Vec::new();
     let start = Instant::now();
     let mut tasks = JoinSet::new();

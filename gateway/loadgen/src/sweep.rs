@@ -21,7 +21,11 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, SweepError> {
     let bad = || SweepError::Rates(s.to_owned());
     let num = |x: &str| x.trim().parse::<f64>().ok().filter(|r| *r > 0.0);
     let rates: Vec<f64> = if let [a, b, c] = s.split(':').collect::<Vec<_>>()[..] {
-        let (start, stop, step) = (num(a).ok_or_else(bad)?, num(b).ok_or_else(bad)?, num(c).ok_or_else(bad)?);
+        let (start, stop, step) = (
+            num(a).ok_or_else(bad)?,
+            num(b).ok_or_else(bad)?,
+            num(c).ok_or_else(bad)?,
+        );
         if !(start.is_finite() && stop.is_finite() && step.is_finite()) || stop < start {
             return Err(bad());
         }
@@ -31,7 +35,9 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, SweepError> {
         }
         (0..n).map(|i| start + step * i as f64).collect()
     } else {
-        s.split(',').map(|x| num(x).ok_or_else(bad)).collect::<Result<_, _>>()?
+        s.split(',')
+            .map(|x| num(x).ok_or_else(bad))
+            .collect::<Result<_, _>>()?
     };
     if rates.is_empty() || rates.iter().any(|r| r.is_nan()) {
         return Err(bad());
@@ -86,7 +92,11 @@ pub fn distserve_goodput(points: &[(f64, f64)], target: f64) -> DistServeGoodput
         Some(f) => {
             let (r0, a0) = pts[f - 1];
             let (r1, a1) = pts[f];
-            let t = if a0 > a1 { (a0 - target) / (a0 - a1) } else { 0.0 };
+            let t = if a0 > a1 {
+                (a0 - target) / (a0 - a1)
+            } else {
+                0.0
+            };
             (Some(r0), Some(r0 + t.clamp(0.0, 1.0) * (r1 - r0)))
         }
     };
@@ -141,10 +151,23 @@ mod tests {
     #[test]
     fn rate_lists() {
         assert_eq!(parse_rates("1,2,4.5").unwrap(), vec![1.0, 2.0, 4.5]);
-        assert_eq!(parse_rates("1:3:0.5").unwrap(), vec![1.0, 1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(
+            parse_rates("1:3:0.5").unwrap(),
+            vec![1.0, 1.5, 2.0, 2.5, 3.0]
+        );
         assert_eq!(parse_rates("0.1:0.3:0.1").unwrap().len(), 3);
         assert_eq!(parse_rates("2,inf").unwrap()[1], f64::INFINITY);
-        for bad in ["", "a", "0", "-1", "3:1:1", "1:2", "1:1e9:1e-9", "1:inf:1", "nan"] {
+        for bad in [
+            "",
+            "a",
+            "0",
+            "-1",
+            "3:1:1",
+            "1:2",
+            "1:1e9:1e-9",
+            "1:inf:1",
+            "nan",
+        ] {
             assert!(parse_rates(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_scales("0.5, 2").unwrap(), vec![0.5, 2.0]);

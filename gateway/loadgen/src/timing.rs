@@ -75,10 +75,7 @@ impl StreamTimer {
             ttft: self.first,
             latency: self.last,
             itl: self.itl,
-            output_tokens: self
-                .usage
-                .and_then(|u| u.completion_tokens)
-                .or(counted),
+            output_tokens: self.usage.and_then(|u| u.completion_tokens).or(counted),
             prompt_tokens: self.usage.and_then(|u| u.prompt_tokens),
             failure,
         }

@@ -39,7 +39,10 @@ pub enum WorkloadError {
 pub enum LengthDist {
     Fixed(u32),
     /// Uniform on `[lo, hi]`, both included.
-    Uniform { lo: u32, hi: u32 },
+    Uniform {
+        lo: u32,
+        hi: u32,
+    },
     /// Lognormal with this *mean* (not median) and log-space sigma, clipped to `[min, max]`.
     LogNormal {
         mean: f64,
@@ -369,11 +372,11 @@ const WORDS: &[&str] = &[
     "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
     "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there",
     "been", "if", "more", "when", "will", "would", "who", "so", "no", "time", "people", "year",
-    "way", "day", "man", "thing", "world", "life", "hand", "part", "child", "eye", "place",
-    "work", "week", "case", "point", "number", "group", "fact", "good", "new", "first", "last",
-    "long", "great", "little", "own", "other", "old", "right", "big", "high", "small", "large",
-    "next", "early", "young", "few", "public", "bad", "same", "able", "city", "water", "house",
-    "school", "story", "money", "night", "river", "light", "music", "paper", "table",
+    "way", "day", "man", "thing", "world", "life", "hand", "part", "child", "eye", "place", "work",
+    "week", "case", "point", "number", "group", "fact", "good", "new", "first", "last", "long",
+    "great", "little", "own", "other", "old", "right", "big", "high", "small", "large", "next",
+    "early", "young", "few", "public", "bad", "same", "able", "city", "water", "house", "school",
+    "story", "money", "night", "river", "light", "music", "paper", "table",
 ];
 
 /// About `tokens` tokens of text: that many words drawn from [`WORDS`].
@@ -453,7 +456,9 @@ mod tests {
     fn summarization_preset() {
         let rs = draw("summarization", 200);
         assert!(rs.iter().all(|r| (2000..=4000).contains(&r.prompt_len)));
-        assert!(rs.iter().all(|r| r.prompt.split_whitespace().count() == r.prompt_len as usize));
+        assert!(rs
+            .iter()
+            .all(|r| r.prompt.split_whitespace().count() == r.prompt_len as usize));
     }
 
     #[test]
@@ -461,7 +466,9 @@ mod tests {
         let rs = draw("mix:fixed:10:1@3,fixed:20:2@1", 4000);
         let a = rs.iter().filter(|r| r.label == "fixed:10:1").count();
         assert!((a as f64 / 4000.0 - 0.75).abs() < 0.03, "{a}");
-        assert!(rs.iter().all(|r| r.label == "fixed:10:1" || r.prompt_len == 20));
+        assert!(rs
+            .iter()
+            .all(|r| r.label == "fixed:10:1" || r.prompt_len == 20));
         let mixed = draw("mixed", 1000);
         assert!(mixed.iter().any(|r| r.label == "summarization"));
         assert!(mixed.iter().any(|r| r.label == "chat"));
