@@ -163,3 +163,6 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

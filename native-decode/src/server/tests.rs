@@ -1,0 +1,327 @@
+//! The HTTP API end to end on a tiny random model: real sockets, real hyper client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::chat_template::CHATML_FALLBACK;
+use crate::engine::{EngineConfig, EngineHandle};
+use crate::transfer::tcp::{self, TcpPuller};
+
+struct TestServer {
+    addr: SocketAddr,
+    engine: EngineHandle,
+}
+
+async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
+    let engine = EngineHandle::spawn(
+        crate::engine::tests::tiny_model(),
+        crate::tokenizer::tests::tiny(),
+        EngineConfig {
+            block_size: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let kv_endpoint = if matches!(role, Role::Prefill | Role::Both) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(tcp::serve(l, engine.clone()));
+        Some(KvEndpoint {
+            engine_id: "test".into(),
+            host: "127.0.0.1".into(),
+            port,
+            lease_secs: 30,
+        })
+    } else {
+        None
+    };
+    let state = Arc::new(ServerState {
+        engine: engine.clone(),
+        model_name: "tiny".into(),
+        template: Some(ChatTemplate::new(CHATML_FALLBACK, "<|im_start|>", "<|im_end|>").unwrap()),
+        role,
+        kv_endpoint,
+        puller: Arc::new(TcpPuller {
+            timeout: Duration::from_secs(5),
+        }),
+        pull_failure: policy,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state));
+    TestServer { addr, engine }
+}
+
+async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Value>) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (s, text) = call(addr, Method::POST, path, Some(body)).await;
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+    )
+}
+
+fn sse_events(text: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data: ") {
+            if d == "[DONE]" {
+                out.push(Value::Null);
+            } else {
+                out.push(serde_json::from_str(d).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn health_models_tokenize_metrics() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    assert_eq!(call(s.addr, Method::GET, "/health", None).await.0, 200);
+    let (st, models) = call(s.addr, Method::GET, "/v1/models", None).await;
+    assert_eq!(st, 200);
+    assert!(models.contains("\"id\":\"tiny\""));
+    let (st, tok) = post(s.addr, "/tokenize", json!({"prompt": "hello<|im_end|>"})).await;
+    assert_eq!(st, 200);
+    assert_eq!(tok["count"], json!(2));
+    let (_, text) = call(s.addr, Method::GET, "/metrics", None).await;
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    assert_eq!(call(s.addr, Method::GET, "/nope", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn completion_stream_and_non_stream_agree() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let body = json!({"model": "tiny", "prompt": "hello world", "max_tokens": 6, "temperature": 0,
+                      "ignore_eos": true, "logprobs": 2});
+    let (st, full) = post(s.addr, "/v1/completions", body.clone()).await;
+    assert_eq!(st, 200, "{full}");
+    assert_eq!(full["object"], json!("text_completion"));
+    assert_eq!(full["usage"]["completion_tokens"], json!(6));
+    assert_eq!(full["usage"]["prompt_tokens"], json!(6));
+    assert_eq!(full["choices"][0]["finish_reason"], json!("length"));
+    assert_eq!(
+        full["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        full["choices"][0]["logprobs"]["top_logprobs"][0]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let mut sb = body;
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let (st, text) = call(s.addr, Method::POST, "/v1/completions", Some(sb)).await;
+    assert_eq!(st, 200);
+    let events = sse_events(&text);
+    assert_eq!(events.last(), Some(&Value::Null), "ends with [DONE]");
+    let usage = &events[events.len() - 2];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], json!(12));
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, full["choices"][0]["text"].as_str().unwrap());
+    let last_choice = &events[events.len() - 3]["choices"][0];
+    assert_eq!(last_choice["finish_reason"], json!("length"));
+}
+
+#[tokio::test]
+async fn chat_stream_starts_with_role_and_non_stream_has_message() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0,
+                      "ignore_eos": true, "logprobs": true, "top_logprobs": 1});
+    let (st, full) = post(s.addr, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(st, 200, "{full}");
+    assert_eq!(full["object"], json!("chat.completion"));
+    assert_eq!(full["choices"][0]["message"]["role"], json!("assistant"));
+    assert_eq!(
+        full["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let mut sb = body;
+    sb["stream"] = json!(true);
+    let (_, text) = call(s.addr, Method::POST, "/v1/chat/completions", Some(sb)).await;
+    let events = sse_events(&text);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], json!("assistant"));
+    assert_eq!(events[0]["object"], json!("chat.completion.chunk"));
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        full["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn errors_are_openai_shaped() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let long: Vec<u32> = (0..300).map(|i| 3 + i % 200).collect();
+    let (st, e) = post(s.addr, "/v1/completions", json!({"prompt": long})).await;
+    assert_eq!(st, 400);
+    assert_eq!(e["error"]["type"], json!("BadRequestError"));
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum context length"));
+    assert_eq!(e["error"]["code"], json!(400));
+    let (st, e) = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 300}),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"]["param"].clone()),
+        (400, json!("max_tokens"))
+    );
+    let (st, e) = post(s.addr, "/v1/completions", json!({"prompt": "x", "n": 3})).await;
+    assert_eq!((st, e["error"]["param"].clone()), (400, json!("n")));
+    let (st, _) = post(s.addr, "/v1/completions", json!({"prompt": 5})).await;
+    assert_eq!(st, 400);
+    let (st, _) = post(s.addr, "/v1/completions", json!({"prompt": [99999]})).await;
+    assert_eq!(st, 400);
+    let (st, e) = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": "x", "model": "other"}),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"]["type"].clone()),
+        (404, json!("NotFoundError"))
+    );
+    let (st, _) = call(s.addr, Method::POST, "/v1/chat/completions", None).await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn pd_pull_gives_the_same_tokens_and_failed_pull_recomputes_or_errors() {
+    let prefill = start(Role::Prefill, PullFailurePolicy::Recompute).await;
+    let decode = start(Role::Decode, PullFailurePolicy::Recompute).await;
+    let strict = start(Role::Decode, PullFailurePolicy::Error).await;
+    let prompt = "hello world hello world hello";
+    let base = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+    let (_, plain) = post(decode.addr, "/v1/completions", base.clone()).await;
+
+    let mut pre = base.clone();
+    pre["max_tokens"] = json!(1);
+    pre["kv_transfer_params"] = json!({"do_remote_decode": true, "do_remote_prefill": false,
+        "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null});
+    let (st, pre_resp) = post(prefill.addr, "/v1/completions", pre).await;
+    assert_eq!(st, 200, "{pre_resp}");
+    let params = pre_resp["kv_transfer_params"].clone();
+    assert_eq!(params["do_remote_prefill"], json!(true));
+    assert_eq!(params["remote_num_tokens"], plain["usage"]["prompt_tokens"]);
+    assert!(
+        prefill.engine.stats.kv_usage() > 0.0,
+        "prefill holds the blocks"
+    );
+
+    let mut dec = base.clone();
+    dec["kv_transfer_params"] = params.clone();
+    let (st, dec_resp) = post(decode.addr, "/v1/completions", dec.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(dec_resp["choices"][0]["text"], plain["choices"][0]["text"]);
+    let stats = &decode.engine.stats;
+    assert_eq!(stats.kv_pulls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Pulled blocks are freed on the prefill side (published after the scheduler's next pass).
+    for _ in 0..100 {
+        if prefill.engine.stats.kv_usage() == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(prefill.engine.stats.kv_usage(), 0.0);
+
+    // The same params again: nothing to pull. Recompute policy: still served, counted.
+    let (st, again) = post(decode.addr, "/v1/completions", dec.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(again["choices"][0]["text"], plain["choices"][0]["text"]);
+    assert_eq!(
+        stats
+            .kv_pull_recomputes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Error policy: the request fails.
+    let (st, e) = post(strict.addr, "/v1/completions", dec).await;
+    assert_eq!(st, 502, "{e}");
+    assert_eq!(e["error"]["param"], json!("kv_transfer_params"));
+}
+
+#[tokio::test]
+async fn dropped_stream_cancels_the_request() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = json!({"prompt": "hello", "max_tokens": 200, "ignore_eos": true, "stream": true});
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v1/completions", s.addr))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let _ = body.frame().await;
+    drop(body);
+    drop(client);
+    for _ in 0..300 {
+        if s.engine
+            .stats
+            .num_running
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+            && s.engine.stats.kv_usage() == 0.0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("request still running after the client went away");
+}
