@@ -93,7 +93,10 @@ impl MemoryStore {
     /// maps consistent) and sweeps expired entries when due.
     fn lock(&self, now: Instant) -> MutexGuard<'_, State> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+        if st
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
             st.requests.retain(|_, e| e.live(now));
             st.done.retain(|_, exp| *exp > now);
             st.replicas.retain(|_, e| e.live(now));

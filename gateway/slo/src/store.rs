@@ -3,9 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{
-    AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, SloStoreError,
-};
+use crate::{AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, SloStoreError};
 
 /// The boxed future every store method returns (object safe, `Send`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SloStoreError>> + Send + 'a>>;

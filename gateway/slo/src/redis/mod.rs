@@ -218,9 +218,8 @@ impl RedisStore {
             let [field, value] = pair else {
                 return Err(SloStoreError::Corrupt("odd goodput reply".into()));
             };
-            let (class, tenant, counter) = goodput::parse_field(field).ok_or_else(|| {
-                SloStoreError::Corrupt(format!("bad goodput field {field:?}"))
-            })?;
+            let (class, tenant, counter) = goodput::parse_field(field)
+                .ok_or_else(|| SloStoreError::Corrupt(format!("bad goodput field {field:?}")))?;
             let n: u64 = value
                 .parse()
                 .map_err(|e| SloStoreError::corrupt(&format!("goodput {field:?}"), e))?;

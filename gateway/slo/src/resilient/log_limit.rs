@@ -30,7 +30,12 @@ impl LogLimit {
             .saturating_add(1);
         let last = self.last.load(Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
-        if due && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             Some(self.suppressed.swap(0, Relaxed))
         } else {
             self.suppressed.fetch_add(1, Relaxed);

@@ -254,9 +254,7 @@ impl<S: SloStore> ResilientStore<S> {
         if q.len() > cap {
             let excess = q.len() - cap;
             q.drain(..excess);
-            sh.stats
-                .backlog_dropped
-                .fetch_add(excess as u64, Relaxed);
+            sh.stats.backlog_dropped.fetch_add(excess as u64, Relaxed);
         }
         sh.stats.backlog.store(q.len() as u64, Relaxed);
     }
@@ -322,7 +320,11 @@ impl<S: SloStore> ResilientStore<S> {
     async fn outcome(&self, o: &OutcomeRecord) {
         let t = self.shared.config.request_timeout;
         let _ = self.shared.mirror.record_outcome(o).await;
-        if self.call("outcome", t, |b| b.record_outcome(o)).await.is_none() {
+        if self
+            .call("outcome", t, |b| b.record_outcome(o))
+            .await
+            .is_none()
+        {
             self.enqueue(o);
         }
     }
