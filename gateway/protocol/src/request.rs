@@ -27,6 +27,9 @@ pub struct ClientRequest {
     pub batch: usize,
     /// True when the request is a batch in SGLang's sense (arrays needed).
     pub is_batch: bool,
+    /// The bytes the client sent, forwarded as they are when nothing needs
+    /// rewriting (aggregated mode).
+    pub raw: Option<Bytes>,
 }
 
 impl ClientRequest {
@@ -37,7 +40,9 @@ impl ClientRequest {
         let Value::Object(body) = value else {
             return Err(ProtocolError::NotAnObject);
         };
-        Self::from_map(endpoint, body)
+        let mut req = Self::from_map(endpoint, body)?;
+        req.raw = Some(Bytes::copy_from_slice(bytes));
+        Ok(req)
     }
 
     pub fn from_map(endpoint: Endpoint, body: Map<String, Value>) -> Result<Self, ProtocolError> {
@@ -108,12 +113,18 @@ impl ClientRequest {
             model,
             batch,
             is_batch,
+            raw: None,
         })
     }
 
     /// Serializes the (possibly modified) body.
     pub fn to_bytes(&self) -> Bytes {
         encode(&self.body)
+    }
+
+    /// The client's original bytes (or the serialized body).
+    pub fn original_bytes(&self) -> Bytes {
+        self.raw.clone().unwrap_or_else(|| self.to_bytes())
     }
 
     /// `n` as requested (1 when absent).

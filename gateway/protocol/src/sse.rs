@@ -4,7 +4,8 @@
 //! through [`SseDecoder`] to measure TTFT/TPOT and to know whether a stream
 //! ended properly.
 
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 /// Bound on one buffered event: a larger one is an upstream bug, and holding
 /// it would let an engine grow the gateway's memory without limit.
@@ -34,13 +35,34 @@ impl SseDecoder {
     /// Feeds bytes; returns the events completed by them.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        self.buf.extend_from_slice(chunk);
-        while let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) {
-            let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
-            self.scanned = 0;
-            if let Some(ev) = parse_event(&raw[..end]) {
-                events.push(ev);
+        self.push_with(chunk, |data| {
+            events.push(SseEvent {
+                data: data.to_owned(),
+            })
+        });
+        events
+    }
+
+    /// Feeds bytes, calling `on_data` with each completed event's data.
+    ///
+    /// This is the relay's hot path: complete events inside `chunk` are read
+    /// in place, and only a trailing partial event is buffered.
+    pub fn push_with(&mut self, chunk: &[u8], mut on_data: impl FnMut(&str)) {
+        let mut rest = chunk;
+        if self.buf.is_empty() {
+            while let Some((end, sep)) = find_event_end(rest, 0) {
+                emit(&rest[..end], &mut on_data);
+                rest = &rest[end + sep..];
             }
+            if rest.is_empty() {
+                return;
+            }
+        }
+        self.buf.extend_from_slice(rest);
+        while let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) {
+            emit(&self.buf[..end], &mut on_data);
+            self.buf.drain(..end + sep);
+            self.scanned = 0;
         }
         self.scanned = self.buf.len();
         if self.buf.len() > MAX_EVENT_BYTES {
@@ -48,7 +70,6 @@ impl SseDecoder {
             self.scanned = 0;
             self.overflowed = true;
         }
-        events
     }
 
     /// True if an event larger than [`MAX_EVENT_BYTES`] was dropped.
@@ -71,23 +92,24 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_event(raw: &[u8]) -> Option<SseEvent> {
+/// Calls `f` with the event's data (lines joined), if it has any.
+fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
     let text = String::from_utf8_lossy(raw);
-    let mut data: Option<String> = None;
+    let mut data: Option<std::borrow::Cow<'_, str>> = None;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some(rest) = line.strip_prefix("data:") {
             let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(rest);
-                }
-                None => data = Some(rest.to_owned()),
-            }
+            data = Some(match data {
+                // The common case, one data line, is passed on without a copy.
+                None => std::borrow::Cow::Borrowed(rest),
+                Some(d) => std::borrow::Cow::Owned(format!("{d}\n{rest}")),
+            });
         }
     }
-    data.map(|data| SseEvent { data })
+    if let Some(d) = data {
+        f(&d);
+    }
 }
 
 /// What one event means for latency accounting.
@@ -104,6 +126,26 @@ pub struct ChunkInfo {
     pub is_error: bool,
 }
 
+/// Only the members the gateway looks at; everything else is skipped
+/// without being materialized (this runs once per streamed token).
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    meta_info: Option<Usage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
 /// Classifies one event's data.
 pub fn inspect(data: &str) -> ChunkInfo {
     let data = data.trim();
@@ -113,26 +155,18 @@ pub fn inspect(data: &str) -> ChunkInfo {
             ..ChunkInfo::default()
         };
     }
-    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(data) else {
+    let Ok(p) = serde_json::from_str::<Probe>(data) else {
         return ChunkInfo::default();
     };
     let mut info = ChunkInfo {
-        is_error: obj.contains_key("error"),
-        ..ChunkInfo::default()
+        is_error: p.error.is_some(),
+        has_output: p.choices.is_some_and(|c| !c.is_empty()),
+        completion_tokens: p.usage.and_then(|u| u.completion_tokens),
+        done: false,
     };
-    if let Some(Value::Array(choices)) = obj.get("choices") {
-        info.has_output = !choices.is_empty();
-    }
-    if let Some(tokens) = obj
-        .get("usage")
-        .and_then(|u| u.get("completion_tokens"))
-        .and_then(Value::as_u64)
-    {
-        info.completion_tokens = Some(tokens);
-    }
-    if let Some(meta) = obj.get("meta_info") {
+    if let Some(meta) = p.meta_info {
         info.has_output = true;
-        info.completion_tokens = meta.get("completion_tokens").and_then(Value::as_u64);
+        info.completion_tokens = meta.completion_tokens;
     }
     info
 }

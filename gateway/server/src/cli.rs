@@ -138,6 +138,29 @@ pub struct Cli {
     #[arg(long)]
     pub health_check_endpoint: Option<String>,
 
+    /// Route and admit by predicted TTFT/TPOT against each request's SLO.
+    #[arg(long)]
+    pub slo_routing: bool,
+    /// When no placement can meet the SLO: off (place anyway), reject (429 +
+    /// Retry-After) or queue (wait until the TTFT deadline).
+    #[arg(long, value_name = "off|reject|queue")]
+    pub slo_admission: Option<String>,
+    /// Where SLO budgets and shared cluster state live: memory or redis.
+    #[arg(long, value_name = "memory|redis")]
+    pub slo_store: Option<crate::slo::config::StoreKind>,
+    /// Redis URL for --slo-store redis.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Class of requests that name none (see [slo.classes] in the config).
+    #[arg(long)]
+    pub slo_default_class: Option<String>,
+    /// Sliding window of the goodput accounting.
+    #[arg(long)]
+    pub slo_window_secs: Option<u64>,
+    /// This replica's name in shared state.
+    #[arg(long)]
+    pub replica_id: Option<String>,
+
     /// Log filter (e.g. info, debug, baton_gateway=trace); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -211,6 +234,35 @@ impl Cli {
         }
         if self.pd_protocol.is_some() {
             c.pd_protocol = self.pd_protocol;
+        }
+        set!(
+            c.slo.store => self.slo_store,
+            c.slo.redis_url => self.redis_url,
+            c.slo.default_class => self.slo_default_class,
+            c.slo.window_secs => self.slo_window_secs,
+            c.slo.replica_id => self.replica_id,
+        );
+        if self.slo_routing {
+            c.slo.routing = true;
+        }
+        if let Some(a) = self.slo_admission {
+            c.slo.policy.admission = match a.as_str() {
+                "off" => baton_policies::slo::AdmissionMode::Off,
+                "reject" => baton_policies::slo::AdmissionMode::Reject,
+                "queue" => baton_policies::slo::AdmissionMode::Queue,
+                o => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--slo-admission {o}: expected off, reject or queue"
+                    )))
+                }
+            };
+        }
+        if !c.slo.classes.contains_key(&c.slo.default_class) {
+            return Err(ConfigError::Invalid(format!(
+                "SLO default class '{}' is not among the classes ({})",
+                c.slo.default_class,
+                c.slo.classes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
         }
         if self.disable_retries {
             c.retry.max_retries = 0;

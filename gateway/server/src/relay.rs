@@ -160,18 +160,25 @@ impl Observer {
 
     /// Watches streamed bytes.
     pub fn observe(&mut self, bytes: &[u8]) {
-        for ev in self.decoder.push(bytes) {
-            let info = inspect(&ev.data);
+        let Self {
+            decoder,
+            output_chunks,
+            first_output,
+            usage_tokens,
+            ..
+        } = self;
+        decoder.push_with(bytes, |data| {
+            let info = inspect(data);
             if info.has_output {
-                self.output_chunks += 1;
-                if self.first_output.is_none() {
-                    self.first_output = Some(Instant::now());
+                *output_chunks += 1;
+                if first_output.is_none() {
+                    *first_output = Some(Instant::now());
                 }
             }
             if let Some(t) = info.completion_tokens {
-                self.usage_tokens = Some(t);
+                *usage_tokens = Some(t);
             }
-        }
+        });
     }
 
     /// A non-streaming reply: the first (and last) output is now.
@@ -267,9 +274,16 @@ pub struct RelayBody {
     deadline: Pin<Box<Sleep>>,
     other_leg: Option<oneshot::Receiver<LegResult>>,
     trailer: Option<Bytes>,
+    /// The first frame, read before the response head was sent.
+    primed: Option<Frame<Bytes>>,
+    /// An upstream result read ahead while coalescing, handled next poll.
+    stashed: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
     done: bool,
     observer: Observer,
 }
+
+/// Largest write assembled from upstream chunks that were already waiting.
+const COALESCE_BYTES: usize = 64 << 10;
 
 impl RelayBody {
     pub fn new(
@@ -287,8 +301,20 @@ impl RelayBody {
             deadline: Box::pin(tokio::time::sleep_until(limits.deadline)),
             other_leg,
             trailer: None,
+            primed: None,
+            stashed: None,
             done: false,
             observer,
+        }
+    }
+
+    /// Waits for the first frame, so the response head and the first chunk
+    /// leave in one write (the client's first token is not delayed: it
+    /// could not arrive before this frame anyway).
+    pub async fn prime(&mut self) {
+        let first = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+        if let Some(Ok(frame)) = first {
+            self.primed = Some(frame);
         }
     }
 
@@ -318,6 +344,9 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(f) = this.primed.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
         if let Some(t) = this.trailer.take() {
             this.done = true;
             return Poll::Ready(Some(Ok(Frame::data(t))));
@@ -339,18 +368,42 @@ impl Body for RelayBody {
             this.done = true;
             return Poll::Ready(None);
         };
-        match Pin::new(upstream).poll_frame(cx) {
+        let polled = match this.stashed.take() {
+            Some(r) => Poll::Ready(r),
+            None => Pin::new(&mut *upstream).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.observer.observe(data);
-                    let next = tokio::time::Instant::now() + this.limits.idle;
-                    this.idle.as_mut().reset(next);
-                }
                 // Trailers from the engine are dropped; only data is relayed.
-                match frame.into_data() {
-                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Err(_) => Pin::new(this).poll_frame(cx),
+                let Ok(data) = frame.into_data() else {
+                    return Pin::new(this).poll_frame(cx);
+                };
+                this.observer.observe(&data);
+                let next = tokio::time::Instant::now() + this.limits.idle;
+                this.idle.as_mut().reset(next);
+                // Chunks that are already waiting go out in the same write
+                // (one syscall instead of one per token when the engine is
+                // ahead of the client); nothing waits for more to arrive.
+                let mut merged: Option<bytes::BytesMut> = None;
+                while merged.as_ref().map_or(data.len(), |m| m.len()) < COALESCE_BYTES {
+                    match Pin::new(&mut *upstream).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(f))) => {
+                            if let Ok(d) = f.into_data() {
+                                this.observer.observe(&d);
+                                merged
+                                    .get_or_insert_with(|| bytes::BytesMut::from(&data[..]))
+                                    .extend_from_slice(&d);
+                            }
+                        }
+                        Poll::Ready(other) => {
+                            this.stashed = Some(other);
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
                 }
+                let out = merged.map_or(data, bytes::BytesMut::freeze);
+                Poll::Ready(Some(Ok(Frame::data(out))))
             }
             Poll::Ready(Some(Err(e))) => {
                 let leg = this.leg;

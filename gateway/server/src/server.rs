@@ -390,7 +390,7 @@ async fn generate(
             return error_response(&err);
         }
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "request",
         id = %request_id,
         endpoint = endpoint.label(),

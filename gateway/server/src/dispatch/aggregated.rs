@@ -39,7 +39,7 @@ pub async fn attempt(
             request: &ctx.request_id,
         },
         &ctx.headers,
-        ctx.req.to_bytes(),
+        ctx.req.original_bytes(),
     );
     let head = tokio::time::timeout(state.first_byte_timeout(), send)
         .await

@@ -87,7 +87,8 @@ pub async fn respond(
     .with_slo(Arc::clone(&state.slo), ctx.slo.clone(), Some(ticket));
     if ctx.req.stream {
         let observer = observer.with_guards(guards).with_watcher(watcher);
-        let body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);
+        let mut body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);
+        body.prime().await;
         let mut resp = Response::new(body.boxed_unsync());
         *resp.status_mut() = status;
         let h = resp.headers_mut();
