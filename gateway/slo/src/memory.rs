@@ -16,7 +16,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// In-memory [`SloStore`]. Clones share state, so two clones behave like two
 /// replicas on one backend. Expiry uses [`tokio::time::Instant`]: tests can
-/// pause and advance time.
+/// pause and advance time. Writes apply when the method is called (the
+/// returned future is already complete).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
