@@ -43,17 +43,13 @@ impl Stats {
 
 /// numpy's default (linear) percentile of sorted, non-empty data.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let Some(&last) = sorted.last() else {
+    if sorted.is_empty() {
         return f64::NAN;
-    };
-    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let lo = rank.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    let frac = rank - lo as f64;
-    if lo >= sorted.len() {
-        return last;
     }
-    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = (rank.floor() as usize).min(sorted.len() - 1);
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
 /// Everything one run measured.

@@ -80,6 +80,20 @@ fn load_font(explicit: Option<&Path>) -> Fonts {
     Fonts::Missing(last)
 }
 
+/// Tableau 10: distinguishable lines on white.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 /// One line of a chart.
 struct Series {
     name: String,
@@ -226,11 +240,19 @@ fn draw_inner(c: &Chart<'_>, out: &Path, text: bool) -> Result<(), String> {
             .draw()
             .map_err(|x| e(&x))?;
     } else {
+        // No label areas: the grid (10% steps) and a frame, no tick labels.
         chart
             .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
+            .x_labels(11)
+            .y_labels(11)
             .draw()
+            .map_err(|x| e(&x))?;
+        chart
+            .plotting_area()
+            .draw(&Rectangle::new(
+                [(0.0, 0.0), (x_max, c.y_max * 1.02)],
+                BLACK.stroke_width(1),
+            ))
             .map_err(|x| e(&x))?;
     }
     if let Some(y) = c.hline {
@@ -244,7 +266,7 @@ fn draw_inner(c: &Chart<'_>, out: &Path, text: bool) -> Result<(), String> {
             .map_err(|x| e(&x))?;
     }
     for (i, s) in c.series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = PALETTE[i % PALETTE.len()];
         let drawn = chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),

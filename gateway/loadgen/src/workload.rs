@@ -63,8 +63,7 @@ impl LengthDist {
                 sigma,
                 min,
                 max,
-            } if !(mean.is_finite() && mean >= 1.0)
-                || !(sigma.is_finite() && sigma >= 0.0)
+            } if !(mean.is_finite() && mean >= 1.0 && sigma.is_finite() && sigma >= 0.0)
                 || min == 0
                 || min > max =>
             {

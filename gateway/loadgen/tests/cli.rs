@@ -36,16 +36,42 @@ async fn sweep_writes_reports_and_plot_combines_them() {
         let (json, csv, plot) = (p("s.json"), p("s.csv"), p("s"));
         move || {
             bench(&[
-                "sweep", "--url", &url, "--model", "m", "--workload", "uniform:4:8:2:4",
-                "--num-requests", "12", "--rates", "20,40", "--cooldown", "0", "--goodput",
-                "ttft:5000", "tpot:1000", "--out", &json, "--csv", &csv, "--plot", &plot,
-                "--save-records", "--label", "mock", "--quiet",
+                "sweep",
+                "--url",
+                &url,
+                "--model",
+                "m",
+                "--workload",
+                "uniform:4:8:2:4",
+                "--num-requests",
+                "12",
+                "--rates",
+                "20,40",
+                "--cooldown",
+                "0",
+                "--goodput",
+                "ttft:5000",
+                "tpot:1000",
+                "--out",
+                &json,
+                "--csv",
+                &csv,
+                "--plot",
+                &plot,
+                "--save-records",
+                "--label",
+                "mock",
+                "--quiet",
             ])
         }
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = Report::read_json(&dir.join("s.json")).unwrap();
     assert_eq!(report.runs.len(), 2);
     assert!(report.runs.iter().all(|r| r.summary.completed == 12));
@@ -63,7 +89,11 @@ async fn sweep_writes_reports_and_plot_combines_them() {
 
     let (a, b, out_png, cdf) = (p("s.json"), p("s.json"), p("both.png"), p("both"));
     let out = bench(&["plot", &a, &b, "--out", &out_png, "--cdf", &cdf]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.join("both.png").exists() && dir.join("both-ttft-cdf.png").exists());
 
     let bad = bench(&["plot", &p("s.csv")]);
@@ -81,7 +111,15 @@ fn bad_arguments_are_errors_not_panics() {
         &["run", "--model", "m", "--request-rate", "0"],
         &["run", "--model", "m", "--duration", "1"],
         &["sweep", "--model", "m", "--rates", "1,2"],
-        &["sweep", "--model", "m", "--rates", "x", "--goodput", "ttft:1"],
+        &[
+            "sweep",
+            "--model",
+            "m",
+            "--rates",
+            "x",
+            "--goodput",
+            "ttft:1",
+        ],
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

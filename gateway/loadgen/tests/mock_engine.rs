@@ -96,8 +96,12 @@ async fn chat_run_counts_rejections_and_aborts_as_misses() {
         .fault(Fault::StatusNth { n: 4, status: 500 })
         .spawn()
         .await;
-    let client =
-        BenchClient::new(&mock.url(), template(Endpoint::Chat), Duration::from_secs(30)).unwrap();
+    let client = BenchClient::new(
+        &mock.url(),
+        template(Endpoint::Chat),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let workload = Workload::parse("fixed:5:4").unwrap();
     // One at a time, so the mock's request numbers follow ours.
     let cfg = RunConfig {

@@ -45,6 +45,21 @@ pub struct WorkerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SloLabels {
+    pub class: String,
+    pub tenant: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SloWindowLabels {
+    pub class: String,
+    pub tenant: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: &'static str,
 }
@@ -61,6 +76,11 @@ pub struct Metrics {
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub local_prefills: Counter,
     pub slo_local_prefills: Counter,
+    pub slo_requests: Family<SloLabels, Counter>,
+    slo_attainment: Family<SloWindowLabels, FloatGauge>,
+    slo_ttft_attainment: Family<SloWindowLabels, FloatGauge>,
+    slo_tpot_attainment: Family<SloWindowLabels, FloatGauge>,
+    slo_goodput: Family<SloWindowLabels, FloatGauge>,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
     breaker_state: Family<WorkerLabels, Gauge>,
@@ -141,6 +161,36 @@ impl Metrics {
             "Requests the SLO policy sent to a decode worker's own prefill (conditional disaggregation)",
             slo_local_prefills.clone(),
         );
+        let slo_requests = Family::<SloLabels, Counter>::default();
+        registry.register(
+            "slo_requests",
+            "Finished requests per SLO class and tenant by result: good, ttft_miss, tpot_miss, rejected, failed",
+            slo_requests.clone(),
+        );
+        let slo_attainment = Family::<SloWindowLabels, FloatGauge>::default();
+        registry.register(
+            "slo_attainment",
+            "Share of requests meeting every target over the accounting window",
+            slo_attainment.clone(),
+        );
+        let slo_ttft_attainment = Family::<SloWindowLabels, FloatGauge>::default();
+        registry.register(
+            "slo_ttft_attainment",
+            "Share of requests meeting the TTFT target over the window",
+            slo_ttft_attainment.clone(),
+        );
+        let slo_tpot_attainment = Family::<SloWindowLabels, FloatGauge>::default();
+        registry.register(
+            "slo_tpot_attainment",
+            "Share of requests meeting the TPOT target over the window",
+            slo_tpot_attainment.clone(),
+        );
+        let slo_goodput = Family::<SloWindowLabels, FloatGauge>::default();
+        registry.register(
+            "slo_goodput_requests_per_second",
+            "Good requests per second over the accounting window",
+            slo_goodput.clone(),
+        );
         let worker_healthy = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "worker_healthy",
@@ -171,9 +221,47 @@ impl Metrics {
             upstream_errors,
             local_prefills,
             slo_local_prefills,
+            slo_requests,
+            slo_attainment,
+            slo_ttft_attainment,
+            slo_tpot_attainment,
+            slo_goodput,
             worker_healthy,
             worker_in_flight,
             breaker_state,
+        }
+    }
+
+    /// Sets the windowed goodput gauges from a report.
+    pub fn set_slo_window(
+        &self,
+        window_secs: f64,
+        report: &std::collections::BTreeMap<(String, String), crate::slo::accounting::Counts>,
+    ) {
+        for ((class, tenant), c) in report {
+            let labels = SloWindowLabels {
+                class: class.clone(),
+                tenant: tenant.clone(),
+            };
+            let ratio = |n: u64| {
+                if c.requests == 0 {
+                    0.0
+                } else {
+                    n as f64 / c.requests as f64
+                }
+            };
+            self.slo_attainment
+                .get_or_create(&labels)
+                .set(ratio(c.good));
+            self.slo_ttft_attainment
+                .get_or_create(&labels)
+                .set(ratio(c.ttft_met));
+            self.slo_tpot_attainment
+                .get_or_create(&labels)
+                .set(ratio(c.tpot_met));
+            self.slo_goodput
+                .get_or_create(&labels)
+                .set(c.good as f64 / window_secs.max(1.0));
         }
     }
 

@@ -217,6 +217,8 @@ async fn route(
         }
         (Method::GET, "/readiness" | "/ready") => readiness(&state),
         (Method::GET, "/metrics") => {
+            let window = state.slo.accounting.window().as_secs_f64();
+            state.metrics.set_slo_window(window, &state.slo.report());
             let text = state.metrics.render(&state.pools.all());
             let mut resp = Response::new(full(text));
             resp.headers_mut().insert(

@@ -81,14 +81,15 @@ impl AppState {
             },
         };
         let config_slo = config.slo.clone();
+        let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(Duration::from_millis(config.timeouts.connect_ms));
         Ok(Self {
             config,
             mode,
             pools,
             upstream,
-            metrics: Arc::new(Metrics::new()),
-            slo: Arc::new(crate::slo::SloEngine::new(config_slo)),
+            slo: Arc::new(crate::slo::SloEngine::new(config_slo, Arc::clone(&metrics))),
+            metrics,
         })
     }
 

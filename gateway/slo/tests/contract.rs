@@ -128,6 +128,12 @@ async fn goodput_sums_a_window_across_replicas<H: Harness>(h: &H) {
     }
     let two_min = a.goodput(Duration::from_secs(120), now).await.unwrap();
     assert_eq!(two_min[0], row("chatbot", "acme", [4, 3, 4, 3, 0, 0]));
+    // The longest window (the 1 h retention: 3601 one-second buckets) and
+    // anything longer (clamped) give the same answer.
+    for window in [3600, 86_400] {
+        let rows = b.goodput(Duration::from_secs(window), now).await.unwrap();
+        assert_eq!(rows, two_min);
+    }
     // 1 s window: buckets T0+2 s ..= T0+3 s.
     let one_s = b.goodput(Duration::from_secs(1), now).await.unwrap();
     assert_eq!(

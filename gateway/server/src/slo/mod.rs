@@ -33,6 +33,7 @@ use tracker::LoadTracker;
 #[derive(Debug)]
 pub struct SloEngine {
     pub config: SloConfig,
+    metrics: Arc<crate::metrics::Metrics>,
     pub tracker: Arc<LoadTracker>,
     pub accounting: Accounting,
 }
@@ -73,7 +74,7 @@ pub fn output_tokens(req: &ClientRequest) -> u64 {
 }
 
 impl SloEngine {
-    pub fn new(config: SloConfig) -> Self {
+    pub fn new(config: SloConfig, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let tracker = Arc::new(LoadTracker::new(
             config.prior_prefill_tokens_per_s,
             config.prior_tpot_base_ms,
@@ -82,6 +83,7 @@ impl SloEngine {
         let accounting = Accounting::new(Duration::from_secs(config.window_secs));
         Self {
             config,
+            metrics,
             tracker,
             accounting,
         }
@@ -217,6 +219,25 @@ impl SloEngine {
             failed,
         };
         self.accounting.record(&target.class, &target.tenant, &v);
+        let result = if v.rejected {
+            "rejected"
+        } else if v.failed {
+            "failed"
+        } else if !v.ttft_met {
+            "ttft_miss"
+        } else if !v.tpot_met {
+            "tpot_miss"
+        } else {
+            "good"
+        };
+        self.metrics
+            .slo_requests
+            .get_or_create(&crate::metrics::SloLabels {
+                class: target.class.clone(),
+                tenant: target.tenant.clone(),
+                result,
+            })
+            .inc();
         v
     }
 }

@@ -13,6 +13,10 @@ impl Keys {
         }
     }
 
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Hash `{rec, phase}` of one in-flight request.
     pub(super) fn request(&self, id: &str) -> String {
         format!("{}:req:{id}", self.prefix)

@@ -108,8 +108,8 @@ impl RedisStore {
     }
 
     /// The key prefix (every key this store writes starts with it).
-    pub fn prefix(&self) -> String {
-        self.keys.request("").trim_end_matches(":req:").to_owned()
+    pub fn prefix(&self) -> &str {
+        self.keys.prefix()
     }
 
     /// Loads the scripts so that the next invocations need no `NOSCRIPT`

@@ -1,0 +1,253 @@
+//! SLO classes, goodput accounting and SLO-aware admission/placement.
+
+mod common;
+
+use std::time::Duration;
+
+use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmKvRegistry};
+use baton_policies::slo::AdmissionMode;
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+
+fn row<'a>(report: &'a Value, class: &str, tenant: &str) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["class"] == class && r["tenant"] == tenant)
+        .unwrap_or_else(|| panic!("no row {class}/{tenant} in {report}"))
+}
+
+#[tokio::test]
+async fn every_request_is_counted_once_against_its_class() {
+    let fast = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let slow = MockEngine::new(Flavor::OpenAi)
+        .token_delay(Duration::from_millis(60))
+        .spawn()
+        .await;
+    let mut cfg = aggregated(&[fast.url()]);
+    cfg.slo
+        .api_keys
+        .push(baton_gateway::slo::config::ApiKeyConfig {
+            // sha256("sk-acme")
+            sha256: "5f8eee912cd7c0ccb238560e8a22e7f78909e6dac18288188f7f4ea35112700d".into(),
+            tenant: "acme".into(),
+            class: None,
+        });
+    let gw = start(cfg.clone()).await;
+    let h = [("x-slo-class", "interactive")];
+    for _ in 0..3 {
+        let r = post_with(&gw.url(), "/v1/completions", COMPLETION_STREAM, &h).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("authorization", "Bearer sk-acme")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("x-slo-class", "gold")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["param"], "x-slo-class");
+    let report = get(&gw.url(), "/v1/slo").await.json();
+    let inter = row(&report, "interactive", "anonymous");
+    assert_eq!(inter["requests"], 3);
+    assert_eq!(inter["good"], 3);
+    assert_eq!(inter["attainment"], 1.0);
+    assert_eq!(row(&report, "standard", "acme")["good"], 1);
+    let m = get(&gw.url(), "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "baton_slo_requests_total{class=\"interactive\",tenant=\"anonymous\",result=\"good\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("baton_slo_attainment{class=\"interactive\",tenant=\"anonymous\"} 1.0"),
+        "{m}"
+    );
+    gw.shutdown().await;
+
+    // 60 ms between tokens misses interactive's 30 ms TPOT but meets standard's 100 ms.
+    cfg.worker_urls = vec![slow.url()];
+    let gw = start(cfg).await;
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION_STREAM,
+        &[("x-slo-class", "interactive")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = post(&gw.url(), "/v1/completions", COMPLETION_STREAM).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let report = get(&gw.url(), "/v1/slo").await.json();
+    let inter = row(&report, "interactive", "anonymous");
+    assert_eq!(
+        (inter["good"].as_u64(), inter["tpot_attainment"].as_f64()),
+        (Some(0), Some(0.0))
+    );
+    assert_eq!(inter["ttft_attainment"], 1.0);
+    assert_eq!(row(&report, "standard", "anonymous")["good"], 1);
+    let m = get(&gw.url(), "/metrics").await.text();
+    assert_eq!(metric(&m, "baton_slo_requests_total{class=\"interactive\",tenant=\"anonymous\",result=\"tpot_miss\"}"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn explicit_budgets_and_failures_count_as_misses() {
+    let engine = MockEngine::new(Flavor::OpenAi)
+        .fault(Fault::StatusNth { n: 1, status: 400 })
+        .spawn()
+        .await;
+    let gw = start(aggregated(&[engine.url()])).await;
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("x-slo-ttft-ms", "1000")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("x-slo-ttft-ms", "nope")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let report = get(&gw.url(), "/v1/slo").await.json();
+    let std = row(&report, "standard", "anonymous");
+    assert_eq!(
+        (
+            std["requests"].as_u64(),
+            std["failed"].as_u64(),
+            std["good"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn predicted_misses_are_rejected_early_with_retry_after() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[engine.url()]);
+    cfg.slo.routing = true;
+    // A prefill rate of 10 tokens/s makes any prompt miss a 500 ms TTFT.
+    cfg.slo.prior_prefill_tokens_per_s = 10.0;
+    let gw = start(cfg).await;
+    let long = format!(r#"{{"prompt":"{}","max_tokens":4}}"#, "word ".repeat(400));
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        &long,
+        &[("x-slo-class", "interactive")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(
+        engine.stats().requests,
+        0,
+        "rejected before any engine work"
+    );
+    // Batch has no targets: always admitted.
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        &long,
+        &[("x-slo-class", "batch")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let report = get(&gw.url(), "/v1/slo").await.json();
+    assert_eq!(row(&report, "interactive", "anonymous")["rejected"], 1);
+    assert_eq!(row(&report, "batch", "anonymous")["good"], 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn queue_mode_waits_until_the_deadline_then_rejects() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[engine.url()]);
+    cfg.slo.routing = true;
+    cfg.slo.policy.admission = AdmissionMode::Queue;
+    cfg.slo.prior_prefill_tokens_per_s = 10.0;
+    let gw = start(cfg).await;
+    let started = tokio::time::Instant::now();
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("x-slo-ttft-ms", "150")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "held until the TTFT deadline"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn short_prompts_go_local_when_the_prefill_pool_is_backed_up() {
+    let kv = VllmKvRegistry::default();
+    // The prefill worker takes the first (long) request and hangs on it.
+    let p = MockEngine::new(Flavor::VllmPrefill)
+        .fault(Fault::HangNth { n: 1 })
+        .kv_registry(kv.clone())
+        .spawn()
+        .await;
+    let d = MockEngine::new(Flavor::VllmDecode)
+        .kv_registry(kv.clone())
+        .spawn()
+        .await;
+    let mut cfg = pd(&[(p.url(), None)], &[d.url()]);
+    cfg.slo.routing = true;
+    cfg.slo.policy.admission = AdmissionMode::Off;
+    cfg.slo.prior_prefill_tokens_per_s = 5000.0;
+    let gw = start(cfg).await;
+    let url = gw.url();
+    let long = format!(
+        r#"{{"prompt":"{}","max_tokens":4}}"#,
+        "longword ".repeat(4000)
+    );
+    let hung = tokio::spawn(async move {
+        post_with(&url, "/v1/completions", &long, &[("x-slo-class", "batch")]).await
+    });
+    p.wait_until(|s| s.active == 1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION_STREAM,
+        &[("x-slo-class", "interactive")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(stream_text(&r.events()), expected_text(8));
+    // It skipped the busy prefill worker: decode prefilled it itself.
+    assert_eq!(p.stats().requests, 1);
+    assert!(d.requests()[0].body.get("kv_transfer_params").is_none());
+    let m = get(&gw.url(), "/metrics").await.text();
+    assert_eq!(metric(&m, "baton_slo_local_prefills_total"), 1.0);
+    hung.abort();
+    gw.shutdown().await;
+}
