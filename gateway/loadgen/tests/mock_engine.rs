@@ -142,7 +142,12 @@ async fn unreachable_server_and_timeouts_are_failures() {
     )
     .unwrap();
     let w = Workload::parse("fixed:3:2").unwrap();
-    let out = run(&client, w.clone(), "w", &config(2), &Progress::hidden())
+    // One at a time, so the mock's request numbers follow ours.
+    let one = RunConfig {
+        max_concurrency: Some(1),
+        ..config(2)
+    };
+    let out = run(&client, w.clone(), "w", &one, &Progress::hidden())
         .await
         .unwrap();
     assert_eq!(out.records[0].outcome, Outcome::Timeout);
@@ -152,8 +157,11 @@ async fn unreachable_server_and_timeouts_are_failures() {
     let out = run(&client, w, "w", &config(2), &Progress::hidden())
         .await
         .unwrap();
-    assert!(out
-        .records
-        .iter()
-        .all(|r| matches!(r.outcome, Outcome::Connect { .. })));
+    assert!(
+        out.records
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Connect { .. })),
+        "{:?}",
+        out.records
+    );
 }
