@@ -1,0 +1,142 @@
+// Element-wise and row-wise kernels of a Llama layer, plus weight fill and a copy kernel for the bandwidth ceiling.
+
+__device__ __forceinline__ u64 splitmix64(u64 x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// p[i] = uniform(-scale, scale), a pure function of (seed, i).
+extern "C" __global__ void fill_random_bf16(bf16_t* p, u64 n, u64 seed, float scale) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u64 r = splitmix64(seed ^ (i * 0x2545f4914f6cdd1dull));
+        const float u = (float)(r >> 40) * (1.0f / 16777216.0f);
+        p[i] = f2bf((2.f * u - 1.f) * scale);
+    }
+}
+
+extern "C" __global__ void fill_const_bf16(bf16_t* p, u64 n, float v) {
+    const bf16_t b = f2bf(v);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) p[i] = b;
+}
+
+// Plain 16-byte copy: the achievable-bandwidth ceiling measured next to our kernels.
+extern "C" __global__ void copy_u4(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
+// x[t, :] = table[tokens[t], :] (grid: one block per token).
+extern "C" __global__ void embed(const int* __restrict__ tokens, const bf16_t* __restrict__ table,
+                                 float* __restrict__ x, int hidden) {
+    const bf16_t* row = table + (u64)tokens[blockIdx.x] * hidden;
+    float* o = x + (u64)blockIdx.x * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf2f(row[i]);
+}
+
+// out[i, :] = w * rmsnorm(x[rows[i] or i, :]) in bf16 (HF order: normalize in f32, round, multiply by weight).
+// The residual add is fused into the preceding GEMM (beta = 1 onto the f32 residual stream).
+extern "C" __global__ void rmsnorm(const float* __restrict__ x, const int* __restrict__ rows,
+                                   const bf16_t* __restrict__ w, bf16_t* __restrict__ out, int hidden, float eps) {
+    __shared__ float sh[32];
+    const int r = rows ? rows[blockIdx.x] : (int)blockIdx.x;
+    const float* xr = x + (u64)r * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float v = xr[i];
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    const float inv = rsqrtf(ss / (float)hidden + eps);
+    bf16_t* o = out + (u64)blockIdx.x * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = f2bf(bf2f(w[i]) * round_bf(xr[i] * inv));
+}
+
+// RoPE on q and k of each token (row layout [q | k | v] in f32, straight from the fused QKV GEMM), q written as bf16
+// for attention, k and v written into the paged cache at slot[t] (skipped when slot < 0: padding rows).
+extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const int* __restrict__ pos,
+                                   const int* __restrict__ slot, const float* __restrict__ inv_freq,
+                                   bf16_t* __restrict__ q_out, bf16_t* __restrict__ kc, bf16_t* __restrict__ vc,
+                                   int n_heads, int n_kv, int hd, int block_size, int half_split) {
+    const int t = blockIdx.x;
+    const int p = pos[t], s = slot[t];
+    const int qd = n_heads * hd, kvd = n_kv * hd, half = hd / 2;
+    const float* row = qkv + (u64)t * (qd + 2 * kvd);
+    const int blk = s >= 0 ? s / block_size : 0, off = s >= 0 ? s % block_size : 0;
+    const int npairs = (n_heads + n_kv) * half;
+    for (int idx = threadIdx.x; idx < npairs; idx += blockDim.x) {
+        const int head = idx / half, i = idx % half;
+        float sn, c;
+        sincosf((float)p * inv_freq[i], &sn, &c);
+        const int ia = half_split ? i : 2 * i;
+        const int ib = half_split ? i + half : 2 * i + 1;
+        const float* src = row + head * hd;  // k heads follow the q heads in the row
+        const float a = src[ia], b = src[ib];
+        const float ra = a * c - b * sn, rb = a * sn + b * c;
+        if (head < n_heads) {
+            bf16_t* qo = q_out + (u64)t * qd + head * hd;
+            qo[ia] = f2bf(ra);
+            qo[ib] = f2bf(rb);
+        } else if (s >= 0) {
+            bf16_t* ko = kc + kv_index(blk, head - n_heads, off, n_kv, block_size, hd);
+            ko[ia] = f2bf(ra);
+            ko[ib] = f2bf(rb);
+        }
+    }
+    if (s >= 0) {
+        for (int idx = threadIdx.x; idx < kvd; idx += blockDim.x) {
+            const int g = idx / hd, d = idx % hd;
+            vc[kv_index(blk, g, off, n_kv, block_size, hd) + d] = f2bf(row[qd + kvd + idx]);
+        }
+    }
+}
+
+// out[t, j] = silu(gate[t, j]) * up[t, j]; gu rows are [gate | up] (the fused gate/up GEMM), all bf16.
+extern "C" __global__ void swiglu(const bf16_t* __restrict__ gu, bf16_t* __restrict__ out, int ffn, u64 total) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
+        const u64 t = i / ffn, j = i % ffn;
+        const float g = bf2f(gu[t * 2 * ffn + j]);
+        const float u = bf2f(gu[t * 2 * ffn + ffn + j]);
+        out[i] = f2bf(round_bf(g / (1.f + expf(-g))) * u);
+    }
+}
+
+// Greedy token and its log-probability for each logits row (grid: one block of 1024 threads per row).
+extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int vocab, int* __restrict__ tok,
+                                          float* __restrict__ lp) {
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    __shared__ float sh[32];
+    const float* row = logits + (u64)blockIdx.x * vocab;
+    float best = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best) { best = v; bi = i; }
+    }
+    // warp argmax (lowest index on ties)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
+    __syncthreads();
+    best = lane < nw ? shv[lane] : NEG_INF;
+    bi = lane < nw ? shi[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    float s = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(row[i] - best);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        tok[blockIdx.x] = bi;
+        lp[blockIdx.x] = -logf(s);
+    }
+}

@@ -1,0 +1,194 @@
+//! Measurements for `baton-cuda-bench`: ceilings (copy bandwidth, cuBLAS throughput) and the decode-attention
+//! kernel alone, timed with CUDA events after warm-up (median of repetitions).
+
+use cudarc::driver::sys::CUevent_flags;
+
+use super::blas::Ty;
+use super::buffer::DevBuf;
+use super::device::GpuDevice;
+use super::kernels::{launch, Arg};
+use super::model::{decode_attention_raw, DecodeArgs};
+use super::CudaResult;
+
+/// Median milliseconds per call of `f` over `reps` timed batches of `iters` calls (after two warm-up calls).
+pub fn time_ms(
+    dev: &GpuDevice,
+    reps: usize,
+    iters: usize,
+    mut f: impl FnMut(usize) -> CudaResult<()>,
+) -> CudaResult<f64> {
+    let s = &dev.stream;
+    let start = dev.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = dev.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    f(0)?;
+    f(1)?;
+    let mut times = Vec::with_capacity(reps);
+    let mut k = 2;
+    for _ in 0..reps.max(1) {
+        start.record(s)?;
+        for _ in 0..iters.max(1) {
+            f(k)?;
+            k += 1;
+        }
+        end.record(s)?;
+        end.synchronize()?;
+        times.push(start.elapsed_ms(&end)? as f64 / iters.max(1) as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Device-to-device copy bandwidth of a plain 16-byte copy kernel, in GB/s counting bytes read plus written.
+pub fn copy_bandwidth(dev: &GpuDevice, bytes: usize) -> CudaResult<f64> {
+    let n = bytes / 16;
+    let src = DevBuf::<u8>::zeros(&dev.stream, n * 16)?;
+    let dst = DevBuf::<u8>::zeros(&dev.stream, n * 16)?;
+    let blocks = (dev.sm_count * 8) as u32;
+    let ms = time_ms(dev, 7, 10, |k| {
+        let (a, b) = if k % 2 == 0 {
+            (&src, &dst)
+        } else {
+            (&dst, &src)
+        };
+        launch(
+            &dev.stream,
+            &dev.k.copy_u4,
+            (blocks, 1, 1),
+            512,
+            &[Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::U64(n as u64)],
+        )
+    })?;
+    Ok(2.0 * (n * 16) as f64 / (ms * 1e-3) / 1e9)
+}
+
+/// cuBLAS bf16 GEMM throughput (f32 compute) for `y[n, m] = x[n, k] · w[m, k]^T`, in TFLOP/s.
+pub fn gemm_tflops(dev: &GpuDevice, n: usize, m: usize, k: usize) -> CudaResult<f64> {
+    let x = DevBuf::<u16>::zeros(&dev.stream, n * k)?;
+    let w = DevBuf::<u16>::zeros(&dev.stream, m * k)?;
+    let y = DevBuf::<u16>::zeros(&dev.stream, n * m)?;
+    for (i, b) in [&x, &w].into_iter().enumerate() {
+        super::kernels::launch_1d(
+            &dev.stream,
+            &dev.k.fill_random_bf16,
+            b.len(),
+            &[
+                Arg::Ptr(b.ptr()),
+                Arg::U64(b.len() as u64),
+                Arg::U64(i as u64 + 7),
+                Arg::F32(0.05),
+            ],
+        )?;
+    }
+    let ms = time_ms(dev, 5, 10, |_| {
+        dev.blas
+            .linear(x.ptr(), w.ptr(), y.ptr(), Ty::Bf16, n, m, k, 0.0)
+    })?;
+    Ok(2.0 * (n * m * k) as f64 / (ms * 1e-3) / 1e12)
+}
+
+/// One decode-attention measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionTiming {
+    pub ms: f64,
+    /// K and V bytes the step must read.
+    pub kv_bytes: usize,
+    pub splits: usize,
+}
+
+/// Times paged decode attention alone (kernel + split combine) for `batch` sequences of `ctx` tokens, blocks
+/// of 16 scattered over the pool; several pool copies are cycled so the KV does not sit in L2.
+pub fn decode_attention(
+    dev: &GpuDevice,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    batch: usize,
+    ctx: usize,
+) -> CudaResult<AttentionTiming> {
+    let bs = 16;
+    let blocks_per_seq = ctx.div_ceil(bs);
+    let kv_dim = n_kv * head_dim;
+    let kv_bytes = 2 * batch * ctx * kv_dim * 2;
+    let copies = (512usize << 20).div_ceil(kv_bytes).clamp(1, 16);
+    let per_copy = batch * blocks_per_seq;
+    let num_blocks = copies * per_copy;
+    let s = &dev.stream;
+    let pool_elems = num_blocks * bs * kv_dim;
+    let k = DevBuf::<u16>::zeros(s, pool_elems)?;
+    let v = DevBuf::<u16>::zeros(s, pool_elems)?;
+    let q = DevBuf::<u16>::zeros(s, batch * n_heads * head_dim)?;
+    for (i, b) in [&k, &v, &q].into_iter().enumerate() {
+        super::kernels::launch_1d(
+            s,
+            &dev.k.fill_random_bf16,
+            b.len(),
+            &[
+                Arg::Ptr(b.ptr()),
+                Arg::U64(b.len() as u64),
+                Arg::U64(i as u64 + 1),
+                Arg::F32(1.0),
+            ],
+        )?;
+    }
+    // Scatter each copy's blocks with a multiplicative permutation (odd stride, coprime with a power of two
+    // pool only when the pool is one; fall back to identity otherwise).
+    let mut tables = vec![0i32; copies * batch * blocks_per_seq];
+    let stride = if per_copy > 1 { 7919 % per_copy } else { 0 };
+    let coprime = gcd(stride, per_copy) == 1;
+    for c in 0..copies {
+        for i in 0..per_copy {
+            let j = if coprime { (i * stride) % per_copy } else { i };
+            tables[c * per_copy + i] = (c * per_copy + j) as i32;
+        }
+    }
+    let tables = DevBuf::from_host(s, &tables)?;
+    let q_rows = DevBuf::from_host(s, &(0..batch as i32).collect::<Vec<_>>())?;
+    let ctx_lens = DevBuf::from_host(s, &vec![ctx as i32; batch])?;
+    let sms = dev.sm_count;
+    let splits = (4 * sms)
+        .div_ceil(n_kv * batch)
+        .clamp(1, 64)
+        .min(ctx.div_ceil(32));
+    let part_acc = DevBuf::<f32>::zeros(s, batch * splits * n_heads * head_dim)?;
+    let part_ml = DevBuf::<f32>::zeros(s, batch * splits * n_heads * 2)?;
+    let out = DevBuf::<u16>::zeros(s, batch * n_heads * head_dim)?;
+    let ms = time_ms(dev, 7, 10, |it| {
+        let c = it % copies;
+        decode_attention_raw(
+            dev,
+            &DecodeArgs {
+                n_heads,
+                n_kv,
+                head_dim,
+                block_size: bs,
+                bt_stride: blocks_per_seq,
+                rows: batch,
+                splits,
+                q: q.ptr(),
+                kc: k.ptr(),
+                vc: v.ptr(),
+                q_rows: q_rows.ptr(),
+                tables: tables.at(c * per_copy),
+                ctx_lens: ctx_lens.ptr(),
+                part_acc: part_acc.ptr(),
+                part_ml: part_ml.ptr(),
+                out: out.ptr(),
+                scale: 1.0 / (head_dim as f32).sqrt(),
+            },
+        )
+    })?;
+    dev.synchronize()?;
+    Ok(AttentionTiming {
+        ms,
+        kv_bytes,
+        splits,
+    })
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
