@@ -73,6 +73,76 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `out[t] = w · x[t]` for every token row of `x` (`[n_tok, w.len()]`).
+pub fn dot_row_tokens(w: &[f32], x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let n = w.len();
+    let xr = |t: usize| &x[t * n..(t + 1) * n];
+    let mut t = 0;
+    while t + 4 <= n_tok {
+        let v = dot4(w, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
+        out[t..t + 4].copy_from_slice(&v);
+        t += 4;
+    }
+    while t < n_tok {
+        out[t] = dot(w, xr(t));
+        t += 1;
+    }
+}
+
+/// Dot product of one 4-bit row (per block: scale `d`, offset `m`, 16 bytes of nibbles) with `x`;
+/// `xsum[b]` is the sum of block `b` of `x`.
+pub fn dot_q4(d: &[f32], m: &[f32], qs: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+    let nb = d
+        .len()
+        .min(m.len())
+        .min(qs.len() / 16)
+        .min(x.len() / 32)
+        .min(xsum.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA; `nb` bounds every access.
+        return unsafe {
+            avx2::dot_q4(
+                &d[..nb],
+                &m[..nb],
+                &qs[..nb * 16],
+                &x[..nb * 32],
+                &xsum[..nb],
+            )
+        };
+    }
+    let mut total = 0f32;
+    let mut w = [0f32; 32];
+    for b in 0..nb {
+        let q = &qs[b * 16..(b + 1) * 16];
+        for j in 0..16 {
+            w[j] = f32::from(q[j] & 0x0f);
+            w[j + 16] = f32::from(q[j] >> 4);
+        }
+        total += d[b] * dot_portable(&w, &x[b * 32..(b + 1) * 32]) + m[b] * xsum[b];
+    }
+    total
+}
+
+/// Dot product of one 8-bit row (per block of 32: scale `d`) with `x`.
+pub fn dot_q8(d: &[f32], qs: &[i8], x: &[f32]) -> f32 {
+    let nb = d.len().min(qs.len() / 32).min(x.len() / 32);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA; `nb` bounds every access.
+        return unsafe { avx2::dot_q8(&d[..nb], &qs[..nb * 32], &x[..nb * 32]) };
+    }
+    let mut total = 0f32;
+    let mut w = [0f32; 32];
+    for b in 0..nb {
+        for (o, &q) in w.iter_mut().zip(&qs[b * 32..(b + 1) * 32]) {
+            *o = f32::from(q);
+        }
+        total += d[b] * dot_portable(&w, &x[b * 32..(b + 1) * 32]);
+    }
+    total
+}
+
 /// `y += a * x`, elementwise.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
@@ -108,18 +178,7 @@ pub fn matmul(x: &[f32], n_tok: usize, w: &[f32], n_out: usize, n_in: usize, out
             let r0 = c * rows_per_task;
             for (i, row_out) in chunk.chunks_exact_mut(n_tok).enumerate() {
                 let r = r0 + i;
-                let wr = &w[r * n_in..(r + 1) * n_in];
-                let xr = |t: usize| &x[t * n_in..(t + 1) * n_in];
-                let mut t = 0;
-                while t + 4 <= n_tok {
-                    let v = dot4(wr, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
-                    row_out[t..t + 4].copy_from_slice(&v);
-                    t += 4;
-                }
-                while t < n_tok {
-                    row_out[t] = dot(wr, xr(t));
-                    t += 1;
-                }
+                dot_row_tokens(&w[r * n_in..(r + 1) * n_in], x, n_tok, row_out);
             }
         });
     for (t, o) in out.chunks_exact_mut(n_out).enumerate() {
@@ -176,6 +235,61 @@ mod avx2 {
             i += 1;
         }
         s
+    }
+
+    /// SAFETY: caller guarantees AVX2 and FMA, `qs.len() == 16·nb`, `x.len() == 32·nb` for `nb = d.len()`,
+    /// and `m`, `xsum` at least `nb` long.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q4(d: &[f32], m: &[f32], qs: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut offs = 0f32;
+        let (pq, px) = (qs.as_ptr(), x.as_ptr());
+        for b in 0..d.len() {
+            // SAFETY: block b covers qs[16b..16b+16] and x[32b..32b+32], in bounds per the contract.
+            unsafe {
+                let raw = _mm_loadu_si128(pq.add(16 * b) as *const __m128i);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+                let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+                let w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+                let w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+                let xb = px.add(32 * b);
+                let mut s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb.add(8)), s);
+                s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb.add(16)), s);
+                s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb.add(24)), s);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
+            }
+            offs += m[b] * xsum[b];
+        }
+        hsum(acc) + offs
+    }
+
+    /// SAFETY: caller guarantees AVX2 and FMA, `qs.len() == x.len() == 32·d.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q8(d: &[f32], qs: &[i8], x: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (pq, px) = (qs.as_ptr(), x.as_ptr());
+        for (b, &db) in d.iter().enumerate() {
+            // SAFETY: block b covers qs[32b..32b+32] and x[32b..32b+32], in bounds per the contract.
+            unsafe {
+                let q0 = _mm_loadu_si128(pq.add(32 * b) as *const __m128i);
+                let q1 = _mm_loadu_si128(pq.add(32 * b + 16) as *const __m128i);
+                let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0));
+                let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)));
+                let w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1));
+                let w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)));
+                let xb = px.add(32 * b);
+                let mut s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb.add(8)), s);
+                s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb.add(16)), s);
+                s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb.add(24)), s);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(db), s, acc);
+            }
+        }
+        hsum(acc)
     }
 
     /// SAFETY: caller guarantees AVX2 and FMA are available. Loads stay within the shortest slice.

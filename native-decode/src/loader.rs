@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::model::matrix::Matrix;
 use crate::model::{Model, ModelConfig, Weights};
 use crate::tokenizer::Tokenizer;
 
@@ -36,14 +37,23 @@ fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_hf_json(&tj, cfg.as_deref())
 }
 
-/// Loads model and tokenizer.
-pub fn load(path: &Path, format: LoadFormat, seed: u64) -> Result<(Model, Tokenizer)> {
+/// Loads model and tokenizer. `keep_quantized` keeps GGUF 4/8-bit matrices in block form (same values, fewer
+/// bytes per token); `seed` drives dummy weights.
+pub fn load(
+    path: &Path,
+    format: LoadFormat,
+    keep_quantized: bool,
+    seed: u64,
+) -> Result<(Model, Tokenizer)> {
     let is_dir = path.is_dir();
     match format {
-        LoadFormat::Auto if is_dir => load(path, LoadFormat::Hf, seed),
+        LoadFormat::Auto if is_dir => load(path, LoadFormat::Hf, keep_quantized, seed),
         LoadFormat::Auto | LoadFormat::Gguf => {
             let file = GgufFile::open(path)?;
-            Ok((Model::from_gguf(&file)?, Tokenizer::from_gguf(&file)?))
+            Ok((
+                Model::from_gguf_with(&file, keep_quantized)?,
+                Tokenizer::from_gguf(&file)?,
+            ))
         }
         LoadFormat::Hf => {
             let cfg = ModelConfig::from_hf_json(&read(&path.join("config.json"))?)?;
@@ -65,7 +75,7 @@ pub fn load(path: &Path, format: LoadFormat, seed: u64) -> Result<(Model, Tokeni
 }
 
 fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
-    use safetensors::{Dtype, SafeTensors};
+    use safetensors::SafeTensors;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -96,7 +106,47 @@ fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
             SafeTensors::deserialize(b).map_err(|e| Error::corrupt(format!("safetensors: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+    let load = |name: &str, shape: &[usize]| load_tensor(&tensors, name, shape);
+    let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
+        Ok(Matrix::from_f32(rows, cols, load(name, &[rows, cols])?))
+    };
+    let h = cfg.hidden;
+    let layers = (0..cfg.n_layers)
+        .map(|i| {
+            let n = |s: &str| format!("model.layers.{i}.{s}.weight");
+            Ok(crate::model::weights::LayerWeights {
+                attn_norm: load(&n("input_layernorm"), &[h])?,
+                wq: mat(&n("self_attn.q_proj"), cfg.q_dim(), h)?,
+                wk: mat(&n("self_attn.k_proj"), cfg.kv_dim(), h)?,
+                wv: mat(&n("self_attn.v_proj"), cfg.kv_dim(), h)?,
+                wo: mat(&n("self_attn.o_proj"), h, cfg.q_dim())?,
+                ffn_norm: load(&n("post_attention_layernorm"), &[h])?,
+                w_gate: mat(&n("mlp.gate_proj"), cfg.ffn, h)?,
+                w_up: mat(&n("mlp.up_proj"), cfg.ffn, h)?,
+                w_down: mat(&n("mlp.down_proj"), h, cfg.ffn)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let has_head = tensors.iter().any(|st| st.tensor("lm_head.weight").is_ok());
+    Ok(Weights {
+        embed: mat("model.embed_tokens.weight", cfg.vocab, h)?,
+        layers,
+        output_norm: load("model.norm.weight", &[h])?,
+        output: if cfg.tied_embeddings && !has_head {
+            None
+        } else {
+            Some(mat("lm_head.weight", cfg.vocab, h)?)
+        },
+    })
+}
+
+fn load_tensor(
+    tensors: &[safetensors::SafeTensors<'_>],
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    use safetensors::Dtype;
+    {
         let t = tensors
             .iter()
             .find_map(|st| st.tensor(name).ok())
@@ -119,33 +169,5 @@ fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
             }
         };
         crate::quant::dequantize(ty, t.data(), shape.iter().product())
-    };
-    let h = cfg.hidden;
-    let layers = (0..cfg.n_layers)
-        .map(|i| {
-            let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-            Ok(crate::model::weights::LayerWeights {
-                attn_norm: load(&n("input_layernorm"), &[h])?,
-                wq: load(&n("self_attn.q_proj"), &[cfg.q_dim(), h])?,
-                wk: load(&n("self_attn.k_proj"), &[cfg.kv_dim(), h])?,
-                wv: load(&n("self_attn.v_proj"), &[cfg.kv_dim(), h])?,
-                wo: load(&n("self_attn.o_proj"), &[h, cfg.q_dim()])?,
-                ffn_norm: load(&n("post_attention_layernorm"), &[h])?,
-                w_gate: load(&n("mlp.gate_proj"), &[cfg.ffn, h])?,
-                w_up: load(&n("mlp.up_proj"), &[cfg.ffn, h])?,
-                w_down: load(&n("mlp.down_proj"), &[h, cfg.ffn])?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let has_head = tensors.iter().any(|st| st.tensor("lm_head.weight").is_ok());
-    Ok(Weights {
-        embed: load("model.embed_tokens.weight", &[cfg.vocab, h])?,
-        layers,
-        output_norm: load("model.norm.weight", &[h])?,
-        output: if cfg.tied_embeddings && !has_head {
-            None
-        } else {
-            Some(load("lm_head.weight", &[cfg.vocab, h])?)
-        },
-    })
+    }
 }

@@ -13,6 +13,7 @@ use baton_native::tokenizer::Tokenizer;
 
 struct Loaded {
     model: Model,
+    quantized: Model,
     tokenizer: Tokenizer,
 }
 
@@ -22,6 +23,7 @@ fn loaded() -> &'static Loaded {
         let file = GgufFile::open(&common::model_path()).expect("open GGUF");
         Loaded {
             model: Model::from_gguf(&file).expect("load model"),
+            quantized: Model::from_gguf_with(&file, true).expect("load model (block form)"),
             tokenizer: Tokenizer::from_gguf(&file).expect("load tokenizer"),
         }
     })
@@ -40,7 +42,15 @@ fn prompt_ids_match_hf_and_llama_cpp() {
 
 #[test]
 fn greedy_tokens_and_logprobs_match_hf_f32() {
-    let Loaded { model, .. } = loaded();
+    check_greedy(&loaded().model, "f32");
+}
+
+#[test]
+fn greedy_tokens_and_logprobs_match_hf_f32_with_block_form_weights() {
+    check_greedy(&loaded().quantized, "block form");
+}
+
+fn check_greedy(model: &Model, what: &str) {
     let cfg = &model.cfg;
     let block_size = 16;
     let mut kv = KvStore::new(cfg, block_size, 8);
@@ -90,7 +100,7 @@ fn greedy_tokens_and_logprobs_match_hf_f32() {
             case.name
         );
         eprintln!(
-            "{}: {} tokens, worst |Δlogprob| {worst:.2e}",
+            "{what} {}: {} tokens, worst |Δlogprob| {worst:.2e}",
             case.name,
             got.len()
         );

@@ -5,6 +5,7 @@ use baton_native::gguf::writer::{write, TensorData};
 use baton_native::gguf::{GgufFile, Value};
 use baton_native::kv::store::KvStore;
 use baton_native::model::config::to_gguf_metadata;
+use baton_native::model::matrix::Matrix;
 use baton_native::model::{Model, ModelConfig, RopeStyle, SeqInput, Weights};
 use baton_native::quant::{dequantize, quantize, TensorType};
 
@@ -57,128 +58,72 @@ fn gguf_round_trip_loads_the_same_model() {
     let w = Weights::dummy(&c, 3);
     let mut tensors = Vec::new();
     let mut decoded = w.clone();
-    let (t, d) = tensor(
-        "token_embd.weight",
-        c.vocab,
-        c.hidden,
+    let mut add = |name: String, m: &Matrix, ty: TensorType, out: &mut Matrix| {
+        let (t, d) = tensor(&name, m.rows(), m.cols(), &m.to_f32(), ty);
+        tensors.push(t);
+        *out = Matrix::from_f32(m.rows(), m.cols(), d);
+    };
+    add(
+        "token_embd.weight".into(),
         &w.embed,
         TensorType::Q8_0,
+        &mut decoded.embed,
     );
-    tensors.push(t);
-    decoded.embed = d;
-    let (t, d) = tensor(
-        "output_norm.weight",
-        1,
-        c.hidden,
-        &w.output_norm,
-        TensorType::F32,
-    );
-    tensors.push(t);
-    decoded.output_norm = d;
     for (i, l) in w.layers.iter().enumerate() {
         let dl = &mut decoded.layers[i];
-        let mut add = |name: &str,
-                       rows: usize,
-                       cols: usize,
-                       v: &[f32],
-                       ty: TensorType,
-                       out: &mut Vec<f32>| {
-            let (t, d) = tensor(&format!("blk.{i}.{name}.weight"), rows, cols, v, ty);
-            tensors.push(t);
-            *out = d;
-        };
-        add(
-            "attn_norm",
-            1,
-            c.hidden,
-            &l.attn_norm,
-            TensorType::F32,
-            &mut dl.attn_norm,
-        );
-        add(
-            "attn_q",
-            c.q_dim(),
-            c.hidden,
-            &l.wq,
-            TensorType::Q4_1,
-            &mut dl.wq,
-        );
-        add(
-            "attn_k",
-            c.kv_dim(),
-            c.hidden,
-            &l.wk,
-            TensorType::Q4_0,
-            &mut dl.wk,
-        );
-        add(
-            "attn_v",
-            c.kv_dim(),
-            c.hidden,
-            &l.wv,
-            TensorType::F16,
-            &mut dl.wv,
-        );
-        add(
-            "attn_output",
-            c.hidden,
-            c.q_dim(),
-            &l.wo,
-            TensorType::BF16,
-            &mut dl.wo,
-        );
-        add(
-            "ffn_norm",
-            1,
-            c.hidden,
-            &l.ffn_norm,
-            TensorType::F32,
-            &mut dl.ffn_norm,
-        );
-        add(
-            "ffn_gate",
-            c.ffn,
-            c.hidden,
-            &l.w_gate,
-            TensorType::Q4_1,
-            &mut dl.w_gate,
-        );
-        add(
-            "ffn_up",
-            c.ffn,
-            c.hidden,
-            &l.w_up,
-            TensorType::Q8_0,
-            &mut dl.w_up,
-        );
-        add(
-            "ffn_down",
-            c.hidden,
-            c.ffn,
-            &l.w_down,
-            TensorType::Q4_1,
-            &mut dl.w_down,
-        );
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        add(n("attn_q"), &l.wq, TensorType::Q4_1, &mut dl.wq);
+        add(n("attn_k"), &l.wk, TensorType::Q4_0, &mut dl.wk);
+        add(n("attn_v"), &l.wv, TensorType::F16, &mut dl.wv);
+        add(n("attn_output"), &l.wo, TensorType::BF16, &mut dl.wo);
+        add(n("ffn_gate"), &l.w_gate, TensorType::Q4_1, &mut dl.w_gate);
+        add(n("ffn_up"), &l.w_up, TensorType::Q8_0, &mut dl.w_up);
+        add(n("ffn_down"), &l.w_down, TensorType::Q4_1, &mut dl.w_down);
     }
+    for (i, l) in w.layers.iter().enumerate() {
+        for (name, v) in [("attn_norm", &l.attn_norm), ("ffn_norm", &l.ffn_norm)] {
+            tensors.push(
+                tensor(
+                    &format!("blk.{i}.{name}.weight"),
+                    1,
+                    c.hidden,
+                    v,
+                    TensorType::F32,
+                )
+                .0,
+            );
+        }
+    }
+    tensors.push(
+        tensor(
+            "output_norm.weight",
+            1,
+            c.hidden,
+            &w.output_norm,
+            TensorType::F32,
+        )
+        .0,
+    );
     let mut meta = to_gguf_metadata(&c);
     meta.push(("general.alignment".into(), Value::U32(32)));
-    let bytes = write(&meta, &tensors);
-    let file = GgufFile::from_bytes(bytes).unwrap();
+    let file = GgufFile::from_bytes(write(&meta, &tensors)).unwrap();
     let loaded = Model::from_gguf(&file).unwrap();
     assert_eq!(loaded.cfg, c);
     assert_eq!(loaded.weights.layers[1].w_down, decoded.layers[1].w_down);
     assert_eq!(loaded.weights.embed, decoded.embed);
+    let quantized = Model::from_gguf_with(&file, true).unwrap();
+    assert!(matches!(quantized.weights.layers[0].wq, Matrix::Q4 { .. }));
+    assert!(matches!(quantized.weights.embed, Matrix::Q8 { .. }));
 
-    // Same logits as the model built from the decoded weights directly.
+    // Same logits as the model built from the decoded weights directly; the block form agrees to rounding.
     let direct = Model::new(c.clone(), decoded);
     let table: Vec<u32> = (0..4).collect();
-    let run = |m: &Model| {
+    let run = |m: &Model, toks: &[u32]| {
         let mut kv = KvStore::new(&c, 16, 4);
-        let toks = [1u32, 5, 9, 77, 3];
         m.forward(
             &mut kv,
             &[SeqInput {
-                tokens: &toks,
+                tokens: toks,
                 start_pos: 0,
                 block_table: &table,
                 want_logits: true,
@@ -186,7 +131,13 @@ fn gguf_round_trip_loads_the_same_model() {
         )
         .remove(0)
     };
-    assert_eq!(run(&loaded), run(&direct));
+    for toks in [&[1u32, 5, 9, 77, 3][..], &[42]] {
+        let want = run(&direct, toks);
+        assert_eq!(run(&loaded, toks), want);
+        for (a, b) in run(&quantized, toks).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
 }
 
 #[test]

@@ -445,6 +445,8 @@ impl Scheduler {
         if plan.is_empty() {
             return false;
         }
+        // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
+        self.publish();
         let inputs: Vec<SeqInput<'_>> = plan
             .iter()
             .map(|p| {
@@ -604,6 +606,7 @@ impl Scheduler {
             self.stats.prefill.observe((first - sched).as_secs_f64());
             self.stats.decode.observe((now - first).as_secs_f64());
         }
+        self.publish();
         let _ = s.events.send(Event::Done(Finish {
             reason,
             stop_reason,

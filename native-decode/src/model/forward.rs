@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{axpy, dot, matmul};
+use crate::kernels::{axpy, dot};
 use crate::kv::store::{BlockId, KvStore};
 use crate::model::Model;
 
@@ -51,8 +51,9 @@ impl Model {
             for (i, &tok) in seq.tokens.iter().enumerate() {
                 tok_seq.push(s);
                 tok_pos.push(seq.start_pos + i);
-                let row = tok as usize * h;
-                x.extend_from_slice(&w.embed[row..row + h]);
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                w.embed.row_into(tok as usize, &mut x[at..]);
             }
         }
         let n = tok_seq.len();
@@ -76,9 +77,9 @@ impl Model {
             for (xr, hr) in x.chunks_exact(h).zip(hbuf.chunks_exact_mut(h)) {
                 rms_norm(xr, &lw.attn_norm, cfg.rms_eps, hr);
             }
-            matmul(&hbuf, n, &lw.wq, qd, h, &mut q);
-            matmul(&hbuf, n, &lw.wk, kvd, h, &mut k);
-            matmul(&hbuf, n, &lw.wv, kvd, h, &mut v);
+            lw.wq.matmul(&hbuf, n, &mut q);
+            lw.wk.matmul(&hbuf, n, &mut k);
+            lw.wv.matmul(&hbuf, n, &mut v);
             for t in 0..n {
                 self.rope.apply(&mut q[t * qd..(t + 1) * qd], tok_pos[t]);
                 self.rope.apply(&mut k[t * kvd..(t + 1) * kvd], tok_pos[t]);
@@ -115,19 +116,19 @@ impl Model {
                     axpy(out, s / sum, &vc[base..base + hd]);
                 }
             });
-            matmul(&att, n, &lw.wo, h, qd, &mut proj);
+            lw.wo.matmul(&att, n, &mut proj);
             for (xv, p) in x.iter_mut().zip(&proj) {
                 *xv += p;
             }
             for (xr, hr) in x.chunks_exact(h).zip(hbuf.chunks_exact_mut(h)) {
                 rms_norm(xr, &lw.ffn_norm, cfg.rms_eps, hr);
             }
-            matmul(&hbuf, n, &lw.w_gate, cfg.ffn, h, &mut gate);
-            matmul(&hbuf, n, &lw.w_up, cfg.ffn, h, &mut up);
+            lw.w_gate.matmul(&hbuf, n, &mut gate);
+            lw.w_up.matmul(&hbuf, n, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
-            matmul(&gate, n, &lw.w_down, h, cfg.ffn, &mut proj);
+            lw.w_down.matmul(&gate, n, &mut proj);
             for (xv, p) in x.iter_mut().zip(&proj) {
                 *xv += p;
             }
@@ -156,7 +157,7 @@ impl Model {
             return out;
         }
         let mut logits = vec![0f32; which.len() * cfg.vocab];
-        matmul(&rows, which.len(), w.lm_head(), cfg.vocab, h, &mut logits);
+        w.lm_head().matmul(&rows, which.len(), &mut logits);
         for (i, s) in which.into_iter().enumerate() {
             out[s] = logits[i * cfg.vocab..(i + 1) * cfg.vocab].to_vec();
         }

@@ -2,6 +2,7 @@
 
 pub mod config;
 mod forward;
+pub mod matrix;
 pub mod rope;
 pub mod weights;
 
@@ -34,9 +35,15 @@ impl Model {
         Self { cfg, weights, rope }
     }
 
+    /// Loads with weights dequantized to f32.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        Self::from_gguf_with(file, false)
+    }
+
+    /// Loads; with `keep_quantized`, 4/8-bit matrices stay in block form (see [`matrix::Matrix`]).
+    pub fn from_gguf_with(file: &GgufFile, keep_quantized: bool) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(file)?;
-        let weights = Weights::from_gguf(file, &cfg)?;
+        let weights = Weights::from_gguf(file, &cfg, keep_quantized)?;
         Ok(Self::new(cfg, weights))
     }
 

@@ -1,0 +1,247 @@
+//! A weight matrix `[rows, cols]`, either dequantized f32 or kept in its 8/4-bit block form.
+//!
+//! The block forms hold exactly the values dequantization would produce (`q·d + m` in f32, with per-block scales
+//! unpacked to f32 at load), so both forms compute the same f32 math; they differ only in summation order. The
+//! block forms read 4–6× fewer bytes per token, which is what bounds single-stream decoding on a CPU.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::quant::{dequantize, TensorType};
+
+pub const QK: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matrix {
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
+    /// 4-bit: value = q·d + m (Q4_0 is stored with m = −8·d, which is exact).
+    Q4 {
+        rows: usize,
+        cols: usize,
+        d: Vec<f32>,
+        m: Vec<f32>,
+        /// 16 bytes per block: low nibbles are values 0–15, high nibbles 16–31.
+        qs: Vec<u8>,
+    },
+    /// 8-bit: value = q·d.
+    Q8 {
+        rows: usize,
+        cols: usize,
+        d: Vec<f32>,
+        qs: Vec<i8>,
+    },
+}
+
+fn h(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+impl Matrix {
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        Self::F32 { rows, cols, data }
+    }
+
+    /// Builds from encoded tensor data. With `keep_quantized`, Q4_0/Q4_1/Q8_0 stay in block form.
+    pub fn from_encoded(
+        ty: TensorType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        keep_quantized: bool,
+    ) -> Result<Self> {
+        let n = rows * cols;
+        if bytes.len() != ty.row_bytes(n)? {
+            return Err(Error::corrupt(format!(
+                "{ty:?} tensor has {} bytes",
+                bytes.len()
+            )));
+        }
+        let blocks_ok = cols.is_multiple_of(QK);
+        match ty {
+            TensorType::Q4_1 | TensorType::Q4_0 if keep_quantized && blocks_ok => {
+                let bsz = if ty == TensorType::Q4_1 { 20 } else { 18 };
+                let nb = n / QK;
+                let (mut d, mut m, mut qs) = (
+                    Vec::with_capacity(nb),
+                    Vec::with_capacity(nb),
+                    Vec::with_capacity(nb * 16),
+                );
+                for blk in bytes.chunks_exact(bsz) {
+                    let dd = h(&blk[..2]);
+                    d.push(dd);
+                    if ty == TensorType::Q4_1 {
+                        m.push(h(&blk[2..4]));
+                        qs.extend_from_slice(&blk[4..]);
+                    } else {
+                        m.push(-8.0 * dd);
+                        qs.extend_from_slice(&blk[2..]);
+                    }
+                }
+                Ok(Self::Q4 {
+                    rows,
+                    cols,
+                    d,
+                    m,
+                    qs,
+                })
+            }
+            TensorType::Q8_0 if keep_quantized && blocks_ok => {
+                let nb = n / QK;
+                let (mut d, mut qs) = (Vec::with_capacity(nb), Vec::with_capacity(n));
+                for blk in bytes.chunks_exact(34) {
+                    d.push(h(&blk[..2]));
+                    qs.extend(blk[2..].iter().map(|&b| b as i8));
+                }
+                Ok(Self::Q8 { rows, cols, d, qs })
+            }
+            _ => Ok(Self::F32 {
+                rows,
+                cols,
+                data: dequantize(ty, bytes, n)?,
+            }),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::F32 { rows, .. } | Self::Q4 { rows, .. } | Self::Q8 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::F32 { cols, .. } | Self::Q4 { cols, .. } | Self::Q8 { cols, .. } => *cols,
+        }
+    }
+
+    /// Writes row `r` as f32 into `out` (`cols` long).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Self::F32 { cols, data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            Self::Q4 { cols, d, m, qs, .. } => {
+                let nb = cols / QK;
+                for b in 0..nb {
+                    let i = r * nb + b;
+                    let q = &qs[i * 16..(i + 1) * 16];
+                    let o = &mut out[b * QK..(b + 1) * QK];
+                    for j in 0..16 {
+                        o[j] = f32::from(q[j] & 0x0f) * d[i] + m[i];
+                        o[j + 16] = f32::from(q[j] >> 4) * d[i] + m[i];
+                    }
+                }
+            }
+            Self::Q8 { cols, d, qs, .. } => {
+                let nb = cols / QK;
+                for b in 0..nb {
+                    let i = r * nb + b;
+                    for j in 0..QK {
+                        out[b * QK + j] = d[i] * f32::from(qs[i * QK + j]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole matrix as f32 (tests, exports).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * self.cols()];
+        for (r, o) in out.chunks_exact_mut(self.cols()).enumerate() {
+            self.row_into(r, o);
+        }
+        out
+    }
+
+    /// `out[t][r] = x[t] · row r` for `x: [n_tok, cols]`, `out: [n_tok, rows]`.
+    pub fn matmul(&self, x: &[f32], n_tok: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        if let Self::F32 { data, .. } = self {
+            return kernels::matmul(x, n_tok, data, rows, cols, out);
+        }
+        let rows_per_task = (rows / 64).clamp(8, 256);
+        if n_tok == 1 {
+            // Fused dequantize-and-dot straight from the block data.
+            let nb = cols / QK;
+            let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
+            out.par_chunks_mut(rows_per_task)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    for (i, o) in chunk.iter_mut().enumerate() {
+                        let r = c * rows_per_task + i;
+                        *o = match self {
+                            Self::Q4 { d, m, qs, .. } => kernels::dot_q4(
+                                &d[r * nb..(r + 1) * nb],
+                                &m[r * nb..(r + 1) * nb],
+                                &qs[r * nb * 16..(r + 1) * nb * 16],
+                                x,
+                                &xsum,
+                            ),
+                            Self::Q8 { d, qs, .. } => kernels::dot_q8(
+                                &d[r * nb..(r + 1) * nb],
+                                &qs[r * cols..(r + 1) * cols],
+                                x,
+                            ),
+                            Self::F32 { .. } => 0.0,
+                        };
+                    }
+                });
+            return;
+        }
+        // Batches: dequantize each row once, then dot it against every token.
+        let mut out_t = vec![0f32; rows * n_tok];
+        out_t
+            .par_chunks_mut(rows_per_task * n_tok)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut wr = vec![0f32; cols];
+                for (i, row_out) in chunk.chunks_exact_mut(n_tok).enumerate() {
+                    self.row_into(c * rows_per_task + i, &mut wr);
+                    kernels::dot_row_tokens(&wr, x, n_tok, row_out);
+                }
+            });
+        for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = out_t[r * n_tok + t];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize;
+
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn block_forms_match_dequantized_f32() {
+        let (rows, cols) = (37, 96);
+        let w = vals(rows * cols, 1);
+        for ty in [TensorType::Q4_1, TensorType::Q4_0, TensorType::Q8_0] {
+            let bytes = quantize(ty, &w).unwrap();
+            let f = Matrix::from_encoded(ty, &bytes, rows, cols, false).unwrap();
+            let q = Matrix::from_encoded(ty, &bytes, rows, cols, true).unwrap();
+            assert!(!matches!(q, Matrix::F32 { .. }));
+            assert_eq!(q.to_f32(), f.to_f32(), "{ty:?} values");
+            for n_tok in [1, 3, 6] {
+                let x = vals(n_tok * cols, 2);
+                let (mut a, mut b) = (vec![0f32; n_tok * rows], vec![0f32; n_tok * rows]);
+                f.matmul(&x, n_tok, &mut a);
+                q.matmul(&x, n_tok, &mut b);
+                for (u, v) in a.iter().zip(&b) {
+                    assert!((u - v).abs() < 1e-4, "{ty:?} n_tok={n_tok}: {u} vs {v}");
+                }
+            }
+        }
+    }
+}
