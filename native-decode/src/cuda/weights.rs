@@ -59,6 +59,18 @@ pub fn hf_config(dir: &Path) -> CudaResult<ModelConfig> {
     Ok(cfg)
 }
 
+/// `to_f32()` for plain f32 tensors, so that [`GpuWeights::from_weights`] reads the CPU weights the same way
+/// whether a matrix is a `Vec<f32>` or the CPU engine's `Matrix` (whose inherent `to_f32` dequantizes).
+trait ToF32 {
+    fn to_f32(&self) -> Vec<f32>;
+}
+
+impl ToF32 for [f32] {
+    fn to_f32(&self) -> Vec<f32> {
+        self.to_vec()
+    }
+}
+
 fn bf16_bits(x: &[f32]) -> Vec<u16> {
     x.iter()
         .map(|&v| half::bf16::from_f32(v).to_bits())
@@ -166,7 +178,7 @@ impl GpuWeights {
         let mut get = |name: &str, _shape: &[usize]| -> CudaResult<Vec<u16>> {
             Ok(match name {
                 "model.embed_tokens.weight" => bf16_bits(&w.embed.to_f32()),
-                "model.norm.weight" => bf16_bits(&w.output_norm),
+                "model.norm.weight" => bf16_bits(&w.output_norm.to_f32()),
                 "lm_head.weight" => bf16_bits(&w.lm_head().to_f32()),
                 _ => {
                     let (i, part) = layer_part(name)
@@ -176,8 +188,8 @@ impl GpuWeights {
                         .get(i)
                         .ok_or_else(|| CudaError::Weights(format!("no layer {i}")))?;
                     match part {
-                        "input_layernorm" => bf16_bits(&l.attn_norm),
-                        "post_attention_layernorm" => bf16_bits(&l.ffn_norm),
+                        "input_layernorm" => bf16_bits(&l.attn_norm.to_f32()),
+                        "post_attention_layernorm" => bf16_bits(&l.ffn_norm.to_f32()),
                         "self_attn.q_proj" => bf16_bits(&l.wq.to_f32()),
                         "self_attn.k_proj" => bf16_bits(&l.wk.to_f32()),
                         "self_attn.v_proj" => bf16_bits(&l.wv.to_f32()),
