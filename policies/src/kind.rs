@@ -3,6 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::{PipelineConfig, PluginError};
 use crate::{
     CacheAware, CacheAwareConfig, LeastLoad, PowerOfTwo, Random, RoundRobin, RoutingPolicy,
 };
@@ -21,15 +22,18 @@ pub enum PolicyKind {
     LeastLoad,
     #[serde(alias = "cache-aware")]
     CacheAware,
+    /// Filters → scorers → picker from `PolicyConfig::pipeline`.
+    Pipeline,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::RoundRobin,
         PolicyKind::Random,
         PolicyKind::PowerOfTwo,
         PolicyKind::LeastLoad,
         PolicyKind::CacheAware,
+        PolicyKind::Pipeline,
     ];
 
     /// The canonical (snake_case) name; matches [`RoutingPolicy::name`].
@@ -40,6 +44,7 @@ impl PolicyKind {
             PolicyKind::PowerOfTwo => "power_of_two",
             PolicyKind::LeastLoad => "least_load",
             PolicyKind::CacheAware => "cache_aware",
+            PolicyKind::Pipeline => "pipeline",
         }
     }
 }
@@ -54,7 +59,7 @@ impl fmt::Display for PolicyKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown routing policy {name:?}; expected one of: \
-     round_robin, random, power_of_two, least_load, cache_aware"
+     round_robin, random, power_of_two, least_load, cache_aware, pipeline"
 )]
 pub struct UnknownPolicy {
     pub name: String,
@@ -73,23 +78,28 @@ impl FromStr for PolicyKind {
     }
 }
 
-/// Per-policy settings; only the cache-aware policy has any so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Per-policy settings (cache-aware tunables, the pipeline composition).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct PolicyConfig {
     pub cache_aware: CacheAwareConfig,
+    pub pipeline: PipelineConfig,
 }
 
 /// Builds a fresh policy instance (each with its own state: counters, RNG,
 /// prefix tree), so one per worker pool.
-pub fn build(kind: PolicyKind, config: &PolicyConfig) -> Box<dyn RoutingPolicy> {
-    match kind {
+pub fn build(
+    kind: PolicyKind,
+    config: &PolicyConfig,
+) -> Result<Box<dyn RoutingPolicy>, PluginError> {
+    Ok(match kind {
         PolicyKind::RoundRobin => Box::new(RoundRobin::new()),
         PolicyKind::Random => Box::new(Random::new()),
         PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::new()),
         PolicyKind::LeastLoad => Box::new(LeastLoad::new()),
         PolicyKind::CacheAware => Box::new(CacheAware::new(config.cache_aware.clone())),
-    }
+        PolicyKind::Pipeline => Box::new(config.pipeline.build()?),
+    })
 }
 
 #[cfg(test)]
@@ -168,7 +178,7 @@ mod tests {
         ];
         let req = RequestFeatures { text: Some("hi") };
         for kind in PolicyKind::ALL {
-            let policy = build(kind, &PolicyConfig::default());
+            let policy = build(kind, &PolicyConfig::default()).expect("builds");
             assert_eq!(policy.name(), kind.as_str());
             assert_eq!(policy.pick(&ws, &req), Some(1), "{kind}");
             assert_eq!(policy.pick(&[], &req), None, "{kind}");

@@ -9,6 +9,7 @@
 mod cache_aware;
 mod kind;
 mod least_load;
+pub mod pipeline;
 mod power_of_two;
 mod random;
 mod round_robin;
@@ -38,4 +39,13 @@ pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
     /// Called when a worker was removed from the pool, so stateful policies
     /// (the cache-aware prefix tree) can forget it.
     fn on_worker_removed(&self, _url: &str) {}
+
+    /// Called once per request, before the first `pick`: may shed it.
+    fn admit(
+        &self,
+        _workers: &[WorkerView<'_>],
+        _request: &RequestFeatures<'_>,
+    ) -> pipeline::Admit {
+        pipeline::Admit::Yes
+    }
 }

@@ -30,6 +30,20 @@ impl Pool {
         self.workers.iter().filter(|w| w.is_healthy()).count()
     }
 
+    /// Asks the pool's policy whether to serve the request at all.
+    pub fn admit(&self, text: Option<&str>) -> baton_policies::pipeline::Admit {
+        let views: Vec<WorkerView<'_>> = self
+            .workers
+            .iter()
+            .map(|w| WorkerView {
+                url: &w.url,
+                available: w.is_available(),
+                in_flight: w.in_flight(),
+            })
+            .collect();
+        self.policy.admit(&views, &RequestFeatures { text })
+    }
+
     /// Picks a worker, avoiding `tried` ones while any other is available
     /// (a retry should land on a fresh worker, but a pool of one still
     /// gets retried).

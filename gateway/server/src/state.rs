@@ -45,7 +45,10 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: GatewayConfig) -> Result<Self, ConfigError> {
         let mode = config.mode()?;
-        let build = |kind: PolicyKind| baton_policies::build(kind, &config.policy_config);
+        let build = |kind: PolicyKind| {
+            baton_policies::build(kind, &config.policy_config)
+                .map_err(|e| ConfigError::Invalid(format!("routing policy {kind}: {e}")))
+        };
         let make = |url: &str, role: Role, port: Option<u16>| {
             Arc::new(Worker::new(url, role, port, &config.breaker))
         };
@@ -57,7 +60,7 @@ impl AppState {
                     .iter()
                     .map(|u| make(u, Role::Unified, None))
                     .collect(),
-                build(config.policy),
+                build(config.policy)?,
             )),
             Mode::Pd(_) => Pools::Pd {
                 prefill: Pool::new(
@@ -67,7 +70,7 @@ impl AppState {
                         .iter()
                         .map(|p| make(&p.url, Role::Prefill, p.bootstrap_port))
                         .collect(),
-                    build(config.prefill_policy.unwrap_or(config.policy)),
+                    build(config.prefill_policy.unwrap_or(config.policy))?,
                 ),
                 decode: Pool::new(
                     Role::Decode,
@@ -76,7 +79,7 @@ impl AppState {
                         .iter()
                         .map(|u| make(u, Role::Decode, None))
                         .collect(),
-                    build(config.decode_policy.unwrap_or(config.policy)),
+                    build(config.decode_policy.unwrap_or(config.policy))?,
                 ),
             },
         };

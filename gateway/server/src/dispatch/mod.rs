@@ -89,6 +89,14 @@ pub type Placement<'a> = Option<&'a Forced>;
 
 /// Serves one request to completion of its head (the body may stream on).
 pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> {
+    // Policy plugins may shed load before anything is sent.
+    for pool in state.pools.all() {
+        if let baton_policies::pipeline::Admit::Reject { retry_after_ms } =
+            pool.admit(ctx.text.as_deref())
+        {
+            return reject(state, &ctx, Duration::from_millis(retry_after_ms));
+        }
+    }
     let mut forced = None;
     if state.slo.config.routing {
         let req = baton_policies::slo::SloRequest {

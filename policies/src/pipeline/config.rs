@@ -1,0 +1,136 @@
+//! Pipelines as configuration (TOML in the gateway's config file).
+
+use serde::Deserialize;
+
+use super::builtin::{
+    Available, LeastLoadScorer, MaxInFlight, MaxScorePicker, QueueCap, WeightedRandomPicker,
+};
+use super::script::{ScriptAdmission, ScriptFilter, ScriptScorer, DEFAULT_BUDGET};
+use super::{Pipeline, PluginError};
+
+/// ```toml
+/// [policy_config.pipeline]
+/// filters = [{ kind = "max_in_flight", max = 64 }]
+/// scorers = [{ kind = "least_load", weight = 1.0 },
+///            { kind = "script", path = "plugins/prefer_even.rhai", weight = 0.5 }]
+/// picker = "max_score"
+/// admission = [{ kind = "queue_cap", max_in_flight = 256, retry_after_ms = 500 }]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub filters: Vec<FilterConfig>,
+    pub scorers: Vec<ScorerConfig>,
+    pub picker: PickerConfig,
+    pub admission: Vec<AdmissionConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterConfig {
+    Available,
+    MaxInFlight {
+        max: u64,
+    },
+    Script {
+        path: String,
+        #[serde(default)]
+        budget: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScorerConfig {
+    LeastLoad {
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    Script {
+        path: String,
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default)]
+        budget: Option<u64>,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PickerConfig {
+    #[default]
+    MaxScore,
+    WeightedRandom,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdmissionConfig {
+    QueueCap {
+        max_in_flight: u64,
+        #[serde(default = "half_second")]
+        retry_after_ms: u64,
+    },
+    Script {
+        path: String,
+        #[serde(default)]
+        budget: Option<u64>,
+    },
+}
+
+fn half_second() -> u64 {
+    500
+}
+
+impl PipelineConfig {
+    /// Builds the pipeline, loading and compiling scripts (errors name the file).
+    pub fn build(&self) -> Result<Pipeline, PluginError> {
+        let picker: Box<dyn super::Picker> = match self.picker {
+            PickerConfig::MaxScore => Box::new(MaxScorePicker::default()),
+            PickerConfig::WeightedRandom => Box::new(WeightedRandomPicker::default()),
+        };
+        let mut p = Pipeline::new(picker);
+        for f in &self.filters {
+            p = p.filter(match f {
+                FilterConfig::Available => Box::new(Available),
+                FilterConfig::MaxInFlight { max } => Box::new(MaxInFlight { max: *max }),
+                FilterConfig::Script { path, budget } => {
+                    Box::new(ScriptFilter::load(path, budget.unwrap_or(DEFAULT_BUDGET))?)
+                }
+            });
+        }
+        for s in &self.scorers {
+            p = match s {
+                ScorerConfig::LeastLoad { weight } => p.scorer(*weight, Box::new(LeastLoadScorer)),
+                ScorerConfig::Script {
+                    path,
+                    weight,
+                    budget,
+                } => p.scorer(
+                    *weight,
+                    Box::new(ScriptScorer::load(path, budget.unwrap_or(DEFAULT_BUDGET))?),
+                ),
+            };
+        }
+        for a in &self.admission {
+            p = p.admission(match a {
+                AdmissionConfig::QueueCap {
+                    max_in_flight,
+                    retry_after_ms,
+                } => Box::new(QueueCap {
+                    max_in_flight: *max_in_flight,
+                    retry_after_ms: *retry_after_ms,
+                }),
+                AdmissionConfig::Script { path, budget } => Box::new(ScriptAdmission::load(
+                    path,
+                    budget.unwrap_or(DEFAULT_BUDGET),
+                )?),
+            });
+        }
+        Ok(p)
+    }
+}

@@ -1,0 +1,139 @@
+//! Routing pipelines from config, with runtime-loaded Rhai plugins.
+
+mod common;
+
+use baton_e2e::mock::{Flavor, MockEngine};
+use baton_policies::pipeline::{AdmissionConfig, PipelineConfig, ScorerConfig};
+use baton_policies::PolicyKind;
+use common::*;
+use http::StatusCode;
+
+fn script(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("baton-plugins-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn a_script_scorer_steers_traffic_without_a_rebuild() {
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let b = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let dir = tmpdir("steer");
+    let port = b.addr().port();
+    let path = script(
+        &dir,
+        "prefer_b.rhai",
+        &format!("fn score(w, r) {{ if w.url.ends_with(\":{port}\") {{ 1 }} else {{ 0 }} }}"),
+    );
+    let mut cfg = aggregated(&[a.url(), b.url()]);
+    cfg.policy = PolicyKind::Pipeline;
+    cfg.policy_config.pipeline = PipelineConfig {
+        scorers: vec![ScorerConfig::Script {
+            path,
+            weight: 1.0,
+            budget: None,
+        }],
+        ..PipelineConfig::default()
+    };
+    let gw = start(cfg).await;
+    for _ in 0..5 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!((a.stats().requests, b.stats().requests), (0, 5));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runaway_plugin_falls_back_to_the_default_policy() {
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let b = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let dir = tmpdir("runaway");
+    let path = script(
+        &dir,
+        "spin.rhai",
+        "fn score(w, r) { let x = 0; loop { x += 1; } }",
+    );
+    let mut cfg = aggregated(&[a.url(), b.url()]);
+    cfg.policy = PolicyKind::Pipeline;
+    cfg.policy_config.pipeline.scorers = vec![ScorerConfig::Script {
+        path,
+        weight: 1.0,
+        budget: Some(500),
+    }];
+    let gw = start(cfg).await;
+    for _ in 0..4 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(a.stats().completed + b.stats().completed, 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_script_admission_stage_sheds_with_retry_after() {
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let dir = tmpdir("admit");
+    let path = script(
+        &dir,
+        "shed.rhai",
+        "fn admit(ws, r) { if r.text_len > 50 { 1500 } else { true } }",
+    );
+    let mut cfg = aggregated(&[a.url()]);
+    cfg.policy = PolicyKind::Pipeline;
+    cfg.policy_config.pipeline.admission = vec![AdmissionConfig::Script { path, budget: None }];
+    let gw = start(cfg).await;
+    assert_eq!(
+        post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+        StatusCode::OK
+    );
+    let long = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(100));
+    let r = post(&gw.url(), "/v1/completions", &long).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["retry-after"], "2");
+    assert_eq!(a.stats().requests, 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_shipped_example_plugins_load() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/examples/plugins/");
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[a.url()]);
+    cfg.policy = PolicyKind::Pipeline;
+    cfg.policy_config.pipeline.scorers = vec![ScorerConfig::Script {
+        path: format!("{root}prefer_idle_even.rhai"),
+        weight: 1.0,
+        budget: None,
+    }];
+    cfg.policy_config.pipeline.admission = vec![AdmissionConfig::Script {
+        path: format!("{root}shed_long_prompts.rhai"),
+        budget: None,
+    }];
+    let gw = start(cfg).await;
+    assert_eq!(
+        post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+        StatusCode::OK
+    );
+    gw.shutdown().await;
+    // A broken plugin path is a clear start-up error, not a panic.
+    let mut bad = aggregated(&[a.url()]);
+    bad.policy = PolicyKind::Pipeline;
+    bad.policy_config.pipeline.scorers = vec![ScorerConfig::Script {
+        path: "/nonexistent.rhai".into(),
+        weight: 1.0,
+        budget: None,
+    }];
+    let err = baton_gateway::start(bad).await.unwrap_err().to_string();
+    assert!(err.contains("/nonexistent.rhai"), "{err}");
+}
