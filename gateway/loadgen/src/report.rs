@@ -190,7 +190,8 @@ pub fn text_summary(label: &str, rate: f64, s: &RunSummary) -> String {
         format!("{:.2}", s.output_throughput),
     );
     if let (Some(slo), Some(g), Some(a)) = (s.slo, s.goodput, s.attainment) {
-        line(&format!("Goodput (req/s) [{slo}]:"), format!("{g:.2}"));
+        line("SLOs (ms):", slo.to_string());
+        line("Goodput (req/s):", format!("{g:.2}"));
         line("SLO attainment (good/sent):", format!("{:.1}%", a * 100.0));
     }
     for (name, st) in [
