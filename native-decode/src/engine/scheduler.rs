@@ -311,10 +311,11 @@ impl Scheduler {
             s.blocks = hits;
         }
         if let Some(imp) = s.imported.take() {
-            let floats = self.model.cfg.n_layers * 2 * imp.block_size * self.kv.kv_dim();
+            let floats =
+                (self.model.cfg.n_layers * 2 * self.kv.kv_dim()).checked_mul(imp.block_size);
             let well_formed = imp.block_size > 0
-                && imp.blocks.len() * imp.block_size >= imp.num_tokens
-                && imp.blocks.iter().all(|b| b.len() == floats);
+                && imp.blocks.len().saturating_mul(imp.block_size) >= imp.num_tokens
+                && imp.blocks.iter().all(|b| Some(b.len()) == floats);
             if !well_formed {
                 // The holder's model or layout differs: recompute instead.
                 self.stats
