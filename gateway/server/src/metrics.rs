@@ -52,6 +52,11 @@ pub struct SloLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatLabels {
+    pub stat: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SloWindowLabels {
     pub class: String,
     pub tenant: String,
@@ -81,6 +86,7 @@ pub struct Metrics {
     slo_ttft_attainment: Family<SloWindowLabels, FloatGauge>,
     slo_tpot_attainment: Family<SloWindowLabels, FloatGauge>,
     slo_goodput: Family<SloWindowLabels, FloatGauge>,
+    slo_store: Family<StatLabels, Gauge>,
     worker_healthy: Family<WorkerLabels, Gauge>,
     worker_in_flight: Family<WorkerLabels, Gauge>,
     breaker_state: Family<WorkerLabels, Gauge>,
@@ -191,6 +197,12 @@ impl Metrics {
             "Good requests per second over the accounting window",
             slo_goodput.clone(),
         );
+        let slo_store = Family::<StatLabels, Gauge>::default();
+        registry.register(
+            "slo_store",
+            "Shared SLO store (Redis) health and failure counters: healthy, errors, timeouts, fallbacks, backlog, backlog_dropped, flushed, resyncs",
+            slo_store.clone(),
+        );
         let worker_healthy = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "worker_healthy",
@@ -226,6 +238,7 @@ impl Metrics {
             slo_ttft_attainment,
             slo_tpot_attainment,
             slo_goodput,
+            slo_store,
             worker_healthy,
             worker_in_flight,
             breaker_state,
@@ -262,6 +275,23 @@ impl Metrics {
             self.slo_goodput
                 .get_or_create(&labels)
                 .set(c.good as f64 / window_secs.max(1.0));
+        }
+    }
+
+    /// Sets the shared-store gauges.
+    pub fn set_store_stats(&self, s: &baton_slo::ResilientStatsSnapshot) {
+        let to_i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (stat, v) in [
+            ("healthy", i64::from(s.healthy)),
+            ("errors", to_i(s.errors)),
+            ("timeouts", to_i(s.timeouts)),
+            ("fallbacks", to_i(s.fallbacks)),
+            ("backlog", to_i(s.backlog)),
+            ("backlog_dropped", to_i(s.backlog_dropped)),
+            ("flushed", to_i(s.flushed)),
+            ("resyncs", to_i(s.resyncs)),
+        ] {
+            self.slo_store.get_or_create(&StatLabels { stat }).set(v);
         }
     }
 

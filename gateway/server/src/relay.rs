@@ -104,6 +104,7 @@ pub struct Observer {
     _watcher: Option<AbortOnDrop>,
     slo: Option<(Arc<SloEngine>, SloTarget)>,
     ticket: Option<DecodeTicket>,
+    request_id: String,
 }
 
 impl Observer {
@@ -128,16 +129,19 @@ impl Observer {
             _watcher: None,
             slo: None,
             ticket: None,
+            request_id: String::new(),
         }
     }
 
     /// Accounts the request against its SLO when it ends.
     pub fn with_slo(
         mut self,
+        request_id: &str,
         engine: Arc<SloEngine>,
         target: SloTarget,
         ticket: Option<DecodeTicket>,
     ) -> Self {
+        self.request_id = request_id.to_owned();
         self.slo = Some((engine, target));
         self.ticket = ticket;
         self
@@ -231,7 +235,7 @@ impl Drop for Observer {
         if let Some((engine, target)) = &self.slo {
             let ms = |s: Option<f64>| s.map(|x| x * 1000.0);
             let failed = outcome != Outcome::Success;
-            engine.record(target, ms(ttft), ms(tpot), false, failed);
+            engine.record(&self.request_id, target, ms(ttft), ms(tpot), false, failed);
             if let (Some(t), false) = (&mut self.ticket, failed) {
                 t.observe(ms(ttft), ms(tpot));
             }

@@ -101,6 +101,12 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         source,
     })?;
     tasks.spawn(crate::health::run(Arc::clone(&state), stop.clone()));
+    tasks.spawn(Arc::clone(&state.slo.shared).run_sync(
+        Arc::clone(&state.slo.tracker),
+        std::time::Duration::from_millis(state.config.slo.sync_interval_ms),
+        state.slo.accounting.window(),
+        stop.clone(),
+    ));
     tasks.spawn(accept_loop(
         listener,
         Arc::clone(&state),
@@ -219,6 +225,9 @@ async fn route(
         (Method::GET, "/metrics") => {
             let window = state.slo.accounting.window().as_secs_f64();
             state.metrics.set_slo_window(window, &state.slo.report());
+            if let Some(stats) = &state.slo.shared.stats {
+                state.metrics.set_store_stats(&stats.snapshot());
+            }
             let text = state.metrics.render(&state.pools.all());
             let mut resp = Response::new(full(text));
             resp.headers_mut().insert(

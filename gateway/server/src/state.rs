@@ -91,7 +91,10 @@ impl AppState {
             mode,
             pools,
             upstream,
-            slo: Arc::new(crate::slo::SloEngine::new(config_slo, Arc::clone(&metrics))),
+            slo: Arc::new(crate::slo::SloEngine::new(
+                config_slo,
+                Arc::clone(&metrics),
+            )?),
             metrics,
         })
     }

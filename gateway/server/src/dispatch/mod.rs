@@ -117,6 +117,13 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
             Admission::Reject { retry_after } => return reject(state, &ctx, retry_after),
         }
     }
+    state.slo.record_admission(
+        &ctx.request_id,
+        &ctx.slo,
+        ctx.prompt_tokens,
+        ctx.deadline.saturating_duration_since(ctx.start),
+        forced.as_ref(),
+    );
     let mut tried = Tried::default();
     let mut attempt: u32 = 0;
     let error = loop {
@@ -173,13 +180,17 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
         tracing::warn!(request_id = %ctx.request_id, error = %error, "request failed");
     }
     record_outcome(state, &ctx, Outcome::of(&error));
-    state.slo.record(&ctx.slo, None, None, false, true);
+    state
+        .slo
+        .record(&ctx.request_id, &ctx.slo, None, None, false, true);
     error_response(&error)
 }
 
 /// Early rejection: 429 with `Retry-After`, counted as a miss.
 fn reject(state: &AppState, ctx: &Ctx, retry_after: Duration) -> Response<GatewayBody> {
-    state.slo.record(&ctx.slo, None, None, true, false);
+    state
+        .slo
+        .record(&ctx.request_id, &ctx.slo, None, None, true, false);
     record_outcome(state, ctx, Outcome::Rejected);
     let e = GatewayError::new(Leg::Gateway, ErrorKind::Rejected);
     let mut resp = error_response(&e);

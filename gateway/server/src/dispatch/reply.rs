@@ -84,7 +84,12 @@ pub async fn respond(
         ctx.start,
     )
     .with_worker(Arc::clone(&worker))
-    .with_slo(Arc::clone(&state.slo), ctx.slo.clone(), Some(ticket));
+    .with_slo(
+        &ctx.request_id,
+        Arc::clone(&state.slo),
+        ctx.slo.clone(),
+        Some(ticket),
+    );
     if ctx.req.stream {
         let observer = observer.with_guards(guards).with_watcher(watcher);
         let mut body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);

@@ -9,6 +9,7 @@
 pub mod accounting;
 pub mod classify;
 pub mod config;
+pub mod shared;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct SloEngine {
     metrics: Arc<crate::metrics::Metrics>,
     pub tracker: Arc<LoadTracker>,
     pub accounting: Accounting,
+    pub shared: Arc<shared::Shared>,
 }
 
 /// Where the SLO policy put a request.
@@ -74,19 +76,24 @@ pub fn output_tokens(req: &ClientRequest) -> u64 {
 }
 
 impl SloEngine {
-    pub fn new(config: SloConfig, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn new(
+        config: SloConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let shared = Arc::new(shared::Shared::new(&config)?);
         let tracker = Arc::new(LoadTracker::new(
             config.prior_prefill_tokens_per_s,
             config.prior_tpot_base_ms,
             config.prior_tpot_per_seq_ms,
         ));
         let accounting = Accounting::new(Duration::from_secs(config.window_secs));
-        Self {
+        Ok(Self {
             config,
             metrics,
             tracker,
             accounting,
-        }
+            shared,
+        })
     }
 
     /// One placement decision on the current snapshot.
@@ -100,14 +107,18 @@ impl SloEngine {
             Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
             Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
         };
-        let pstats: Vec<_> = prefill_workers
-            .iter()
-            .map(|w| self.tracker.get(&w.url))
-            .collect();
-        let dstats: Vec<_> = decode_workers
-            .iter()
-            .map(|w| self.tracker.get(&w.url))
-            .collect();
+        // This replica's view plus what the other replicas reported.
+        let merged = |w: &Arc<Worker>| {
+            let mut s = self.tracker.get(&w.url);
+            let peer = self.shared.peer_load(&w.url);
+            s.queued_prefill_tokens += peer.queued_prefill_tokens;
+            s.active_prefills += peer.active_prefills;
+            s.active_decodes += peer.active_decodes;
+            s.pending_decodes += peer.pending_decodes;
+            s
+        };
+        let pstats: Vec<_> = prefill_workers.iter().map(merged).collect();
+        let dstats: Vec<_> = decode_workers.iter().map(merged).collect();
         let prior = self.config.prior_prefill_tokens_per_s;
         let prefills: Vec<PrefillLoad<'_>> = prefill_workers
             .iter()
@@ -198,6 +209,7 @@ impl SloEngine {
     /// Records how a request ended (exactly once per request).
     pub fn record(
         &self,
+        request_id: &str,
         target: &SloTarget,
         ttft_ms: Option<f64>,
         tpot_ms: Option<f64>,
@@ -238,7 +250,47 @@ impl SloEngine {
                 result,
             })
             .inc();
+        self.shared.write_outcome(baton_slo::OutcomeRecord {
+            request_id: request_id.to_owned(),
+            class: target.class.clone(),
+            tenant: target.tenant.clone(),
+            finished_at_ms: shared::now_ms(),
+            ttft_ms,
+            tpot_ms,
+            ttft_met: v.ttft_met,
+            tpot_met: v.tpot_met,
+            rejected,
+            failed,
+        });
         v
+    }
+
+    /// Writes the admission record (deadline, budget, phase) to the store.
+    pub fn record_admission(
+        &self,
+        request_id: &str,
+        target: &SloTarget,
+        prompt_tokens: u64,
+        ttl: Duration,
+        forced: Option<&Forced>,
+    ) {
+        let now = shared::now_ms();
+        self.shared.write_admission(baton_slo::AdmissionRecord {
+            request_id: request_id.to_owned(),
+            replica_id: self.shared.replica_id.clone(),
+            class: target.class.clone(),
+            tenant: target.tenant.clone(),
+            admitted_at_ms: now,
+            ttft_deadline_ms: target.budget.ttft_ms.map(|t| now + t as u64),
+            tpot_budget_ms: target.budget.tpot_ms,
+            phase: baton_slo::Phase::Queued,
+            prefill_worker: forced
+                .and_then(|f| f.prefill.as_ref())
+                .map(|w| w.url.clone()),
+            decode_worker: forced.map(|f| f.decode.url.clone()),
+            prompt_tokens,
+            ttl,
+        });
     }
 }
 
@@ -246,11 +298,26 @@ impl SloEngine {
     /// Window counts per (class, tenant) — this replica's, merged with the
     /// other replicas' when a shared store is configured.
     pub fn report(&self) -> std::collections::BTreeMap<(String, String), accounting::Counts> {
-        self.accounting.window_counts()
+        let Some(rows) = self.shared.cluster_goodput() else {
+            return self.accounting.window_counts();
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for r in rows {
+            let c = accounting::Counts {
+                requests: r.requests,
+                good: r.good,
+                ttft_met: r.ttft_met,
+                tpot_met: r.tpot_met,
+                rejected: r.rejected,
+                failed: r.failed,
+            };
+            out.insert((r.class, r.tenant), c);
+        }
+        out
     }
 
     /// Replicas contributing to [`report`](Self::report).
     pub fn replica_count(&self) -> usize {
-        1
+        self.shared.live_replicas()
     }
 }

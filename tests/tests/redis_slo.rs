@@ -1,0 +1,179 @@
+//! Several gateway replicas sharing SLO state through a real Redis, and
+//! serving on through a Redis outage.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_e2e::mock::{Flavor, MockEngine};
+use baton_gateway::slo::config::StoreKind;
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+
+/// A `redis-server` child on a fixed ephemeral port, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (.ci/run installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn replica(engine: &str, redis: &str, id: &str) -> baton_gateway::GatewayConfig {
+    let mut c = aggregated(&[engine.to_owned()]);
+    c.slo.store = StoreKind::Redis;
+    c.slo.redis_url = redis.to_owned();
+    c.slo.replica_id = id.to_owned();
+    c.slo.sync_interval_ms = 20;
+    c
+}
+
+fn interactive(report: &Value) -> u64 {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["class"] == "interactive")
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum()
+}
+
+/// Re-reads `/v1/slo` until `cond` holds (the replicas sync every 20 ms and
+/// read cluster goodput every 10 syncs); bounded.
+async fn eventually(url: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = get(url, "/v1/slo").await.json();
+        if cond(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached; last report: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_goodput_and_survive_a_redis_outage() {
+    let mut redis = Redis::start();
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let a = start(replica(&engine.url(), &redis.url(), "replica-a")).await;
+    let b = start(replica(&engine.url(), &redis.url(), "replica-b")).await;
+    let h = [("x-slo-class", "interactive")];
+    for _ in 0..3 {
+        assert_eq!(
+            post_with(&a.url(), "/v1/completions", COMPLETION_STREAM, &h)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            post_with(&b.url(), "/v1/completions", COMPLETION_STREAM, &h)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    // Each replica reports the cluster-wide count, from Redis.
+    let ra = eventually(&a.url(), |r| interactive(r) == 5 && r["replicas"] == 2).await;
+    assert_eq!(ra["replicas"], 2);
+    eventually(&b.url(), |r| interactive(r) == 5).await;
+
+    // Redis goes away: serving continues, each request promptly.
+    redis.stop();
+    for _ in 0..4 {
+        let t = tokio::time::Instant::now();
+        let r = post_with(&a.url(), "/v1/completions", COMPLETION_STREAM, &h).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a Redis outage must not hold requests"
+        );
+    }
+    let m = get(&a.url(), "/metrics").await.text();
+    assert!(
+        m.contains("baton_slo_store{stat=\"healthy\"} 0")
+            || metric(&m, "baton_slo_store{stat=\"errors\"}") > 0.0,
+        "{m}"
+    );
+
+    // Redis returns (empty): the replicas reconnect, flush their backlog and
+    // republish; the outage's requests are counted.
+    redis.spawn();
+    let mut recovered = false;
+    for _ in 0..300 {
+        let m = get(&a.url(), "/metrics").await.text();
+        if metric(&m, "baton_slo_store{stat=\"resyncs\"}") >= 1.0
+            && m.contains("baton_slo_store{stat=\"healthy\"} 1")
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "replica A resynced with the restarted Redis");
+    // The restarted Redis is empty: what it now counts is A's flushed backlog
+    // (the 4 outage requests), plus what comes next.
+    eventually(&a.url(), |r| interactive(r) >= 4).await;
+    let r = post_with(&b.url(), "/v1/completions", COMPLETION_STREAM, &h).await;
+    assert_eq!(r.status, StatusCode::OK);
+    eventually(&b.url(), |r| interactive(r) >= 5 && r["replicas"] == 2).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
