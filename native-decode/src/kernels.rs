@@ -112,16 +112,78 @@ pub fn dot_q4(d: &[f32], m: &[f32], qs: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         };
     }
     let mut total = 0f32;
+    let mut q = [0u8; 32];
     let mut w = [0f32; 32];
     for b in 0..nb {
-        let q = &qs[b * 16..(b + 1) * 16];
-        for j in 0..16 {
-            w[j] = f32::from(q[j] & 0x0f);
-            w[j + 16] = f32::from(q[j] >> 4);
+        unpack_q4(&qs[b * 16..(b + 1) * 16], &mut q);
+        for (w, q) in w.iter_mut().zip(q) {
+            *w = f32::from(q);
         }
         total += d[b] * dot_portable(&w, &x[b * 32..(b + 1) * 32]) + m[b] * xsum[b];
     }
     total
+}
+
+/// Re-packs a GGUF 4-bit block (16 bytes: low nibbles values 0–15, high nibbles 16–31) into the kernel layout:
+/// four little-endian words where word `d` holds value `8g + 4h + d` at nibble `2g + h`. One 128-bit broadcast
+/// plus per-lane shifts then yields values in natural order, eight at a time.
+pub fn pack_q4(std: &[u8]) -> [u8; 16] {
+    let v = |i: usize| {
+        if i < 16 {
+            std[i] & 0x0f
+        } else {
+            std[i - 16] >> 4
+        }
+    };
+    let mut out = [0u8; 16];
+    for d in 0..4 {
+        let mut word = 0u32;
+        for g in 0..4 {
+            for h in 0..2 {
+                word |= u32::from(v(8 * g + 4 * h + d)) << (4 * (2 * g + h));
+            }
+        }
+        out[4 * d..4 * d + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// Inverse of [`pack_q4`]: the 32 values of a block in natural order.
+pub fn unpack_q4(packed: &[u8], out: &mut [u8; 32]) {
+    for d in 0..4 {
+        let word = u32::from_le_bytes([
+            packed[4 * d],
+            packed[4 * d + 1],
+            packed[4 * d + 2],
+            packed[4 * d + 3],
+        ]);
+        for g in 0..4 {
+            for h in 0..2 {
+                out[8 * g + 4 * h + d] = ((word >> (4 * (2 * g + h))) & 0x0f) as u8;
+            }
+        }
+    }
+}
+
+/// Re-packs a block of 32 signed bytes into the kernel layout: byte `g` of word `j` is value `8g + j`, so
+/// shifting each 32-bit lane yields values in natural order, eight at a time.
+pub fn pack_q8(std: &[i8]) -> [i8; 32] {
+    let mut out = [0i8; 32];
+    for j in 0..8 {
+        for g in 0..4 {
+            out[4 * j + g] = std[8 * g + j];
+        }
+    }
+    out
+}
+
+/// Inverse of [`pack_q8`].
+pub fn unpack_q8(packed: &[i8], out: &mut [i8; 32]) {
+    for j in 0..8 {
+        for g in 0..4 {
+            out[8 * g + j] = packed[4 * j + g];
+        }
+    }
 }
 
 /// Dot product of one 8-bit row (per block of 32: scale `d`) with `x`.
@@ -133,9 +195,11 @@ pub fn dot_q8(d: &[f32], qs: &[i8], x: &[f32]) -> f32 {
         return unsafe { avx2::dot_q8(&d[..nb], &qs[..nb * 32], &x[..nb * 32]) };
     }
     let mut total = 0f32;
+    let mut q = [0i8; 32];
     let mut w = [0f32; 32];
     for b in 0..nb {
-        for (o, &q) in w.iter_mut().zip(&qs[b * 32..(b + 1) * 32]) {
+        unpack_q8(&qs[b * 32..(b + 1) * 32], &mut q);
+        for (o, q) in w.iter_mut().zip(q) {
             *o = f32::from(q);
         }
         total += d[b] * dot_portable(&w, &x[b * 32..(b + 1) * 32]);
@@ -238,28 +302,32 @@ mod avx2 {
     }
 
     /// SAFETY: caller guarantees AVX2 and FMA, `qs.len() == 16·nb`, `x.len() == 32·nb` for `nb = d.len()`,
-    /// and `m`, `xsum` at least `nb` long.
+    /// and `m`, `xsum` at least `nb` long. `qs` is in the [`super::pack_q4`] layout.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q4(d: &[f32], m: &[f32], qs: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-        let mask = _mm_set1_epi8(0x0f);
+        let mask = _mm256_set1_epi32(0x0f);
+        let shifts = [
+            _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4),
+            _mm256_setr_epi32(8, 8, 8, 8, 12, 12, 12, 12),
+            _mm256_setr_epi32(16, 16, 16, 16, 20, 20, 20, 20),
+            _mm256_setr_epi32(24, 24, 24, 24, 28, 28, 28, 28),
+        ];
         let mut acc = _mm256_setzero_ps();
         let mut offs = 0f32;
         let (pq, px) = (qs.as_ptr(), x.as_ptr());
         for b in 0..d.len() {
             // SAFETY: block b covers qs[16b..16b+16] and x[32b..32b+32], in bounds per the contract.
             unsafe {
-                let raw = _mm_loadu_si128(pq.add(16 * b) as *const __m128i);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                let w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-                let w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-                let w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-                let w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+                let raw =
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(pq.add(16 * b) as *const __m128i));
                 let xb = px.add(32 * b);
-                let mut s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb.add(8)), s);
-                s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb.add(16)), s);
-                s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb.add(24)), s);
+                let w = |g: usize| {
+                    _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(raw, shifts[g]), mask))
+                };
+                let mut s = _mm256_mul_ps(w(0), _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(w(1), _mm256_loadu_ps(xb.add(8)), s);
+                s = _mm256_fmadd_ps(w(2), _mm256_loadu_ps(xb.add(16)), s);
+                s = _mm256_fmadd_ps(w(3), _mm256_loadu_ps(xb.add(24)), s);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
             }
             offs += m[b] * xsum[b];
@@ -267,7 +335,8 @@ mod avx2 {
         hsum(acc) + offs
     }
 
-    /// SAFETY: caller guarantees AVX2 and FMA, `qs.len() == x.len() == 32·d.len()`.
+    /// SAFETY: caller guarantees AVX2 and FMA, `qs.len() == x.len() == 32·d.len()`; `qs` is in the
+    /// [`super::pack_q8`] layout.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q8(d: &[f32], qs: &[i8], x: &[f32]) -> f32 {
         let mut acc = _mm256_setzero_ps();
@@ -275,12 +344,11 @@ mod avx2 {
         for (b, &db) in d.iter().enumerate() {
             // SAFETY: block b covers qs[32b..32b+32] and x[32b..32b+32], in bounds per the contract.
             unsafe {
-                let q0 = _mm_loadu_si128(pq.add(32 * b) as *const __m128i);
-                let q1 = _mm_loadu_si128(pq.add(32 * b + 16) as *const __m128i);
-                let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0));
-                let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)));
-                let w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1));
-                let w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)));
+                let raw = _mm256_loadu_si256(pq.add(32 * b) as *const __m256i);
+                let w0 = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(raw)));
+                let w1 = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(raw)));
+                let w2 = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(raw)));
+                let w3 = _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(raw));
                 let xb = px.add(32 * b);
                 let mut s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
                 s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb.add(8)), s);
@@ -349,6 +417,21 @@ mod tests {
                 "n={n}"
             );
         }
+    }
+
+    #[test]
+    fn packed_layouts_round_trip() {
+        let std: Vec<u8> = (0..16u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        let mut q = [0u8; 32];
+        unpack_q4(&pack_q4(&std), &mut q);
+        for j in 0..16 {
+            assert_eq!(q[j], std[j] & 0x0f);
+            assert_eq!(q[j + 16], std[j] >> 4);
+        }
+        let s8: Vec<i8> = (0..32).map(|i| (i * 9 - 128) as i8).collect();
+        let mut back = [0i8; 32];
+        unpack_q8(&pack_q8(&s8), &mut back);
+        assert_eq!(back.to_vec(), s8);
     }
 
     #[test]

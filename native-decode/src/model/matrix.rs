@@ -26,7 +26,7 @@ pub enum Matrix {
         cols: usize,
         d: Vec<f32>,
         m: Vec<f32>,
-        /// 16 bytes per block: low nibbles are values 0–15, high nibbles 16–31.
+        /// 16 bytes per block in the kernels' packed layout ([`kernels::pack_q4`]).
         qs: Vec<u8>,
     },
     /// 8-bit: value = q·d.
@@ -34,6 +34,7 @@ pub enum Matrix {
         rows: usize,
         cols: usize,
         d: Vec<f32>,
+        /// 32 bytes per block in the kernels' packed layout ([`kernels::pack_q8`]).
         qs: Vec<i8>,
     },
 }
@@ -77,10 +78,10 @@ impl Matrix {
                     d.push(dd);
                     if ty == TensorType::Q4_1 {
                         m.push(h(&blk[2..4]));
-                        qs.extend_from_slice(&blk[4..]);
+                        qs.extend_from_slice(&kernels::pack_q4(&blk[4..]));
                     } else {
                         m.push(-8.0 * dd);
-                        qs.extend_from_slice(&blk[2..]);
+                        qs.extend_from_slice(&kernels::pack_q4(&blk[2..]));
                     }
                 }
                 Ok(Self::Q4 {
@@ -96,7 +97,8 @@ impl Matrix {
                 let (mut d, mut qs) = (Vec::with_capacity(nb), Vec::with_capacity(n));
                 for blk in bytes.chunks_exact(34) {
                     d.push(h(&blk[..2]));
-                    qs.extend(blk[2..].iter().map(|&b| b as i8));
+                    let vals: Vec<i8> = blk[2..].iter().map(|&b| b as i8).collect();
+                    qs.extend_from_slice(&kernels::pack_q8(&vals));
                 }
                 Ok(Self::Q8 { rows, cols, d, qs })
             }
@@ -126,22 +128,23 @@ impl Matrix {
             Self::F32 { cols, data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
             Self::Q4 { cols, d, m, qs, .. } => {
                 let nb = cols / QK;
+                let mut q = [0u8; QK];
                 for b in 0..nb {
                     let i = r * nb + b;
-                    let q = &qs[i * 16..(i + 1) * 16];
-                    let o = &mut out[b * QK..(b + 1) * QK];
-                    for j in 0..16 {
-                        o[j] = f32::from(q[j] & 0x0f) * d[i] + m[i];
-                        o[j + 16] = f32::from(q[j] >> 4) * d[i] + m[i];
+                    kernels::unpack_q4(&qs[i * 16..(i + 1) * 16], &mut q);
+                    for (o, q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
+                        *o = f32::from(q) * d[i] + m[i];
                     }
                 }
             }
             Self::Q8 { cols, d, qs, .. } => {
                 let nb = cols / QK;
+                let mut q = [0i8; QK];
                 for b in 0..nb {
                     let i = r * nb + b;
-                    for j in 0..QK {
-                        out[b * QK + j] = d[i] * f32::from(qs[i * QK + j]);
+                    kernels::unpack_q8(&qs[i * QK..(i + 1) * QK], &mut q);
+                    for (o, q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
+                        *o = d[i] * f32::from(q);
                     }
                 }
             }
