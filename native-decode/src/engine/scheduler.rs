@@ -383,13 +383,15 @@ impl Scheduler {
             }
             let upto = s.num_computed + n;
             if !self.reserve(i, upto) {
-                // Not even this sequence fits alone: put it back to wait for blocks.
                 if plan.is_empty() && self.running.len() == 1 {
-                    let s = self.running.remove(0);
-                    self.blocks.free(&s.blocks);
-                    let _ = s
-                        .events
-                        .send(Event::Error("KV cache too small for this sequence".into()));
+                    // It does not fit even alone. If leased prefill KV holds blocks, wait for it to be pulled or
+                    // to expire; otherwise the sequence has outgrown the whole cache: end it at this length.
+                    if self.leases.is_empty() {
+                        let s = self.running.remove(0);
+                        self.finish(s, FinishReason::Length, None);
+                    } else {
+                        self.preempt_last();
+                    }
                 }
                 break;
             }

@@ -259,3 +259,21 @@ async fn stop_strings_and_stop_tokens() {
     assert_eq!(fin.reason, FinishReason::Stop);
     assert_eq!(fin.stop_reason, Some(StopReason::Token(toks[3])));
 }
+
+#[tokio::test]
+async fn a_sequence_that_outgrows_the_cache_ends_with_length() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        num_blocks: 3,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    let (toks, fin) = run_all(&e, vec![greedy(prompt(1, 5), 50)]).await.remove(0);
+    assert_eq!(fin.reason, FinishReason::Length);
+    assert_eq!(
+        toks.len(),
+        8,
+        "12 slots: 5 prompt tokens + 7 computed outputs + 1 sampled"
+    );
+    assert_eq!(e.stats.kv_usage(), 0.0);
+}

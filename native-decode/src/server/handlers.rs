@@ -67,16 +67,15 @@ pub async fn completions(
         flavor: Flavor::Completion,
         logprobs: req.logprobs.is_some(),
     };
-    generate(
-        state,
-        r,
+    let call = Generation {
+        renderer: r,
         prompt,
-        v,
-        Some(16),
-        req.common.kv_transfer_params,
+        validated: v,
+        default_max: Some(16),
+        kv_params: req.common.kv_transfer_params,
         request_id,
-    )
-    .await
+    };
+    generate(state, call).await
 }
 
 pub async fn chat(
@@ -118,16 +117,15 @@ pub async fn chat(
         flavor: Flavor::Chat,
         logprobs: logprobs.is_some(),
     };
-    generate(
-        state,
-        r,
+    let call = Generation {
+        renderer: r,
         prompt,
-        v,
-        None,
-        req.common.kv_transfer_params,
+        validated: v,
+        default_max: None,
+        kv_params: req.common.kv_transfer_params,
         request_id,
-    )
-    .await
+    };
+    generate(state, call).await
 }
 
 fn now_secs() -> u64 {
@@ -165,15 +163,26 @@ async fn pull_kv(state: &ServerState, params: &Value) -> Result<Option<ImportedK
     }
 }
 
-async fn generate(
-    state: Arc<ServerState>,
-    r: Renderer,
+/// Everything one generation needs, after parsing and validation.
+struct Generation {
+    renderer: Renderer,
     prompt: Vec<u32>,
-    v: Validated,
+    validated: Validated,
+    /// max_tokens when the request gives none (`None`: fill the context, as chat does).
     default_max: Option<usize>,
     kv_params: Option<Value>,
     request_id: String,
-) -> Result<Response<Body>, ApiError> {
+}
+
+async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<Body>, ApiError> {
+    let Generation {
+        renderer: r,
+        prompt,
+        validated: v,
+        default_max,
+        kv_params,
+        request_id,
+    } = call;
     let ctx = state.engine.context_length;
     let mut params = v.params;
     params.max_tokens = fit_max_tokens(prompt.len(), v.max_tokens, default_max, ctx)?;
