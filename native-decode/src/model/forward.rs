@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{axpy, dot};
 use crate::kv::store::{BlockId, KvStore};
+use crate::model::matrix::matmul_multi;
 use crate::model::Model;
 
 /// One sequence's share of a step.
@@ -77,9 +78,12 @@ impl Model {
             for (xr, hr) in x.chunks_exact(h).zip(hbuf.chunks_exact_mut(h)) {
                 rms_norm(xr, &lw.attn_norm, cfg.rms_eps, hr);
             }
-            lw.wq.matmul(&hbuf, n, &mut q);
-            lw.wk.matmul(&hbuf, n, &mut k);
-            lw.wv.matmul(&hbuf, n, &mut v);
+            matmul_multi(
+                &[&lw.wq, &lw.wk, &lw.wv],
+                &hbuf,
+                n,
+                &mut [&mut q, &mut k, &mut v],
+            );
             for t in 0..n {
                 self.rope.apply(&mut q[t * qd..(t + 1) * qd], tok_pos[t]);
                 self.rope.apply(&mut k[t * kvd..(t + 1) * kvd], tok_pos[t]);
@@ -123,8 +127,7 @@ impl Model {
             for (xr, hr) in x.chunks_exact(h).zip(hbuf.chunks_exact_mut(h)) {
                 rms_norm(xr, &lw.ffn_norm, cfg.rms_eps, hr);
             }
-            lw.w_gate.matmul(&hbuf, n, &mut gate);
-            lw.w_up.matmul(&hbuf, n, &mut up);
+            matmul_multi(&[&lw.w_gate, &lw.w_up], &hbuf, n, &mut [&mut gate, &mut up]);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }

@@ -160,58 +160,98 @@ impl Matrix {
         out
     }
 
-    /// `out[t][r] = x[t] · row r` for `x: [n_tok, cols]`, `out: [n_tok, rows]`.
-    pub fn matmul(&self, x: &[f32], n_tok: usize, out: &mut [f32]) {
-        let (rows, cols) = (self.rows(), self.cols());
-        if let Self::F32 { data, .. } = self {
-            return kernels::matmul(x, n_tok, data, rows, cols, out);
-        }
-        let rows_per_task = (rows / 64).clamp(8, 256);
-        if n_tok == 1 {
-            // Fused dequantize-and-dot straight from the block data.
-            let nb = cols / QK;
-            let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
-            out.par_chunks_mut(rows_per_task)
-                .enumerate()
-                .for_each(|(c, chunk)| {
-                    for (i, o) in chunk.iter_mut().enumerate() {
-                        let r = c * rows_per_task + i;
-                        *o = match self {
-                            Self::Q4 { d, m, qs, .. } => kernels::dot_q4(
-                                &d[r * nb..(r + 1) * nb],
-                                &m[r * nb..(r + 1) * nb],
-                                &qs[r * nb * 16..(r + 1) * nb * 16],
-                                x,
-                                &xsum,
-                            ),
-                            Self::Q8 { d, qs, .. } => kernels::dot_q8(
-                                &d[r * nb..(r + 1) * nb],
-                                &qs[r * cols..(r + 1) * cols],
-                                x,
-                            ),
-                            Self::F32 { .. } => 0.0,
-                        };
-                    }
-                });
-            return;
-        }
-        // Batches: dequantize each row once, then dot it against every token.
-        let mut out_t = vec![0f32; rows * n_tok];
-        out_t
-            .par_chunks_mut(rows_per_task * n_tok)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let mut wr = vec![0f32; cols];
-                for (i, row_out) in chunk.chunks_exact_mut(n_tok).enumerate() {
-                    self.row_into(c * rows_per_task + i, &mut wr);
-                    kernels::dot_row_tokens(&wr, x, n_tok, row_out);
-                }
-            });
-        for (t, o) in out.chunks_exact_mut(rows).enumerate() {
-            for (r, v) in o.iter_mut().enumerate() {
-                *v = out_t[r * n_tok + t];
+    /// `x · row r` for one activation vector; `xsum[b]` is the sum of block `b` of `x` (used by 4-bit rows).
+    fn row_dot(&self, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
+        let cols = self.cols();
+        let nb = cols / QK;
+        match self {
+            Self::F32 { data, .. } => kernels::dot(&data[r * cols..(r + 1) * cols], x),
+            Self::Q4 { d, m, qs, .. } => kernels::dot_q4(
+                &d[r * nb..(r + 1) * nb],
+                &m[r * nb..(r + 1) * nb],
+                &qs[r * nb * 16..(r + 1) * nb * 16],
+                x,
+                xsum,
+            ),
+            Self::Q8 { d, qs, .. } => {
+                kernels::dot_q8(&d[r * nb..(r + 1) * nb], &qs[r * cols..(r + 1) * cols], x)
             }
         }
+    }
+
+    /// `out[t][r] = x[t] · row r` for `x: [n_tok, cols]`, `out: [n_tok, rows]`.
+    pub fn matmul(&self, x: &[f32], n_tok: usize, out: &mut [f32]) {
+        matmul_multi(&[self], x, n_tok, &mut [out]);
+    }
+}
+
+/// Several matrices with the same input width applied to the same `x` in one parallel pass (e.g. Q, K and V):
+/// one fork-join instead of one per matrix, which matters when the cores are shared with other processes.
+/// `outs[i]` is `[n_tok, mats[i].rows()]`.
+pub fn matmul_multi(mats: &[&Matrix], x: &[f32], n_tok: usize, outs: &mut [&mut [f32]]) {
+    let Some(first) = mats.first() else { return };
+    let cols = first.cols();
+    let total: usize = mats.iter().map(|m| m.rows()).sum();
+    // Global row g → (matrix, row).
+    let locate = |g: usize| {
+        let mut g = g;
+        for (i, m) in mats.iter().enumerate() {
+            if g < m.rows() {
+                return (i, g);
+            }
+            g -= m.rows();
+        }
+        (mats.len() - 1, 0)
+    };
+    let rows_per_task = (total / 64).clamp(8, 256);
+    if n_tok == 1 {
+        let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
+        let mut all = vec![0f32; total];
+        all.par_chunks_mut(rows_per_task)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let (mi, r) = locate(c * rows_per_task + i);
+                    *o = mats[mi].row_dot(r, x, &xsum);
+                }
+            });
+        let mut off = 0;
+        for (m, out) in mats.iter().zip(outs.iter_mut()) {
+            out.copy_from_slice(&all[off..off + m.rows()]);
+            off += m.rows();
+        }
+        return;
+    }
+    // Batches: each weight row (dequantized once if needed) is dotted against every token; the result is
+    // computed transposed so that tasks write contiguous ranges.
+    let mut all_t = vec![0f32; total * n_tok];
+    all_t
+        .par_chunks_mut(rows_per_task * n_tok)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut wr = vec![0f32; cols];
+            for (i, row_out) in chunk.chunks_exact_mut(n_tok).enumerate() {
+                let (mi, r) = locate(c * rows_per_task + i);
+                match mats[mi] {
+                    Matrix::F32 { data, .. } => {
+                        kernels::dot_row_tokens(&data[r * cols..(r + 1) * cols], x, n_tok, row_out)
+                    }
+                    m => {
+                        m.row_into(r, &mut wr);
+                        kernels::dot_row_tokens(&wr, x, n_tok, row_out);
+                    }
+                }
+            }
+        });
+    let mut off = 0;
+    for (m, out) in mats.iter().zip(outs.iter_mut()) {
+        let rows = m.rows();
+        for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = all_t[(off + r) * n_tok + t];
+            }
+        }
+        off += rows;
     }
 }
 
@@ -236,6 +276,17 @@ mod tests {
             let q = Matrix::from_encoded(ty, &bytes, rows, cols, true).unwrap();
             assert!(!matches!(q, Matrix::F32 { .. }));
             assert_eq!(q.to_f32(), f.to_f32(), "{ty:?} values");
+            // Fused with another matrix: same results as separately.
+            for n_tok in [1, 5] {
+                let x = vals(n_tok * cols, 3);
+                let (mut a, mut b) = (vec![0f32; n_tok * rows], vec![0f32; n_tok * rows]);
+                let (mut a2, mut b2) = (vec![0f32; n_tok * rows], vec![0f32; n_tok * rows]);
+                q.matmul(&x, n_tok, &mut a);
+                f.matmul(&x, n_tok, &mut a2);
+                matmul_multi(&[&q, &f], &x, n_tok, &mut [&mut b, &mut b2]);
+                assert_eq!(a, b);
+                assert_eq!(a2, b2);
+            }
             for n_tok in [1, 3, 6] {
                 let x = vals(n_tok * cols, 2);
                 let (mut a, mut b) = (vec![0f32; n_tok * rows], vec![0f32; n_tok * rows]);
