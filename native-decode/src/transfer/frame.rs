@@ -60,12 +60,20 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, Vec<u8>)> {
+    read_frame_limited(r, MAX_FRAME).await
+}
+
+/// Reads a frame whose payload may be at most `max` bytes (checked before allocating).
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u64,
+) -> Result<(FrameKind, Vec<u8>)> {
     let io = |e: std::io::Error| Error::Transfer(format!("read: {e}"));
     let k = r.read_u8().await.map_err(io)?;
     let kind =
         FrameKind::from_u8(k).ok_or_else(|| Error::Transfer(format!("unknown frame kind {k}")))?;
     let len = r.read_u64_le().await.map_err(io)?;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(Error::Transfer(format!(
             "frame of {len} bytes exceeds the limit"
         )));

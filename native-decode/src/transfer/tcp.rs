@@ -6,11 +6,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::BufWriter;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::frame::{bytes_to_f32s, f32s_to_bytes, read_frame, write_frame, FrameKind};
+use super::frame::{
+    bytes_to_f32s, f32s_to_bytes, read_frame, read_frame_limited, write_frame, FrameKind,
+};
 use super::{BoxFuture, KvPuller, RemoteKv};
 use crate::engine::types::ImportedKv;
 use crate::engine::EngineHandle;
 use crate::error::{Error, Result};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REQUEST: u64 = 64 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
@@ -56,7 +61,11 @@ async fn serve_one(sock: TcpStream, engine: &EngineHandle) -> Result<()> {
     let _ = sock.set_nodelay(true);
     let (mut rd, wr) = sock.into_split();
     let mut wr = BufWriter::new(wr);
-    let (kind, payload) = read_frame(&mut rd).await?;
+    // A puller sends one small request right away; don't let idle or oversized ones hold the task.
+    let (kind, payload) =
+        tokio::time::timeout(REQUEST_TIMEOUT, read_frame_limited(&mut rd, MAX_REQUEST))
+            .await
+            .map_err(|_| Error::Transfer("no request within the timeout".into()))??;
     if kind != FrameKind::Request {
         return Err(Error::Transfer(format!(
             "expected a request frame, got {kind:?}"
@@ -168,5 +177,51 @@ impl KvPuller for TcpPuller {
                 .await
                 .map_err(|_| Error::Transfer(format!("pull timed out after {:?}", self.timeout)))?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    #[tokio::test]
+    async fn bad_clients_get_errors_and_the_listener_keeps_serving() {
+        let engine = EngineHandle::spawn(
+            crate::engine::tests::tiny_model(),
+            crate::tokenizer::tests::tiny(),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(serve(l, engine));
+        // Garbage, then an oversized request claim: both just close.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"garbage").await.unwrap();
+        drop(s);
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(&[1]).await.unwrap();
+        s.write_all(&u64::MAX.to_le_bytes()).await.unwrap();
+        drop(s);
+        // An unknown transfer id is a clean error.
+        let puller = TcpPuller {
+            timeout: Duration::from_secs(5),
+        };
+        let remote = RemoteKv {
+            host: "127.0.0.1".into(),
+            port,
+            transfer_id: "nope".into(),
+            block_ids: vec![1],
+            num_tokens: Some(4),
+            engine_id: None,
+        };
+        let err = puller.pull(&remote).await.unwrap_err();
+        assert!(err.to_string().contains("unknown or expired"), "{err}");
+        // Nothing listening: a clean error too.
+        let closed = RemoteKv { port: 1, ..remote };
+        assert!(puller.pull(&closed).await.is_err());
     }
 }
