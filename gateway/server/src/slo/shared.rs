@@ -77,8 +77,13 @@ impl Shared {
         self.resilient.is_some()
     }
 
-    /// Spawns a store write; the request never waits for it.
+    /// Spawns a store write; the request never waits for it. The embedded
+    /// store completes at once, so it is written inline instead.
     pub fn write_outcome(&self, o: OutcomeRecord) {
+        if !self.is_shared() {
+            let _ = futures_util::FutureExt::now_or_never(self.store.record_outcome(&o));
+            return;
+        }
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             let store = Arc::clone(&self.store);
             h.spawn(async move {
@@ -90,6 +95,10 @@ impl Shared {
     }
 
     pub fn write_admission(&self, a: baton_slo::AdmissionRecord) {
+        if !self.is_shared() {
+            let _ = futures_util::FutureExt::now_or_never(self.store.record_admission(&a));
+            return;
+        }
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             let store = Arc::clone(&self.store);
             h.spawn(async move {

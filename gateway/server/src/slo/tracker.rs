@@ -60,8 +60,11 @@ impl LoadTracker {
 
     fn with<R>(&self, url: &str, f: impl FnOnce(&mut WorkerStats) -> R) -> R {
         let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let s = g.entry(url.to_owned()).or_insert(self.prior);
-        f(s)
+        // Look up before inserting: no key allocation on the hot path.
+        if let Some(s) = g.get_mut(url) {
+            return f(s);
+        }
+        f(g.entry(url.to_owned()).or_insert(self.prior))
     }
 
     /// A copy of one worker's stats (the prior for an unseen worker).
