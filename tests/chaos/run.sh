@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# Compose-based deployment + chaos suite (see docs/RELIABILITY.md).
+#
+#   tests/chaos/run.sh            # everything: build, smoke, Prometheus, bad input, faults
+#   CHAOS_PHASES="smoke badinput" tests/chaos/run.sh
+#
+# 1. builds the release binaries on the host and the images from them
+#    (`prebuilt` targets; base images from docker/build-base.sh: no registry);
+# 2. starts docker/compose.yaml (profile cpu: gateway + 2 prefill + 2 decode
+#    engines + Redis + Prometheus) with docker/gateway/chaos.toml;
+# 3. smoke: streaming requests through the gateway (curl, baton-bench), and
+#    Prometheus' `up` for the gateway and every engine;
+# 4. badinput: hostile requests and slow-drip clients (badinput.py);
+# 5. faults: under a steady streaming load (load.py), kill / pause / cut off a
+#    decode engine, restart Redis, kill a prefill engine; after each, checks
+#    that the gateway lived, failures were bounded, routing went around the
+#    worker, the engines' KV usage went back to baseline and /v1/slo counted
+#    every request;
+# 6. no container log says "panicked".
+# Results: tests/chaos/out/ (summary.md, *.json, logs). Always tears down
+# (docker compose down -v). Bounded: every wait has a limit.
+#
+# Knobs: CHAOS_ENGINE=real|mock (mock: baton-mock-engine, no model needed),
+# CHAOS_SKIP_BUILD=1 (reuse target/release), CHAOS_KEEP=1 (leave the stack up),
+# CHAOS_RATE / CHAOS_DURATION / CHAOS_MAX_TOKENS (load per fault phase).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+here="$root/tests/chaos"
+out="$here/out"
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md
+
+PHASES=${CHAOS_PHASES:-"smoke badinput faults"}
+ENGINE=${CHAOS_ENGINE:-real}
+RATE=${CHAOS_RATE:-2}
+DURATION=${CHAOS_DURATION:-14}
+FAULT_AT=${CHAOS_FAULT_AT:-5}
+MAX_TOKENS=${CHAOS_MAX_TOKENS:-48}
+MODEL_NAME=smollm2
+TAG=${CHAOS_TAG:-chaos}
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-batonchaos}
+export BATON_PORT=${BATON_PORT:-30480}
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-39490}
+export BATON_BIND=127.0.0.1
+export BATON_GATEWAY_CONFIG=chaos.toml
+export BATON_RESTART=no
+export BATON_GATEWAY_IMAGE=baton/gateway:$TAG
+export BATON_ENGINE_IMAGE=baton/engine:$TAG
+export REDIS_IMAGE=${REDIS_IMAGE:-baton-local/redis:latest}
+export PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-baton-local/prometheus:latest}
+export BATON_MODEL_DIR="$root/.cache/models"
+export BATON_MODEL_NAME=$MODEL_NAME
+export BATON_KV_LEASE_SECS=5
+export BATON_KV_MEMORY_MB=64
+export BATON_ENGINE_ARGS="--max-model-len 2048"
+GW="http://127.0.0.1:$BATON_PORT"
+PROM="http://127.0.0.1:$PROMETHEUS_PORT"
+t_start=$(date +%s)
+log() { echo "[chaos $(($(date +%s) - t_start))s] $*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+FAILED=()
+check() { # NAME CONDITION-COMMAND...
+  local name=$1
+  shift
+  if "$@"; then log "  ok: $name"; else log "  FAILED: $name"; FAILED+=("$name"); fi
+}
+
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  COMPOSE=(docker-compose)
+else
+  die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+compose() { "${COMPOSE[@]}" -f "$root/docker/compose.yaml" --profile cpu "$@"; }
+cid() { compose ps -q "$1"; }
+NET="${COMPOSE_PROJECT_NAME}_baton"
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [[ -n ${STACK_UP:-} ]]; then
+    compose logs --no-color >"$out/compose.log" 2>&1
+    if [[ ${CHAOS_KEEP:-0} == 1 ]]; then
+      log "CHAOS_KEEP=1: stack left up ($GW, $PROM); stop it with: ${COMPOSE[*]} -f docker/compose.yaml --profile cpu down -v"
+    else
+      compose down -v --remove-orphans >/dev/null 2>&1
+    fi
+  fi
+  rm -rf "$root/docker/context"
+  log "done in $(($(date +%s) - t_start))s (rc=$rc)"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- 1. binaries and images --------------------------------------------------
+if [[ $ENGINE == real ]]; then
+  "$root/tests/fetch-model.sh" >&2
+fi
+if [[ ${CHAOS_SKIP_BUILD:-0} != 1 ]]; then
+  log "host release build (baton-gateway, baton-native, baton-loadgen, mock engine)"
+  cargo build --release --locked -p baton-gateway -p baton-native -p baton-loadgen >&2
+  cargo build --release --locked -p baton-e2e --bin baton-mock-engine >&2
+fi
+"$root/docker/build-base.sh"
+ctx="$root/docker/context"
+rm -rf "$ctx" && mkdir -p "$ctx/bin"
+for b in baton-gateway baton-bench baton-engine baton-mock-engine; do
+  [[ -x target/release/$b ]] || die "target/release/$b missing (cargo build --release)"
+  strip --strip-debug -o "$ctx/bin/$b" "target/release/$b"
+done
+build_image() { # TAG DOCKERFILE TARGET
+  log "docker build $1 (--target $3)"
+  docker build -q --build-arg RUNTIME_IMAGE=baton-local/debian:bookworm \
+    -f "$root/docker/$2" --target "$3" -t "$1" "$ctx" >/dev/null 2>"$out/build-$3.log" ||
+    { cat "$out/build-$3.log" >&2; die "docker build $1"; }
+}
+build_image "$BATON_GATEWAY_IMAGE" gateway.Dockerfile prebuilt
+if [[ $ENGINE == mock ]]; then
+  build_image "$BATON_ENGINE_IMAGE" mock-engine.Dockerfile prebuilt
+else
+  build_image "$BATON_ENGINE_IMAGE" engine.Dockerfile prebuilt
+fi
+docker image ls --format '  {{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "baton/|baton-local/" >&2
+
+# ---- 2. the stack --------------------------------------------------------------
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+if [[ $ENGINE == mock ]]; then
+  # Same services, mock engines speaking the vLLM PD protocol (--lenient: a
+  # prefill and a decode in separate processes). Written to a temp override.
+  cat >"$out/compose.mock.yaml" <<EOF
+services:
+  prefill-1: { command: --flavor vllm-prefill --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+  prefill-2: { command: --flavor vllm-prefill --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+  decode-1: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+  decode-2: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+EOF
+  compose() { "${COMPOSE[@]}" -f "$root/docker/compose.yaml" -f "$out/compose.mock.yaml" --profile cpu "$@"; }
+fi
+log "compose up ($ENGINE engines, project $COMPOSE_PROJECT_NAME, gateway $GW, Prometheus $PROM)"
+STACK_UP=1
+compose up -d --no-build >&2
+
+metric() { curl -fsS --max-time 3 "$GW/metrics" 2>/dev/null; }
+all_healthy() { # every worker of the gateway healthy, breakers closed
+  local m
+  m=$(metric) || return 1
+  [[ $(grep -c '^baton_worker_healthy{.*} 1$' <<<"$m") -eq 4 ]] &&
+    ! grep -qE '^baton_breaker_state\{.*\} [12]$' <<<"$m"
+}
+wait_for() { # SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2 t0
+  shift 2
+  t0=$(date +%s.%N)
+  for ((i = 0; i < limit * 5; i++)); do
+    if "$@"; then
+      WAITED=$(python3 -c "import time;print(round(time.time()-$t0,1))")
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "timed out after ${limit}s waiting for: $what"
+  return 1
+}
+wait_for 180 "gateway readiness + 4 healthy workers" all_healthy ||
+  { compose ps >&2; compose logs --tail 30 >&2; die "stack did not become healthy"; }
+log "stack healthy after $(($(date +%s) - t_start))s"
+
+prom_query() { # PROMQL → JSON result array
+  curl -fsS --max-time 5 "$PROM/api/v1/query" --data-urlencode "query=$1" | jq -c '.data.result'
+}
+kv_usage() { # → "instance=value ..." of every engine, from Prometheus
+  prom_query 'vllm:kv_cache_usage_perc' | jq -r 'map("\(.metric.instance)=\(.value[1])") | sort | join(" ")'
+}
+slo_requests() { curl -fsS --max-time 3 "$GW/v1/slo" | jq '[.rows[].requests] | add // 0'; }
+slo_failed() { curl -fsS --max-time 3 "$GW/v1/slo" | jq '[.rows[].failed] | add // 0'; }
+
+# ---- 3. smoke ----------------------------------------------------------------------
+if [[ " $PHASES " == *" smoke "* ]]; then
+  log "smoke: one streaming chat completion (curl)"
+  curl -sS -N --max-time 60 "$GW/v1/chat/completions" -H 'content-type: application/json' \
+    -d "{\"model\":\"$MODEL_NAME\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hi\"}],\"max_tokens\":16,\"stream\":true}" \
+    >"$out/smoke-curl.txt"
+  check "curl stream ends with [DONE]" grep -q 'data: \[DONE\]' "$out/smoke-curl.txt"
+  text=$(grep '^data: {' "$out/smoke-curl.txt" | sed 's/^data: //' | jq -rj '.choices[0].delta.content // empty' 2>/dev/null || true)
+  log "  answer: ${text:0:120}"
+
+  log "smoke: baton-bench, 12 streaming requests (4 at a time) through the gateway"
+  target/release/baton-bench run --url "$GW" --endpoint chat --model "$MODEL_NAME" \
+    --workload fixed:32:24 --num-requests 12 --max-concurrency 4 --timeout 60 \
+    --out "$out/smoke-bench.json" >"$out/smoke-bench.log" 2>&1 || true
+  ok=$(jq '[.runs[0].summary // .runs[0] | .. | objects | .completed? // empty] | first // empty' "$out/smoke-bench.json" 2>/dev/null || true)
+  tail -n 12 "$out/smoke-bench.log" >&2
+  check "baton-bench: 12 of 12 requests completed" grep -qE '(completed|successful)[^0-9]*12\b' "$out/smoke-bench.log"
+
+  log "smoke: Prometheus scraped the gateway and all four engines"
+  prom_up() {
+    local r
+    r=$(prom_query 'up{job=~"baton-gateway|baton-engine"}') || return 1
+    [[ $(jq '[.[] | select(.value[1] == "1")] | length' <<<"$r") -eq 5 ]]
+  }
+  check "Prometheus: up == 1 for gateway + 4 engines" wait_for 40 "Prometheus up" prom_up
+  prom_query 'up' | jq -r '.[] | "  up{job=\(.metric.job),instance=\(.metric.instance)} = \(.value[1])"' >&2
+  check "Prometheus has gateway histograms" bash -c \
+    "curl -fsS '$PROM/api/v1/query' --data-urlencode 'query=baton_time_to_first_token_seconds_count' | jq -e '.data.result | length > 0' >/dev/null"
+  check "Prometheus has engine KV usage" bash -c "[[ -n \"\$(curl -fsS '$PROM/api/v1/query' --data-urlencode 'query=vllm:kv_cache_usage_perc' | jq -r '.data.result[0].value[1] // empty')\" ]]"
+fi
+
+# ---- 4. bad input ---------------------------------------------------------------
+if [[ " $PHASES " == *" badinput "* ]]; then
+  log "bad input (raw sockets; slow-drip clients finish last, ~60 s)"
+  extra=()
+  [[ $ENGINE == mock ]] && extra=(--skip-engine-cases) # mock engines accept any prompt and model
+  if python3 "$here/badinput.py" --port "$BATON_PORT" --model "$MODEL_NAME" --max-payload 1048576 \
+    --context-words 3000 "${extra[@]}" --out "$out/badinput.json" >&2; then
+    log "  ok: every bad input got its 4xx"
+  else
+    FAILED+=("bad input")
+  fi
+fi
+
+# ---- 5. faults under load --------------------------------------------------------
+declare -a SUMMARIES=()
+phase() { # NAME TARGET_WORKER FAULT_CMD RESTORE_CMD
+  local name=$1 target=$2 fault=$3 restore=$4
+  local before after sent kv0 kv1
+  wait_for 60 "all workers healthy before $name" all_healthy || { FAILED+=("$name: not healthy before"); return; }
+  kv0=$(kv_usage)
+  before=$(slo_requests)
+  log "fault phase '$name': ${RATE} req/s for ${DURATION}s, fault at ${FAULT_AT}s: $fault"
+  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" --rate "$RATE" --duration "$DURATION" \
+    --max-tokens "$MAX_TOKENS" --fault-at "$FAULT_AT" --fault-cmd "$fault" --target "$target" \
+    --name "$name" --timeout 40 --out "$out/$name.json" --records "$out/$name.jsonl" >&2
+  log "  restore: $restore"
+  bash -c "$restore" >&2 || { FAILED+=("$name: restore"); }
+  local rec_s=""
+  wait_for 90 "workers healthy after $name" all_healthy && rec_s=$WAITED
+  # Every engine back to its KV baseline (leases of unpulled KV expire after 5 s).
+  local kv_s=""
+  kv_back() { [[ $(kv_usage) == "$kv0" ]]; }
+  wait_for 40 "KV usage back to baseline ($kv0)" kv_back && kv_s=$WAITED
+  kv1=$(kv_usage)
+  # /v1/slo is written off the request path: give it a moment.
+  sent=$(jq .sent "$out/$name.json")
+  slo_ok() { after=$(slo_requests) && [[ $((after - before)) -eq $sent ]]; }
+  wait_for 10 "/v1/slo counts $sent more requests" slo_ok || true
+  after=$(slo_requests || echo "?")
+  local gw_state
+  gw_state=$(docker inspect -f '{{.State.Status}} restarts={{.RestartCount}} started={{.State.StartedAt}}' "$(cid gateway)")
+  jq --arg kv0 "$kv0" --arg kv1 "$kv1" --arg kv_s "$kv_s" --arg rec_s "$rec_s" --arg slo_before "$before" \
+    --arg slo_after "$after" --arg gw "$gw_state" \
+    '. + {kv_before: $kv0, kv_after: $kv1, kv_back_s: $kv_s, healthy_again_s: $rec_s,
+          slo_delta: (($slo_after|tonumber? // -1) - ($slo_before|tonumber)), gateway: $gw}' \
+    "$out/$name.json" >"$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name.json"
+  local j="$out/$name.json"
+  log "  $(jq -c '{sent,completed,failed,outcomes,inflight_at_fault,inflight_failed,after_fault_failed,detect_s,route_around_s,kv_back_s,slo_delta}' "$j")"
+  check "$name: gateway kept running (never restarted)" bash -c "jq -e '.gateway_unreachable_samples == 0' '$j' >/dev/null && [[ '$gw_state' == running\ restarts=0* ]]"
+  check "$name: /v1/slo counted every request ($sent)" bash -c "jq -e '.slo_delta == .sent' '$j' >/dev/null"
+  check "$name: KV usage back to baseline" test -n "$kv_s"
+  check "$name: failed requests ended within idle timeout (5 s) + 3 s" bash -c \
+    "jq -e '(.inflight_failed_end_after_fault_max_s // 0) <= 8' '$j' >/dev/null"
+  check "$name: no request sent >= 3 s after the fault failed" bash -c \
+    "jq -e '[.after_fault_failed_sent_at_s[] | select(. >= 3)] | length == 0' '$j' >/dev/null"
+  check "$name: every failure is a clear error (HTTP error or SSE error event)" bash -c \
+    "jq -e '(.outcomes | keys - [\"ok\",\"error_event\",\"http_error\"]) | length == 0' '$j' >/dev/null"
+  SUMMARIES+=("$j")
+}
+
+if [[ " $PHASES " == *" faults "* ]]; then
+  d1=$(cid decode-1) d2=$(cid decode-2) p1=$(cid prefill-1) rd=$(cid redis)
+  phase kill-decode "http://decode-1:8000" "docker kill $d1" "docker start $d1"
+  phase pause-decode "http://decode-2:8000" "docker pause $d2" "docker unpause $d2"
+  phase disconnect-decode "http://decode-1:8000" "docker network disconnect $NET $d1" \
+    "docker network connect --alias decode-1 $NET $d1"
+  phase restart-redis "" "docker restart -t 1 $rd" "true"
+  check "restart-redis: no failed request" bash -c "jq -e '.failed == 0' '$out/restart-redis.json' >/dev/null"
+  phase kill-prefill "http://prefill-1:8000" "docker kill $p1" "docker start $p1"
+  check "kill-prefill: no failed request (prefill failures are retried)" bash -c \
+    "jq -e '.failed == 0' '$out/kill-prefill.json' >/dev/null"
+fi
+
+# ---- 6. panics and the summary ------------------------------------------------------
+compose logs --no-color >"$out/compose.log" 2>&1 || true
+panics=$(grep -c 'panicked' "$out/compose.log" || true)
+check "no container log says 'panicked' ($panics)" test "$panics" -eq 0
+{
+  echo "| fault | sent | completed | failed | in flight at fault (failed) | failed after fault | detect (s) | route-around (s) | healthy again (s) | KV baseline (s) | /v1/slo Δ |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for j in "${SUMMARIES[@]}"; do
+    jq -r '"| \(.name) | \(.sent) | \(.completed) | \(.failed) | \(.inflight_at_fault) (\(.inflight_failed)) | \(.after_fault_failed) | \(.detect_s // "-") | \(.route_around_s // "-") | \(.healthy_again_s) | \(.kv_back_s) | \(.slo_delta) |"' "$j"
+  done
+} >"$out/summary.md"
+[[ ${#SUMMARIES[@]} -gt 0 ]] && cat "$out/summary.md" >&2
+if ((${#FAILED[@]})); then
+  log "FAILED checks (${#FAILED[@]}):"
+  printf '  - %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
+log "all checks passed"
