@@ -94,22 +94,34 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
 
 /// Calls `f` with the event's data (lines joined), if it has any.
 fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
-    let text = String::from_utf8_lossy(raw);
     let mut data: Option<std::borrow::Cow<'_, str>> = None;
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(rest) = line.strip_prefix("data:") {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            data = Some(match data {
-                // The common case, one data line, is passed on without a copy.
-                None => std::borrow::Cow::Borrowed(rest),
-                Some(d) => std::borrow::Cow::Owned(format!("{d}\n{rest}")),
-            });
-        }
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(rest) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        // Valid UTF-8 (the normal case) is borrowed, not copied.
+        let text = match std::str::from_utf8(rest) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => std::borrow::Cow::Owned(String::from_utf8_lossy(rest).into_owned()),
+        };
+        data = Some(match data {
+            None => text,
+            Some(d) => std::borrow::Cow::Owned(format!("{d}\n{text}")),
+        });
     }
     if let Some(d) = data {
         f(&d);
     }
+}
+
+/// Might this event carry something beyond output text (usage, SGLang
+/// meta_info, an error)? A byte scan, far cheaper than parsing.
+pub fn may_carry_metadata(data: &str) -> bool {
+    let b = data.as_bytes();
+    let has = |needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    has(b"\"usage\"") || has(b"\"meta_info\"") || has(b"\"error\"")
 }
 
 /// What one event means for latency accounting.
@@ -213,6 +225,24 @@ mod tests {
         assert!(sg.has_output);
         assert_eq!(sg.completion_tokens, Some(2));
         assert_eq!(inspect("garbage"), ChunkInfo::default());
+    }
+
+    #[test]
+    fn metadata_prefilter_never_hides_usage_or_errors() {
+        assert!(may_carry_metadata(
+            r#"{"choices":[],"usage":{"completion_tokens":3}}"#
+        ));
+        assert!(may_carry_metadata(r#"{"error":{"message":"x"}}"#));
+        assert!(may_carry_metadata(r#"{"text":"a","meta_info":{}}"#));
+        assert!(!may_carry_metadata(r#"{"choices":[{"text":"hello"}]}"#));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_fatal() {
+        let mut d = SseDecoder::new();
+        let evs = d.push(b"data: \xff\xfeok\n\n");
+        assert_eq!(evs.len(), 1);
+        assert!(evs[0].data.ends_with("ok"));
     }
 
     #[test]

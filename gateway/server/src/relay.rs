@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use baton_protocol::sse::{inspect, SseDecoder};
+use baton_protocol::sse::{inspect, may_carry_metadata, SseDecoder};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -172,6 +172,14 @@ impl Observer {
             ..
         } = self;
         decoder.push_with(bytes, |data| {
+            // Once the first token is seen, only usage/error events need a
+            // parse; plain token chunks are just counted.
+            if first_output.is_some() && !may_carry_metadata(data) {
+                if data.trim_start().starts_with('{') {
+                    *output_chunks += 1;
+                }
+                return;
+            }
             let info = inspect(data);
             if info.has_output {
                 *output_chunks += 1;
