@@ -73,6 +73,36 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Two weight rows against four activation rows: `[[w0·x0 … w0·x3], [w1·x0 … w1·x3]]`.
+pub fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { avx2::dot2x4(w, x) };
+    }
+    [dot4(w[0], x), dot4(w[1], x)]
+}
+
+/// `out0[t] = w0 · x[t]` and `out1[t] = w1 · x[t]` for every token row of `x` (`[n_tok, w0.len()]`): each
+/// activation row is loaded once for both weight rows.
+pub fn dot_rows2_tokens(w: [&[f32]; 2], x: &[f32], n_tok: usize, out: [&mut [f32]; 2]) {
+    let n = w[0].len();
+    let xr = |t: usize| &x[t * n..(t + 1) * n];
+    let [o0, o1] = out;
+    let mut t = 0;
+    while t + 4 <= n_tok {
+        let v = dot2x4(w, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)]);
+        o0[t..t + 4].copy_from_slice(&v[0]);
+        o1[t..t + 4].copy_from_slice(&v[1]);
+        t += 4;
+    }
+    while t < n_tok {
+        o0[t] = dot(w[0], xr(t));
+        o1[t] = dot(w[1], xr(t));
+        t += 1;
+    }
+}
+
 /// `out[t] = w · x[t]` for every token row of `x` (`[n_tok, w.len()]`).
 pub fn dot_row_tokens(w: &[f32], x: &[f32], n_tok: usize, out: &mut [f32]) {
     let n = w.len();
@@ -362,6 +392,42 @@ mod avx2 {
 
     /// SAFETY: caller guarantees AVX2 and FMA are available. Loads stay within the shortest slice.
     #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        let n = x
+            .iter()
+            .chain(w.iter())
+            .fold(usize::MAX, |n, s| n.min(s.len()));
+        let pw = w.map(|s| s.as_ptr());
+        let px = x.map(|s| s.as_ptr());
+        let mut a = [[_mm256_setzero_ps(); 4]; 2];
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for every slice.
+            unsafe {
+                let w0 = _mm256_loadu_ps(pw[0].add(i));
+                let w1 = _mm256_loadu_ps(pw[1].add(i));
+                for k in 0..4 {
+                    let xv = _mm256_loadu_ps(px[k].add(i));
+                    a[0][k] = _mm256_fmadd_ps(w0, xv, a[0][k]);
+                    a[1][k] = _mm256_fmadd_ps(w1, xv, a[1][k]);
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; 4]; 2];
+        for r in 0..2 {
+            for k in 0..4 {
+                out[r][k] = hsum(a[r][k]);
+                for j in i..n {
+                    out[r][k] += w[r][j] * x[k][j];
+                }
+            }
+        }
+        out
+    }
+
+    /// SAFETY: caller guarantees AVX2 and FMA are available. Loads stay within the shortest slice.
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
         let n = x.iter().fold(w.len(), |n, s| n.min(s.len()));
         let pw = w.as_ptr();
@@ -416,6 +482,19 @@ mod tests {
                 (f64::from(dot_portable(&a, &b)) - naive).abs() < 1e-3,
                 "n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn rows2_matches_dot() {
+        for (n, n_tok) in [(64, 9), (37, 4), (8, 1)] {
+            let (w0, w1, x) = (vals(n, 1), vals(n, 2), vals(n * n_tok, 3));
+            let (mut o0, mut o1) = (vec![0f32; n_tok], vec![0f32; n_tok]);
+            dot_rows2_tokens([&w0, &w1], &x, n_tok, [&mut o0, &mut o1]);
+            for t in 0..n_tok {
+                assert!((o0[t] - dot(&w0, &x[t * n..(t + 1) * n])).abs() < 1e-4);
+                assert!((o1[t] - dot(&w1, &x[t * n..(t + 1) * n])).abs() < 1e-4);
+            }
         }
     }
 
