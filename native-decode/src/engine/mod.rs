@@ -2,6 +2,7 @@
 //! come back on their own channel. Dropping a [`RequestGuard`] cancels the request and frees its blocks.
 
 mod scheduler;
+mod sequence;
 pub mod stop;
 pub mod types;
 

@@ -7,53 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc as tmpsc;
-
-use super::stop::StopStrings;
+use super::sequence::{Lease, Seq};
 use super::{Admission, Command, EngineConfig};
 use crate::engine::types::*;
 use crate::kv::block_manager::{block_hash, BlockManager};
 use crate::kv::store::{BlockId, KvStore};
 use crate::metrics::Stats;
 use crate::model::{Model, SeqInput};
-use crate::sampling::Sampler;
-use crate::tokenizer::stream::DetokStream;
 use crate::tokenizer::Tokenizer;
-
-struct Seq {
-    id: u64,
-    request_id: String,
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    num_computed: usize,
-    blocks: Vec<BlockId>,
-    /// Hashes of the full blocks registered so far (a prefix of `blocks`).
-    hashes: Vec<u64>,
-    params: GenParams,
-    sampler: Sampler,
-    detok: DetokStream,
-    stops: StopStrings,
-    events: tmpsc::UnboundedSender<Event>,
-    remote_decode: bool,
-    imported: Option<ImportedKv>,
-    cached_tokens: usize,
-    arrival: Instant,
-    scheduled_at: Option<Instant>,
-    first_token_at: Option<Instant>,
-    last_token_at: Option<Instant>,
-}
-
-impl Seq {
-    fn generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
-}
-
-struct Lease {
-    blocks: Vec<BlockId>,
-    num_tokens: usize,
-    expires: Instant,
-}
 
 pub(super) struct Scheduler {
     model: Model,
@@ -192,28 +153,7 @@ impl Scheduler {
                 self.blocks.num_blocks() * self.cfg.block_size - 1
             ));
         }
-        let seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.waiting.push_back(Seq {
-            id,
-            request_id: req.request_id,
-            prompt_len: req.prompt.len(),
-            tokens: req.prompt,
-            num_computed: 0,
-            blocks: Vec::new(),
-            hashes: Vec::new(),
-            sampler: Sampler::new(req.params.sampling.clone(), seed),
-            stops: StopStrings::new(req.params.stop.clone()),
-            params: req.params,
-            detok: DetokStream::default(),
-            events,
-            remote_decode: req.remote_decode,
-            imported: req.imported,
-            cached_tokens: 0,
-            arrival: Instant::now(),
-            scheduled_at: None,
-            first_token_at: None,
-            last_token_at: None,
-        });
+        self.waiting.push_back(Seq::new(id, req, events));
     }
 
     fn expire_leases(&mut self) {
@@ -251,9 +191,7 @@ impl Scheduler {
             return false;
         };
         self.blocks.free(&s.blocks);
-        s.blocks.clear();
-        s.hashes.clear();
-        s.num_computed = 0;
+        s.reset_for_recompute();
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
         self.waiting.push_front(s);
         true
@@ -487,9 +425,12 @@ impl Scheduler {
             if logits.is_empty() {
                 continue;
             }
-            if let Some(done) =
-                Self::accept_token(&self.tokenizer, &self.stats, &self.model, seq, &logits)
-            {
+            if let Some(done) = seq.accept(
+                &self.tokenizer,
+                &self.stats,
+                self.model.cfg.context_length,
+                &logits,
+            ) {
                 finished.push((p.idx, done));
             }
         }
@@ -506,65 +447,9 @@ impl Scheduler {
     fn unadmit(&mut self) {
         if let Some(mut s) = self.running.pop() {
             self.blocks.free(&s.blocks);
-            s.blocks.clear();
-            s.hashes.clear();
-            s.num_computed = 0;
+            s.reset_for_recompute();
             self.waiting.push_front(s);
         }
-    }
-
-    /// Samples and emits one token; returns the finish reason when the sequence is done.
-    fn accept_token(
-        tok: &Tokenizer,
-        stats: &Stats,
-        model: &Model,
-        seq: &mut Seq,
-        logits: &[f32],
-    ) -> Option<(FinishReason, Option<StopReason>)> {
-        let now = Instant::now();
-        let s = seq.sampler.sample(logits);
-        seq.tokens.push(s.token);
-        stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
-        match seq.last_token_at {
-            None => {
-                seq.first_token_at = Some(now);
-                stats.ttft.observe((now - seq.arrival).as_secs_f64());
-            }
-            Some(t) => stats.itl.observe((now - t).as_secs_f64()),
-        }
-        seq.last_token_at = Some(now);
-        let gen = seq.generated();
-        let can_stop = gen > seq.params.min_tokens;
-        let is_eos = tok.eos_id == Some(s.token);
-        let mut stop = None;
-        if can_stop && is_eos && !seq.params.ignore_eos {
-            stop = Some(StopReason::Eos);
-        } else if can_stop && seq.params.stop_token_ids.contains(&s.token) {
-            stop = Some(StopReason::Token(s.token));
-        }
-        let text = if stop.is_some() {
-            String::new()
-        } else {
-            let delta = seq.detok.push(tok, s.token, seq.params.skip_special_tokens);
-            let out = seq.stops.push(&delta);
-            if let Some(m) = out.matched.filter(|_| can_stop) {
-                stop = Some(StopReason::Text(m));
-            }
-            out.emit
-        };
-        let _ = seq.events.send(Event::Token(TokenEvent {
-            token: s.token,
-            text,
-            logprob: s.logprob,
-            top: s.top,
-        }));
-        if stop.is_some() {
-            return Some((FinishReason::Stop, stop));
-        }
-        if gen >= seq.params.max_tokens || seq.tokens.len() >= model.cfg.context_length {
-            return Some((FinishReason::Length, None));
-        }
-        None
     }
 
     fn finish(&mut self, mut s: Seq, reason: FinishReason, stop_reason: Option<StopReason>) {

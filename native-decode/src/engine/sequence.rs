@@ -1,0 +1,145 @@
+//! One sequence's state in the scheduler, and what happens when it produces a token.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc as tmpsc;
+
+use super::stop::StopStrings;
+use crate::engine::types::*;
+use crate::kv::store::BlockId;
+use crate::metrics::Stats;
+use crate::sampling::Sampler;
+use crate::tokenizer::stream::DetokStream;
+use crate::tokenizer::Tokenizer;
+
+/// A request inside the scheduler: its tokens, KV blocks and output state.
+pub(super) struct Seq {
+    pub(super) id: u64,
+    pub(super) request_id: String,
+    pub(super) tokens: Vec<u32>,
+    pub(super) prompt_len: usize,
+    pub(super) num_computed: usize,
+    pub(super) blocks: Vec<BlockId>,
+    /// Hashes of the full blocks registered so far (a prefix of `blocks`).
+    pub(super) hashes: Vec<u64>,
+    pub(super) params: GenParams,
+    pub(super) sampler: Sampler,
+    pub(super) detok: DetokStream,
+    pub(super) stops: StopStrings,
+    pub(super) events: tmpsc::UnboundedSender<Event>,
+    pub(super) remote_decode: bool,
+    pub(super) imported: Option<ImportedKv>,
+    pub(super) cached_tokens: usize,
+    pub(super) arrival: Instant,
+    pub(super) scheduled_at: Option<Instant>,
+    pub(super) first_token_at: Option<Instant>,
+    pub(super) last_token_at: Option<Instant>,
+}
+
+impl Seq {
+    pub(super) fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// Prompt KV kept for a remote decoder.
+pub(super) struct Lease {
+    pub(super) blocks: Vec<BlockId>,
+    pub(super) num_tokens: usize,
+    pub(super) expires: Instant,
+}
+
+impl Seq {
+    pub(super) fn new(
+        id: u64,
+        req: GenerateRequest,
+        events: tmpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Self {
+            id,
+            request_id: req.request_id,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            num_computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            sampler: Sampler::new(req.params.sampling.clone(), seed),
+            stops: StopStrings::new(req.params.stop.clone()),
+            params: req.params,
+            detok: DetokStream::default(),
+            events,
+            remote_decode: req.remote_decode,
+            imported: req.imported,
+            cached_tokens: 0,
+            arrival: Instant::now(),
+            scheduled_at: None,
+            first_token_at: None,
+            last_token_at: None,
+        }
+    }
+
+    /// Forgets computed KV (after its blocks were freed): the next admission recomputes prompt and output.
+    pub(super) fn reset_for_recompute(&mut self) {
+        self.blocks.clear();
+        self.hashes.clear();
+        self.num_computed = 0;
+    }
+
+    /// Samples and emits one token; returns the finish reason when the sequence is done.
+    pub(super) fn accept(
+        &mut self,
+        tok: &Tokenizer,
+        stats: &Stats,
+        context_length: usize,
+        logits: &[f32],
+    ) -> Option<(FinishReason, Option<StopReason>)> {
+        let now = Instant::now();
+        let s = self.sampler.sample(logits);
+        self.tokens.push(s.token);
+        stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        match self.last_token_at {
+            None => {
+                self.first_token_at = Some(now);
+                stats.ttft.observe((now - self.arrival).as_secs_f64());
+            }
+            Some(t) => stats.itl.observe((now - t).as_secs_f64()),
+        }
+        self.last_token_at = Some(now);
+        let gen = self.generated();
+        let can_stop = gen > self.params.min_tokens;
+        let is_eos = tok.eos_id == Some(s.token);
+        let mut stop = None;
+        if can_stop && is_eos && !self.params.ignore_eos {
+            stop = Some(StopReason::Eos);
+        } else if can_stop && self.params.stop_token_ids.contains(&s.token) {
+            stop = Some(StopReason::Token(s.token));
+        }
+        let text = if stop.is_some() {
+            String::new()
+        } else {
+            let delta = self
+                .detok
+                .push(tok, s.token, self.params.skip_special_tokens);
+            let out = self.stops.push(&delta);
+            if let Some(m) = out.matched.filter(|_| can_stop) {
+                stop = Some(StopReason::Text(m));
+            }
+            out.emit
+        };
+        let _ = self.events.send(Event::Token(TokenEvent {
+            token: s.token,
+            text,
+            logprob: s.logprob,
+            top: s.top,
+        }));
+        if stop.is_some() {
+            return Some((FinishReason::Stop, stop));
+        }
+        if gen >= self.params.max_tokens || self.tokens.len() >= context_length {
+            return Some((FinishReason::Length, None));
+        }
+        None
+    }
+}
