@@ -1,0 +1,486 @@
+//! The HTTP side of a sim engine: OpenAI completions/chat (SSE with a usage chunk), vLLM
+//! NixlConnector prefill/decode semantics, `/health`, `/v1/models`, `/metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::sched::{SeqRequest, Token};
+use super::{lock, SimConfig, SimRole, SimStats};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type SimBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub(crate) struct Shared {
+    pub cfg: SimConfig,
+    pub engine_id: String,
+    pub addr: SocketAddr,
+    pub submit: mpsc::UnboundedSender<SeqRequest>,
+    pub stats: Arc<Mutex<SimStats>>,
+    pub stop: watch::Sender<bool>,
+}
+
+static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// Prompt tokens of an OpenAI request body, counted exactly like the gateway estimates them:
+/// `chars / 4 + 4 × messages` (at least 1), where the characters are the completion prompt, or
+/// for chat `role:content\n` per message. A list of token ids counts one token per id.
+pub fn prompt_tokens(body: &Value) -> Option<usize> {
+    if let Some(msgs) = body.get("messages").and_then(Value::as_array) {
+        let mut chars = 0usize;
+        for m in msgs {
+            if let Some(role) = m.get("role").and_then(Value::as_str) {
+                chars += role.chars().count() + 1;
+            }
+            chars += match m.get("content") {
+                Some(Value::String(s)) => s.chars().count(),
+                Some(other @ Value::Array(_)) => other.to_string().chars().count(),
+                _ => 0,
+            };
+            chars += 1;
+        }
+        return Some((chars / 4 + 4 * msgs.len()).max(1));
+    }
+    match body.get("prompt")? {
+        Value::String(s) => Some((s.chars().count() / 4).max(1)),
+        Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => Some(ids.len()),
+        _ => None,
+    }
+}
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, Arc::clone(&shared)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sim engine accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mut stop = shared.stop.subscribe();
+    let svc = service_fn({
+        let shared = Arc::clone(&shared);
+        move |req| handle(Arc::clone(&shared), req)
+    });
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "sim engine connection ended");
+            }
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<SimBody>, BoxError> {
+    let path = req.uri().path().to_owned();
+    let chat = match path.as_str() {
+        "/v1/chat/completions" => Some(true),
+        "/v1/completions" => Some(false),
+        _ => None,
+    };
+    if let Some(chat) = chat {
+        if req.method() != Method::POST {
+            return Ok(error(405, "method not allowed"));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        lock(&shared.stats).requests += 1;
+        let resp = generation(&shared, chat, &parts.headers, &bytes).await;
+        if !resp.status().is_success() {
+            lock(&shared.stats).errors += 1;
+        }
+        return Ok(resp);
+    }
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => Response::new(full(Bytes::new())),
+        (&Method::GET, "/v1/models") => json_response(
+            200,
+            &json!({"object": "list", "data": [{
+                "id": shared.cfg.model, "object": "model", "created": 0, "owned_by": "baton-sim",
+            }]}),
+        ),
+        (&Method::GET, "/metrics") => {
+            let st = lock(&shared.stats).clone();
+            let model = &shared.cfg.model;
+            let text = format!(
+                "vllm:num_requests_running{{model_name=\"{model}\"}} {}\n\
+                 vllm:num_requests_waiting{{model_name=\"{model}\"}} {}\n\
+                 vllm:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
+                 vllm:generation_tokens_total{{model_name=\"{model}\"}} {}\n",
+                st.running, st.waiting, st.prefill_tokens, st.output_tokens
+            );
+            let mut r = Response::new(full(text));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => error(404, &format!("no route for {} {path}", req.method())),
+    })
+}
+
+/// The request fields the sim acts on.
+struct Gen {
+    chat: bool,
+    stream: bool,
+    include_usage: bool,
+    max_tokens: Option<usize>,
+    ignore_eos: bool,
+    prompt_tokens: usize,
+    model: String,
+}
+
+fn parse(chat: bool, body: &Value, served: &str) -> Result<Gen, String> {
+    let obj = body
+        .as_object()
+        .ok_or("request body must be a JSON object")?;
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let opts = obj.get("stream_options").filter(|v| !v.is_null());
+    if opts.is_some() && !stream {
+        return Err("Stream options can only be defined when `stream=True`.".into());
+    }
+    let count = |k: &str| obj.get(k).and_then(Value::as_u64).map(|n| n as usize);
+    let max_tokens = if chat {
+        count("max_completion_tokens").or_else(|| count("max_tokens"))
+    } else {
+        count("max_tokens")
+    };
+    if max_tokens == Some(0) {
+        return Err("max_tokens must be at least 1, got 0.".into());
+    }
+    if count("n").unwrap_or(1) != 1 {
+        return Err("the sim engine serves n=1 only".into());
+    }
+    let prompt_tokens = prompt_tokens(body).ok_or(if chat {
+        "`messages` must be a non-empty array"
+    } else {
+        "`prompt` must be a string or a list of token ids"
+    })?;
+    Ok(Gen {
+        chat,
+        stream,
+        include_usage: opts
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        max_tokens,
+        ignore_eos: obj
+            .get("ignore_eos")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        prompt_tokens,
+        model: obj
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(served)
+            .to_owned(),
+    })
+}
+
+async fn generation(
+    shared: &Shared,
+    chat: bool,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Response<SimBody> {
+    let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+        return error(400, "request body is not valid JSON");
+    };
+    let g = match parse(chat, &body, &shared.cfg.model) {
+        Ok(g) => g,
+        Err(m) => return error(400, &m),
+    };
+    let params = body.get("kv_transfer_params").filter(|v| !v.is_null());
+    // Output length and finish reason.
+    let cap = g.max_tokens.unwrap_or(shared.cfg.default_tokens);
+    let (mut tokens, mut finish) = match g.max_tokens {
+        Some(m) => (m, "length"),
+        None => (cap, "stop"),
+    };
+    if let Some(e) = shared.cfg.eos_after.filter(|_| !g.ignore_eos) {
+        if e < tokens || (e == tokens && finish == "stop") {
+            (tokens, finish) = (e, "stop");
+        }
+    }
+    let mut prefill_tokens = g.prompt_tokens;
+    let mut issue = false;
+    match shared.cfg.role {
+        SimRole::Unified => {}
+        SimRole::Prefill => {
+            let remote_decode = params
+                .and_then(|p| p.get("do_remote_decode"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if remote_decode {
+                if g.stream {
+                    return error(400, "do_remote_decode requires stream=false");
+                }
+                // vLLM returns params only when prefill stopped at the length cap.
+                issue = tokens == 1 && finish == "length";
+            }
+        }
+        SimRole::Decode => match params {
+            Some(p) => {
+                if !well_formed(p) {
+                    return error(400, "invalid kv_transfer_params");
+                }
+                lock(&shared.stats).kv_pulled += 1;
+                prefill_tokens = 1;
+            }
+            None => lock(&shared.stats).local_prefills += 1,
+        },
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    if shared
+        .submit
+        .send(SeqRequest {
+            prefill_tokens,
+            output_tokens: tokens,
+            tx,
+        })
+        .is_err()
+    {
+        return error(503, "engine stopped");
+    }
+    let render = Render {
+        id: format!(
+            "{}{:032x}",
+            if g.chat { "chatcmpl-" } else { "cmpl-" },
+            rand::random::<u128>()
+        ),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: g.model.clone(),
+        chat: g.chat,
+        tokens,
+        finish,
+        prompt_tokens: g.prompt_tokens,
+        include_usage: g.include_usage,
+    };
+    if g.stream {
+        return sse_response(render, rx);
+    }
+    let mut rx = rx;
+    loop {
+        match rx.recv().await {
+            Some(Token { last: true, .. }) => break,
+            Some(_) => {}
+            None => return error(503, "engine stopped"),
+        }
+    }
+    let mut extra = Map::new();
+    if issue {
+        let blocks = g.prompt_tokens.div_ceil(16).max(1) as u64;
+        let first = NEXT_BLOCK.fetch_add(blocks, Ordering::Relaxed);
+        let base = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(
+                || format!("cmpl-{:016x}", rand::random::<u64>()),
+                str::to_owned,
+            );
+        extra.insert(
+            "kv_transfer_params".into(),
+            json!({
+                "do_remote_prefill": true,
+                "do_remote_decode": false,
+                "remote_block_ids": [(first..first + blocks).collect::<Vec<_>>()],
+                "remote_engine_id": shared.engine_id,
+                "remote_request_id": format!("{base}-{:08x}", rand::random::<u32>()),
+                "remote_host": "127.0.0.1",
+                "remote_port": 5600 + shared.addr.port() % 1000,
+                "tp_size": 1,
+                "remote_num_tokens": g.prompt_tokens,
+            }),
+        );
+        lock(&shared.stats).kv_issued += 1;
+    }
+    json_response(200, &render.full(extra))
+}
+
+/// What a decode-side params object must look like (no registry is shared: lenient).
+fn well_formed(p: &Value) -> bool {
+    p.get("do_remote_prefill") == Some(&Value::Bool(true))
+        && p.get("do_remote_decode") != Some(&Value::Bool(true))
+        && p.get("remote_engine_id").and_then(Value::as_str).is_some()
+        && p.get("remote_request_id").and_then(Value::as_str).is_some()
+}
+
+struct Render {
+    id: String,
+    created: u64,
+    model: String,
+    chat: bool,
+    tokens: usize,
+    finish: &'static str,
+    prompt_tokens: usize,
+    include_usage: bool,
+}
+
+fn token_text(i: usize) -> String {
+    format!("t{i} ")
+}
+
+impl Render {
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+        })
+    }
+
+    fn object(&self, stream: bool) -> &'static str {
+        match (self.chat, stream) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn full(&self, extra: Map<String, Value>) -> Value {
+        let text: String = (0..self.tokens).map(token_text).collect();
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text},
+                   "logprobs": null, "finish_reason": self.finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": self.finish})
+        };
+        let mut v = json!({
+            "id": self.id, "object": self.object(false), "created": self.created,
+            "model": self.model, "choices": [choice], "usage": self.usage(),
+        });
+        if let Value::Object(m) = &mut v {
+            m.extend(extra);
+        }
+        v
+    }
+
+    fn chunk(&self, choices: Value) -> String {
+        let v = json!({
+            "id": self.id, "object": self.object(true), "created": self.created,
+            "model": self.model, "choices": choices,
+        });
+        format!("data: {v}\n\n")
+    }
+
+    /// The SSE bytes of token `t` (the chat role chunk comes with the first token; the last
+    /// token is followed by the usage chunk and `[DONE]`).
+    fn token_events(&self, t: Token) -> Bytes {
+        let mut out = String::new();
+        let finish = if t.last {
+            Value::from(self.finish)
+        } else {
+            Value::Null
+        };
+        if self.chat {
+            if t.index == 0 {
+                out.push_str(&self.chunk(json!([{"index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null, "finish_reason": null}])));
+            }
+            out.push_str(&self.chunk(json!([{"index": 0,
+                "delta": {"content": token_text(t.index)},
+                "logprobs": null, "finish_reason": finish}])));
+        } else {
+            out.push_str(&self.chunk(json!([{"index": 0, "text": token_text(t.index),
+                "logprobs": null, "finish_reason": finish}])));
+        }
+        if t.last {
+            if self.include_usage {
+                let v = json!({
+                    "id": self.id, "object": self.object(true), "created": self.created,
+                    "model": self.model, "choices": [], "usage": self.usage(),
+                });
+                out.push_str(&format!("data: {v}\n\n"));
+            }
+            out.push_str("data: [DONE]\n\n");
+        }
+        Bytes::from(out)
+    }
+}
+
+/// A streaming answer: the head goes out at once (as vLLM's does), each token as the scheduler
+/// produces it. Dropping the body (client gone) drops `rx`, which removes the sequence.
+fn sse_response(render: Render, rx: mpsc::UnboundedReceiver<Token>) -> Response<SimBody> {
+    let frames = stream::unfold((rx, render, false), |(mut rx, render, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(t) => {
+                let data = render.token_events(t);
+                Some((Ok(Frame::data(data)), (rx, render, t.last)))
+            }
+            None => {
+                let e: BoxError = "engine stopped mid-stream".into();
+                Some((Err(e), (rx, render, true)))
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn full(data: impl Into<Bytes>) -> SimBody {
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+fn json_response(status: u16, v: &Value) -> Response<SimBody> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: u16, message: &str) -> Response<SimBody> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": "BadRequestError", "param": null, "code": status}}),
+    )
+}
