@@ -3,6 +3,7 @@
 //! move KV blocks over TCP.
 
 pub mod chat_template;
+pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine;

@@ -41,6 +41,13 @@ pub async fn attempt(
         upstream: &xfer,
         request: &ctx.request_id,
     };
+    tracing::debug!(
+        request_id = %ctx.request_id,
+        transfer_id = %xfer,
+        decode = %d.url,
+        local,
+        "vLLM PD attempt"
+    );
     let tracker = &state.slo.tracker;
     let ticket = tracker.start_decode(&d.url);
     let params = if local {

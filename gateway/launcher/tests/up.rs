@@ -1,0 +1,110 @@
+//! `baton up` end to end: the real model on CPU behind the gateway, a greedy
+//! request, then SIGINT stops every process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn model() -> PathBuf {
+    if let Some(p) = std::env::var_os("BATON_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn post(port: u16, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
+    let model = model();
+    assert!(
+        model.is_file(),
+        "test model missing at {} (run tests/fetch-model.sh)",
+        model.display()
+    );
+    let (gw, p, d) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["up", "--model"])
+        .arg(&model)
+        .args([
+            "--port",
+            &gw.to_string(),
+            "--prefill-port",
+            &p.to_string(),
+            "--decode-port",
+            &d.to_string(),
+        ])
+        .args(["--kv-memory-mb", "64", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("Baton is up")) {
+        match rx.recv_timeout(Duration::from_secs(180).saturating_sub(start.elapsed())) {
+            Ok(l) => printed.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("not up in time; printed: {printed:?}");
+            }
+        }
+    }
+    // The ready message includes a curl that works.
+    while !printed.iter().any(|l| l.contains("curl -N")) {
+        printed.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    }
+    let reply = post(
+        gw,
+        r#"{"model":"smollm2","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":12,"temperature":0}"#,
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Paris"), "{reply}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "exit status {s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "baton up did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The engines went with it.
+    assert!(TcpStream::connect(("127.0.0.1", p)).is_err());
+    assert!(TcpStream::connect(("127.0.0.1", d)).is_err());
+}
