@@ -27,7 +27,7 @@ use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::metrics::{ErrorLabels, Metrics, ModeLabels, RequestLabels};
 use crate::respond::openai_error;
 use crate::slo::classify::SloTarget;
-use crate::slo::tracker::DecodeTicket;
+use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::slo::SloEngine;
 use crate::upstream::error_chain;
 use crate::worker::{LoadGuard, Worker};
@@ -104,6 +104,7 @@ pub struct Observer {
     _watcher: Option<AbortOnDrop>,
     slo: Option<(Arc<SloEngine>, SloTarget)>,
     ticket: Option<DecodeTicket>,
+    prefill_ticket: Option<PrefillTicket>,
     request_id: String,
 }
 
@@ -129,6 +130,7 @@ impl Observer {
             _watcher: None,
             slo: None,
             ticket: None,
+            prefill_ticket: None,
             request_id: String::new(),
         }
     }
@@ -162,8 +164,24 @@ impl Observer {
         self
     }
 
+    /// A prefill this stream's worker does itself; its first token ends it.
+    pub fn with_prefill_ticket(mut self, t: Option<PrefillTicket>) -> Self {
+        self.prefill_ticket = t;
+        self
+    }
+
     /// Watches streamed bytes.
     pub fn observe(&mut self, bytes: &[u8]) {
+        let had_output = self.first_output.is_some();
+        self.observe_events(bytes);
+        if !had_output && self.first_output.is_some() {
+            if let Some(t) = self.prefill_ticket.take() {
+                t.finish();
+            }
+        }
+    }
+
+    fn observe_events(&mut self, bytes: &[u8]) {
         let Self {
             decoder,
             output_chunks,

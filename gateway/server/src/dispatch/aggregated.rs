@@ -7,7 +7,6 @@ use super::{pick, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
 use crate::upstream::CallIds;
-use tokio::time::Instant;
 
 pub async fn attempt(
     state: &Arc<AppState>,
@@ -29,7 +28,6 @@ pub async fn attempt(
     let tracker = &state.slo.tracker;
     let ticket = tracker.start_decode(&worker.url);
     let prefill_ticket = tracker.start_prefill(&worker.url, ctx.prompt_tokens);
-    let t0 = Instant::now();
     let send = state.upstream.post(
         Leg::Worker,
         &worker.url,
@@ -50,13 +48,6 @@ pub async fn attempt(
             ))
         })
         .map_err(|e| AttemptError::of(e, Some(&worker)))?;
-    // A streaming head arrives once the prompt is prefilled: that time
-    // measures this worker's prefill rate. A non-streaming one does not.
-    if ctx.req.stream {
-        prefill_ticket.finish(t0.elapsed());
-    } else {
-        drop(prefill_ticket);
-    }
     respond(
         state,
         ctx,
@@ -68,6 +59,7 @@ pub async fn attempt(
             other_leg: None,
             watcher: None,
             ticket,
+            prefill: Some(prefill_ticket),
         },
     )
     .await

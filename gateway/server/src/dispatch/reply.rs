@@ -12,7 +12,7 @@ use super::{AttemptError, Ctx};
 use crate::body::{full, GatewayBody};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{self, AbortOnDrop, LegResult, Observer, Outcome, RelayBody, StreamLimits};
-use crate::slo::tracker::DecodeTicket;
+use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::state::AppState;
 use crate::upstream::read_body;
 use crate::worker::{LoadGuard, Worker};
@@ -31,6 +31,9 @@ pub struct Answer {
     pub watcher: Option<AbortOnDrop>,
     /// The sequence's decode-load ticket (activated here).
     pub ticket: DecodeTicket,
+    /// A prefill done by the answering worker itself (aggregated, or the
+    /// local path): finished at the first streamed token.
+    pub prefill: Option<PrefillTicket>,
 }
 
 pub async fn respond(
@@ -46,6 +49,7 @@ pub async fn respond(
         other_leg,
         watcher,
         mut ticket,
+        prefill,
     } = answer;
     let status = head.status();
     if !status.is_success() {
@@ -91,7 +95,10 @@ pub async fn respond(
         Some(ticket),
     );
     if ctx.req.stream {
-        let observer = observer.with_guards(guards).with_watcher(watcher);
+        let observer = observer
+            .with_guards(guards)
+            .with_watcher(watcher)
+            .with_prefill_ticket(prefill);
         let mut body = RelayBody::new(head.into_body(), leg, limits, other_leg, observer);
         body.prime().await;
         let mut resp = Response::new(body.boxed_unsync());

@@ -108,7 +108,7 @@ pub async fn attempt(
             let took = t0.elapsed();
             state.metrics.prefill_leg.observe(took.as_secs_f64());
             if result.is_ok() {
-                prefill_ticket.finish(took);
+                prefill_ticket.finish();
             } else {
                 drop(prefill_ticket);
             }
@@ -187,6 +187,7 @@ pub async fn attempt(
             other_leg,
             watcher: Some(watcher),
             ticket,
+            prefill: None,
         },
     )
     .await

@@ -50,9 +50,12 @@ pub async fn attempt(
     );
     let tracker = &state.slo.tracker;
     let ticket = tracker.start_decode(&d.url);
+    let mut local_prefill = None;
     let params = if local {
-        // Conditional disaggregation: the decode worker prefills itself.
+        // Conditional disaggregation: the decode worker prefills itself;
+        // its queue of such prompts is part of its load.
         state.metrics.slo_local_prefills.inc();
+        local_prefill = Some(tracker.start_prefill(&d.url, ctx.prompt_tokens));
         None
     } else {
         let p = pick(
@@ -95,6 +98,7 @@ pub async fn attempt(
             other_leg: None,
             watcher: None,
             ticket,
+            prefill: local_prefill,
         },
     )
     .await
@@ -140,7 +144,7 @@ async fn prefill_leg(
         })
         .map_err(|e| AttemptError::of(e, Some(p)))?;
     let took = t0.elapsed();
-    ticket.finish(took);
+    ticket.finish();
     state.metrics.prefill_leg.observe(took.as_secs_f64());
     let params = vllm::kv_transfer_params(&reply)
         .map_err(|e| GatewayError::new(Leg::Prefill, ErrorKind::BadReply(e.to_string())))

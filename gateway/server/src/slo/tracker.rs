@@ -8,10 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use baton_policies::slo::{Ewma, TpotFit};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Shortest busy time a prefill-rate sample is taken over.
+const MIN_RATE_SAMPLE_SECS: f64 = 0.05;
 
 /// Load of one worker as this replica sees it.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +26,14 @@ pub struct WorkerStats {
     pub prefill_rate: Ewma,
     pub tpot: TpotFit,
     pub ttft_ms: Ewma,
+    /// Throughput accounting while the worker is busy prefilling: tokens
+    /// finished and busy time since the last rate sample. Measuring busy
+    /// time (not each leg's duration) keeps queueing out of the rate, and
+    /// accumulating over ≥ 50 ms handles prompts that finish together in
+    /// one batched step.
+    pub busy_mark: Option<Instant>,
+    pub acc_tokens: u64,
+    pub acc_secs: f64,
 }
 
 #[derive(Debug)]
@@ -53,6 +64,9 @@ impl LoadTracker {
                 prefill_rate: rate,
                 tpot: TpotFit::new(prior_tpot_base_ms, prior_tpot_per_seq_ms),
                 ttft_ms: Ewma::new(0.2),
+                busy_mark: None,
+                acc_tokens: 0,
+                acc_secs: 0.0,
             },
             freed: Notify::new(),
         }
@@ -82,6 +96,9 @@ impl LoadTracker {
         self.with(url, |s| {
             s.queued_prefill_tokens += tokens;
             s.active_prefills += 1;
+            if s.busy_mark.is_none() {
+                s.busy_mark = Some(Instant::now());
+            }
         });
         PrefillTicket {
             tracker: Arc::clone(self),
@@ -112,13 +129,22 @@ pub struct PrefillTicket {
 }
 
 impl PrefillTicket {
-    /// The prefill leg succeeded after `took`: updates the measured rate.
-    pub fn finish(mut self, took: Duration) {
+    /// The prompt is prefilled (the leg answered, or the first token
+    /// arrived): updates the worker's measured prefill rate from the service
+    /// time, i.e. excluding time queued behind earlier prompts.
+    pub fn finish(mut self) {
         let tokens = self.tokens;
-        let secs = took.as_secs_f64();
+        let now = Instant::now();
         self.release(|s| {
-            if secs > 0.0 && tokens > 0 {
-                s.prefill_rate.observe(tokens as f64 / secs);
+            if let Some(mark) = s.busy_mark {
+                s.acc_secs += now.saturating_duration_since(mark).as_secs_f64();
+                s.busy_mark = Some(now);
+            }
+            s.acc_tokens += tokens;
+            if s.acc_secs >= MIN_RATE_SAMPLE_SECS && s.acc_tokens > 0 {
+                s.prefill_rate.observe(s.acc_tokens as f64 / s.acc_secs);
+                s.acc_tokens = 0;
+                s.acc_secs = 0.0;
             }
         });
         self.done = true;
@@ -130,6 +156,9 @@ impl PrefillTicket {
             s.queued_prefill_tokens = s.queued_prefill_tokens.saturating_sub(tokens);
             s.active_prefills = s.active_prefills.saturating_sub(1);
             extra(s);
+            if s.active_prefills == 0 {
+                s.busy_mark = None;
+            }
         });
         self.tracker.freed.notify_waiters();
     }
@@ -197,15 +226,17 @@ impl Drop for DecodeTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn tickets_count_and_release() {
+    #[tokio::test(start_paused = true)]
+    async fn tickets_count_and_release() {
         let t = Arc::new(LoadTracker::new(1000.0, 20.0, 1.0));
         let p = t.start_prefill("p", 500);
         let mut d = t.start_decode("d");
         assert_eq!(t.get("p").queued_prefill_tokens, 500);
         assert_eq!(t.get("d").pending_decodes, 1);
-        p.finish(Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        p.finish();
         assert_eq!(t.get("p").queued_prefill_tokens, 0);
         // 500 tokens / 0.1 s moved the rate from the 1000 tok/s prior.
         assert!(t.get("p").prefill_rate.get_or(0.0) > 1000.0);
@@ -220,5 +251,31 @@ mod tests {
         let dropped = t.start_prefill("p", 7);
         drop(dropped);
         assert_eq!(t.get("p").queued_prefill_tokens, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queueing_is_not_counted_as_prefill_time() {
+        let t = Arc::new(LoadTracker::new(1.0, 20.0, 1.0));
+        // Two 1000-token prompts arrive together; each takes 100 ms to
+        // prefill, the second waits 100 ms behind the first.
+        let a = t.start_prefill("p", 1000);
+        let b = t.start_prefill("p", 1000);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        a.finish();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        b.finish();
+        // Both observed 10k tokens/s (the prior of 1 tok/s fades out).
+        let rate = t.get("p").prefill_rate.get_or(0.0);
+        assert!(rate > 4_000.0, "{rate}");
+        let mut fresh = LoadTracker::new(1.0, 20.0, 1.0);
+        fresh.prior.prefill_rate = Ewma::new(1.0);
+        let fresh = Arc::new(fresh);
+        let a = fresh.start_prefill("p", 1000);
+        let b = fresh.start_prefill("p", 1000);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        a.finish();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        b.finish();
+        assert!((fresh.get("p").prefill_rate.get_or(0.0) - 10_000.0).abs() < 1.0);
     }
 }
