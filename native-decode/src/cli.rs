@@ -72,9 +72,13 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Keep GGUF Q4_0/Q4_1/Q8_0 matrices in block form and dequantize inside the dot products: the same weight
-    /// values and f32 math, ~5× less memory traffic per token (default: dequantize everything to f32 at load).
+    /// Dequantize GGUF Q4_0/Q4_1/Q8_0 matrices to f32 at load. By default they stay in block form and are
+    /// dequantized inside the dot products: the same weight values and f32 math (the reference test covers
+    /// both), ~5× less memory traffic per token, ~3× faster decode on CPU.
     #[arg(long)]
+    pub dequantize_at_load: bool,
+    /// Accepted for compatibility: block-form weights are the default now.
+    #[arg(long, hide = true)]
     pub keep_quantized: bool,
     /// Seed of `--load-format dummy` weights.
     #[arg(long, default_value_t = 0)]
@@ -98,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut model, tokenizer) = load(
         &args.model,
         args.load_format,
-        args.keep_quantized,
+        !args.dequantize_at_load,
         args.seed,
     )?;
     if let Some(n) = args.max_model_len {

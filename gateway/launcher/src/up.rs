@@ -78,7 +78,6 @@ impl Engine {
             .args(["--port", &port.to_string()])
             .args(["--served-model-name", &a.served_model_name])
             .args(["--kv-memory-mb", &a.kv_memory_mb.to_string()])
-            .arg("--keep-quantized")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(t) = a.threads {
