@@ -162,6 +162,12 @@ def main():
     ap.add_argument("--fault-cmd", default=None, help="shell command injecting the fault")
     ap.add_argument("--target", default=None,
                     help="worker label (gateway metrics) hit by the fault, e.g. http://decode-1:8000")
+    ap.add_argument("--candidates", default=None,
+                    help="WORKER=CONTAINER,...: at fault time, target the candidate with the most requests "
+                         "in flight (gateway metrics); {worker} and {container} in --fault-cmd name it")
+    ap.add_argument("--slow-ttft", type=float, default=4.5,
+                    help="a TTFT this long after the fault means the request waited out a timeout on the "
+                         "faulty worker (the gateway's first-byte timeout is 5 s)")
     ap.add_argument("--name", default="phase")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -177,18 +183,26 @@ def main():
     time.sleep(0.3)
 
     records, threads = [], []
-    fault_t, fault_rc, fault_out = None, None, ""
+    fault_t, fault_rc, fault_out, cmd, target_container = None, None, "", None, None
     next_arrival = 0.3
     fault_pending = a.fault_cmd is not None and a.fault_at is not None
     i = 0
     while True:
         t = now()
         if fault_pending and t >= a.fault_at:
+            cmd = a.fault_cmd
+            if a.candidates:
+                cands = [c.split("=", 1) for c in a.candidates.split(",")]
+                snap = watcher.latest_before(now())
+                load = {w: snap.get(("worker_in_flight", w), 0) for w, _ in cands}
+                worker, container = max(cands, key=lambda wc: load[wc[0]])
+                a.target, target_container = worker, container
+                cmd = cmd.replace("{worker}", worker).replace("{container}", container)
             fault_t = now()
-            p = subprocess.run(a.fault_cmd, shell=True, capture_output=True, text=True, timeout=30)
+            p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30)
             fault_rc, fault_out = p.returncode, (p.stdout + p.stderr).strip()[-300:]
             fault_pending = False
-            print("[%s] t=%.2fs fault: %s (rc=%s, took %.2fs)" % (a.name, fault_t, a.fault_cmd, fault_rc,
+            print("[%s] t=%.2fs fault: %s (rc=%s, took %.2fs)" % (a.name, fault_t, cmd, fault_rc,
                                                                    now() - fault_t), file=sys.stderr)
             continue
         if t >= a.duration:
@@ -226,11 +240,12 @@ def main():
     ok = lambda r: r.get("outcome") == "ok"
     s = {
         "name": a.name,
-        "fault_cmd": a.fault_cmd,
+        "fault_cmd": cmd,
         "fault_at_s": fault_t,
         "fault_rc": fault_rc,
         "fault_output": fault_out,
         "target": a.target,
+        "target_container": target_container,
         "sent": len(records),
         "completed": cnt(records, ok),
         "failed": cnt(records, lambda r: not ok(r)),
@@ -270,10 +285,10 @@ def main():
             det = watcher.first_after(F, lambda sn: sn.get(("worker_healthy", a.target), 1) == 0
                                       or sn.get(("breaker_state", a.target), 0) == 1)
             s["detect_s"] = round(det - F, 3) if det is not None else None
-            # Route-around: the last request sent after the fault that still had to
-            # wait for a timeout / retry (TTFT above 2 s) or failed.
+            # Route-around: the last request sent after the fault that failed or
+            # still waited out a timeout on the faulty worker before its retry.
             slow = [r["sent"] - F for r in after
-                    if not ok(r) or ("first_token" in r and r["first_token"] - r["sent"] > 2.0)]
+                    if not ok(r) or ("first_token" in r and r["first_token"] - r["sent"] >= a.slow_ttft)]
             s["route_around_s"] = round(max(slow), 3) if slow else 0.0
     s["gateway_unreachable_samples"] = cnt(watcher.samples, lambda x: x[1] is None)
     with open(a.out, "w") as f:
