@@ -38,6 +38,37 @@ pub struct SloEngine {
     pub tracker: Arc<LoadTracker>,
     pub accounting: Accounting,
     pub shared: Arc<shared::Shared>,
+    /// Requests held in queue mode, by (TTFT deadline, arrival).
+    waiters: std::sync::Mutex<std::collections::BTreeSet<(Instant, u64)>>,
+    next_waiter: std::sync::atomic::AtomicU64,
+}
+
+/// A place in the admission queue; leaving (admitted, rejected, or the
+/// client gone) removes it.
+struct WaitTicket<'a> {
+    engine: &'a SloEngine,
+    key: (Instant, u64),
+}
+
+impl WaitTicket<'_> {
+    fn is_head(&self) -> bool {
+        let w = self
+            .engine
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        w.first() == Some(&self.key)
+    }
+}
+
+impl Drop for WaitTicket<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Where the SLO policy put a request.
@@ -93,6 +124,8 @@ impl SloEngine {
             tracker,
             accounting,
             shared,
+            waiters: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            next_waiter: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -164,46 +197,89 @@ impl SloEngine {
             .budget
             .ttft_ms
             .map(|t| start + Duration::from_secs_f64(t / 1000.0));
+        let queueing = self.config.policy.admission == AdmissionMode::Queue;
+        // In queue mode, waiting requests are served earliest TTFT deadline
+        // first (least remaining slack): only the head of the queue may take
+        // capacity, and newcomers queue behind earlier deadlines.
+        let mut ticket: Option<WaitTicket<'_>> = None;
         loop {
             // Register interest before deciding so a release between the
             // decision and the wait is not missed.
             let freed = self.tracker.freed.notified();
-            let (verdict, pw, dw) = self.decide(mode, pools, req);
-            match verdict {
-                PolicyVerdict::Admit { placement, .. } => {
-                    let forced = match placement {
-                        Placement::Disaggregated { prefill, decode } => Forced {
-                            prefill: pw.get(prefill).cloned(),
-                            decode: Arc::clone(&dw[decode]),
-                        },
-                        Placement::Local { decode } => Forced {
-                            prefill: None,
-                            decode: Arc::clone(&dw[decode]),
-                        },
-                    };
-                    return Admission::Admit(Some(forced));
-                }
-                PolicyVerdict::Reject { retry_after_ms, .. } => {
-                    let retry_after = Duration::from_secs_f64(retry_after_ms / 1000.0);
-                    if self.config.policy.admission != AdmissionMode::Queue {
-                        return Admission::Reject { retry_after };
+            let my_turn = match &ticket {
+                Some(t) => t.is_head(),
+                None => !queueing || self.waiters_empty(),
+            };
+            if my_turn {
+                let (verdict, pw, dw) = self.decide(mode, pools, req);
+                match verdict {
+                    PolicyVerdict::Admit { placement, .. } => {
+                        let forced = match placement {
+                            Placement::Disaggregated { prefill, decode } => Forced {
+                                prefill: pw.get(prefill).cloned(),
+                                decode: Arc::clone(&dw[decode]),
+                            },
+                            Placement::Local { decode } => Forced {
+                                prefill: None,
+                                decode: Arc::clone(&dw[decode]),
+                            },
+                        };
+                        // Leaving the queue lets the next one try at once.
+                        drop(ticket);
+                        self.tracker.freed.notify_waiters();
+                        return Admission::Admit(Some(forced));
                     }
-                    let Some(deadline) = deadline else {
-                        return Admission::Reject { retry_after };
-                    };
-                    if Instant::now() >= deadline {
-                        return Admission::Reject { retry_after };
-                    }
-                    // Wait for capacity (or re-check periodically: load also
-                    // changes on other replicas).
-                    let recheck = Instant::now() + Duration::from_millis(20);
-                    tokio::select! {
-                        _ = freed => {}
-                        _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
+                    PolicyVerdict::Reject { retry_after_ms, .. } => {
+                        let retry_after = Duration::from_secs_f64(retry_after_ms / 1000.0);
+                        if !queueing {
+                            return Admission::Reject { retry_after };
+                        }
                     }
                 }
             }
+            let Some(deadline) = deadline else {
+                return Admission::Reject {
+                    retry_after: Duration::from_secs(1),
+                };
+            };
+            if Instant::now() >= deadline {
+                drop(ticket);
+                self.tracker.freed.notify_waiters();
+                return Admission::Reject {
+                    retry_after: Duration::from_secs(1),
+                };
+            }
+            if ticket.is_none() {
+                ticket = Some(self.enqueue(deadline));
+            }
+            // Wait for capacity (or re-check periodically: load also changes
+            // on other replicas).
+            let recheck = Instant::now() + Duration::from_millis(20);
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep_until(recheck.min(deadline)) => {}
+            }
         }
+    }
+
+    fn waiters_empty(&self) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn enqueue(&self, deadline: Instant) -> WaitTicket<'_> {
+        let key = (
+            deadline,
+            self.next_waiter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        WaitTicket { engine: self, key }
     }
 
     /// Records how a request ended (exactly once per request).
@@ -319,5 +395,82 @@ impl SloEngine {
     /// Replicas contributing to [`report`](Self::report).
     pub fn replica_count(&self) -> usize {
         self.shared.live_replicas()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BreakerConfig;
+    use crate::pool::Pool;
+    use crate::worker::Role;
+    use baton_policies::slo::Budget;
+    use std::sync::Mutex;
+
+    fn engine_and_pools() -> (Arc<SloEngine>, Arc<Pools>, String) {
+        let mut cfg = SloConfig::default();
+        cfg.policy.admission = AdmissionMode::Queue;
+        cfg.prior_prefill_tokens_per_s = 1000.0;
+        let engine =
+            Arc::new(SloEngine::new(cfg, Arc::new(crate::metrics::Metrics::new())).unwrap());
+        let w = Arc::new(Worker::new(
+            "http://w:1",
+            Role::Unified,
+            None,
+            &BreakerConfig::default(),
+        ));
+        let url = w.url.clone();
+        let pools = Arc::new(Pools::Aggregated(Pool::new(
+            Role::Unified,
+            vec![w],
+            Box::new(baton_policies::LeastLoad::new()),
+        )));
+        (engine, pools, url)
+    }
+
+    fn req(ttft_ms: f64) -> SloRequest {
+        SloRequest {
+            prompt_tokens: 10,
+            output_tokens: 4,
+            budget: Budget {
+                ttft_ms: Some(ttft_ms),
+                tpot_ms: None,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_are_admitted_earliest_deadline_first() {
+        let (engine, pools, url) = engine_and_pools();
+        // A 1000-token backlog: ~1 s of predicted queueing.
+        let backlog = engine.tracker.start_prefill(&url, 1000);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let spawn = |name: &'static str, ttft: f64| {
+            let (engine, pools, order) =
+                (Arc::clone(&engine), Arc::clone(&pools), Arc::clone(&order));
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let a = engine
+                    .admit(Mode::Aggregated, &pools, &req(ttft), start)
+                    .await;
+                order
+                    .lock()
+                    .unwrap()
+                    .push((name, matches!(a, Admission::Admit(_))));
+            })
+        };
+        let lax = spawn("lax", 800.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let tight = spawn("tight", 500.0);
+        let hopeless = spawn("hopeless", 50.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(backlog);
+        let _ = tokio::join!(lax, tight, hopeless);
+        let order = order.lock().unwrap().clone();
+        assert_eq!(
+            order,
+            vec![("hopeless", false), ("tight", true), ("lax", true)]
+        );
+        assert!(engine.waiters_empty());
     }
 }
