@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::reply::{respond, Answer};
-use super::{pick, AttemptError, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
 use crate::upstream::CallIds;
@@ -39,15 +39,7 @@ pub async fn attempt(
         &ctx.headers,
         ctx.req.original_bytes(),
     );
-    let head = tokio::time::timeout(state.first_byte_timeout(), send)
-        .await
-        .unwrap_or_else(|_| {
-            Err(GatewayError::new(
-                Leg::Worker,
-                ErrorKind::Timeout("first_byte"),
-            ))
-        })
-        .map_err(|e| AttemptError::of(e, Some(&worker)))?;
+    let head = first_byte(state, Leg::Worker, &worker, send).await?;
     respond(
         state,
         ctx,

@@ -237,6 +237,20 @@ pub fn transfer_id() -> String {
     )
 }
 
+/// Waits for a leg's response head within the first-byte timeout; a failure
+/// is charged to `worker`.
+pub async fn first_byte(
+    state: &AppState,
+    leg: Leg,
+    worker: &Arc<Worker>,
+    send: impl std::future::Future<Output = Result<Response<hyper::body::Incoming>, GatewayError>>,
+) -> Result<Response<hyper::body::Incoming>, AttemptError> {
+    tokio::time::timeout(state.first_byte_timeout(), send)
+        .await
+        .unwrap_or_else(|_| Err(GatewayError::new(leg, ErrorKind::Timeout("first_byte"))))
+        .map_err(|e| AttemptError::of(e, Some(worker)))
+}
+
 /// Picks from a pool (or takes the SLO policy's choice) or fails with "no
 /// healthy worker" for that leg.
 pub fn pick(

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, transfer_id, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{AbortOnDrop, LegResult};
 use crate::state::{AppState, Pools};
@@ -136,7 +136,8 @@ pub async fn attempt(
         &ctx.headers,
         body,
     );
-    let decode_head = tokio::time::timeout(state.first_byte_timeout(), send);
+    let decode_worker = Arc::clone(&d);
+    let decode_head = first_byte(state, Leg::Decode, &decode_worker, send);
     tokio::pin!(decode_head);
     let mut other_leg = Some(rx);
     let head = loop {
@@ -164,14 +165,7 @@ pub async fn attempt(
             }
         }
     };
-    let head = head
-        .unwrap_or_else(|_| {
-            Err(GatewayError::new(
-                Leg::Decode,
-                ErrorKind::Timeout("first_byte"),
-            ))
-        })
-        .map_err(|e| AttemptError::of(e, Some(&d)))?;
+    let head = head?;
     state
         .metrics
         .decode_first_byte

@@ -7,7 +7,7 @@ use baton_protocol::vllm;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::state::{AppState, Pools};
 use crate::upstream::{read_body, CallIds};
@@ -74,15 +74,7 @@ pub async fn attempt(
     let send = state
         .upstream
         .post(Leg::Decode, &d.url, path, ids, &ctx.headers, decode_body);
-    let head = tokio::time::timeout(state.first_byte_timeout(), send)
-        .await
-        .unwrap_or_else(|_| {
-            Err(GatewayError::new(
-                Leg::Decode,
-                ErrorKind::Timeout("first_byte"),
-            ))
-        })
-        .map_err(|e| AttemptError::of(e, Some(&d)))?;
+    let head = first_byte(state, Leg::Decode, &d, send).await?;
     state
         .metrics
         .decode_first_byte
