@@ -251,3 +251,35 @@ async fn short_prompts_go_local_when_the_prefill_pool_is_backed_up() {
     hung.abort();
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn engine_reported_load_is_scraped_for_placement() {
+    use baton_e2e::sim::{SimEngine, SimRole};
+    let p = SimEngine::new(SimRole::Prefill).spawn().await;
+    let d = SimEngine::new(SimRole::Decode)
+        .per_seq_ms(1.0)
+        .spawn()
+        .await;
+    let mut cfg = pd(&[(p.url(), None)], &[d.url()]);
+    cfg.slo.routing = true;
+    cfg.slo.engine_metrics_interval_ms = 50;
+    let gw = start(cfg).await;
+    // Traffic that bypasses the gateway: only the engine's metrics show it.
+    let body = r#"{"model":"sim","prompt":"hello there","max_tokens":400,"ignore_eos":true,"stream":true}"#;
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        direct.push(open(&d.url(), "/v1/completions", body, &[]).await);
+    }
+    let decode = gw.state.pools.all()[1].workers[0].clone();
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = decode.engine_load(Duration::from_secs(5));
+        if seen.is_some_and(|(running, _)| running >= 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.is_some_and(|(running, _)| running >= 3), "{seen:?}");
+    drop(direct);
+    gw.shutdown().await;
+}

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod engine_load;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -101,6 +101,13 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         source,
     })?;
     tasks.spawn(crate::health::run(Arc::clone(&state), stop.clone()));
+    if state.config.slo.routing && state.config.slo.engine_metrics_interval_ms > 0 {
+        tasks.spawn(crate::engine_load::run(
+            Arc::clone(&state),
+            std::time::Duration::from_millis(state.config.slo.engine_metrics_interval_ms),
+            stop.clone(),
+        ));
+    }
     tasks.spawn(Arc::clone(&state.slo.shared).run_sync(
         Arc::clone(&state.slo.tracker),
         std::time::Duration::from_millis(state.config.slo.sync_interval_ms),

@@ -35,6 +35,11 @@ pub struct Worker {
     in_flight: AtomicU64,
     health_failures: AtomicU32,
     health_successes: AtomicU32,
+    /// Engine-reported load (`vllm:num_requests_running` / `_waiting`) and
+    /// when it was read.
+    engine_running: AtomicU64,
+    engine_waiting: AtomicU64,
+    engine_load_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Worker {
@@ -55,6 +60,9 @@ impl Worker {
             in_flight: AtomicU64::new(0),
             health_failures: AtomicU32::new(0),
             health_successes: AtomicU32::new(0),
+            engine_running: AtomicU64::new(0),
+            engine_waiting: AtomicU64::new(0),
+            engine_load_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -69,6 +77,30 @@ impl Worker {
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_engine_load(&self, running: u64, waiting: u64) {
+        self.engine_running.store(running, Ordering::Relaxed);
+        self.engine_waiting.store(waiting, Ordering::Relaxed);
+        *self
+            .engine_load_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// `(running, waiting)` as the engine last reported them, if that report
+    /// is younger than `max_age` (stale load is worse than none).
+    pub fn engine_load(&self, max_age: std::time::Duration) -> Option<(u64, u64)> {
+        let at = (*self
+            .engine_load_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))?;
+        (at.elapsed() <= max_age).then(|| {
+            (
+                self.engine_running.load(Ordering::Relaxed),
+                self.engine_waiting.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Counts one request in flight until the guard drops.

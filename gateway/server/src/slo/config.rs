@@ -29,6 +29,9 @@ pub struct SloConfig {
     pub sync_interval_ms: u64,
     /// Name of this replica in shared state (random when empty).
     pub replica_id: String,
+    /// Period of reading each worker's `/metrics` for engine-reported load
+    /// (0 disables); used when `routing` is on.
+    pub engine_metrics_interval_ms: u64,
     /// Prior of the TPOT model before observations arrive.
     pub prior_tpot_base_ms: f64,
     pub prior_tpot_per_seq_ms: f64,
@@ -97,6 +100,7 @@ impl Default for SloConfig {
             store_timeout_ms: 5,
             sync_interval_ms: 100,
             replica_id: String::new(),
+            engine_metrics_interval_ms: 500,
             prior_tpot_base_ms: 20.0,
             prior_tpot_per_seq_ms: 1.0,
             prior_prefill_tokens_per_s: 5000.0,

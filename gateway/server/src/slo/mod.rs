@@ -148,6 +148,17 @@ impl SloEngine {
             s.active_prefills += peer.active_prefills;
             s.active_decodes += peer.active_decodes;
             s.pending_decodes += peer.pending_decodes;
+            // What the engine itself reports running covers traffic no
+            // gateway replica sent; trust the larger of the two views.
+            let max_age = Duration::from_millis(
+                self.config
+                    .engine_metrics_interval_ms
+                    .saturating_mul(4)
+                    .max(1000),
+            );
+            if let Some((running, _waiting)) = w.engine_load(max_age) {
+                s.active_decodes = s.active_decodes.max(running);
+            }
             s
         };
         let pstats: Vec<_> = prefill_workers.iter().map(merged).collect();
