@@ -9,11 +9,24 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::chat_template::{ChatTemplate, CHATML_FALLBACK};
+use crate::engine::backend::Backend;
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::loader::{load, LoadFormat};
+use crate::model::ModelConfig;
 use crate::server::{serve, Role, ServerState};
+use crate::tokenizer::Tokenizer;
 use crate::transfer::tcp::TcpPuller;
 use crate::transfer::{tcp, KvEndpoint, PullFailurePolicy};
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    /// GPU 0; fails when no usable GPU is found (or the build lacks the `cuda` feature).
+    Cuda,
+    /// GPU 0 when one is usable, else the CPU.
+    Auto,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +39,10 @@ pub struct Args {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value = "auto")]
     pub load_format: LoadFormat,
+    /// Where the model runs. `auto` uses GPU 0 when the build has the `cuda` feature and a usable GPU is found,
+    /// the CPU otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -99,22 +116,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build_global()?;
     }
     let t0 = std::time::Instant::now();
-    let (mut model, tokenizer) = load(
-        &args.model,
-        args.load_format,
-        !args.dequantize_at_load,
-        args.seed,
-    )?;
-    if let Some(n) = args.max_model_len {
-        model.cfg.context_length = model.cfg.context_length.min(n.max(2));
-    }
+    let block_size = args.block_size.max(1);
+    let mut cfg = EngineConfig {
+        block_size,
+        num_blocks: 1,
+        max_num_seqs: args.max_num_seqs.max(1),
+        max_batched_tokens: args.max_num_batched_tokens.max(1),
+        chunked_prefill: !args.no_chunked_prefill,
+        prefix_caching: !args.no_prefix_caching,
+        kv_lease: Duration::from_secs(args.kv_lease_secs),
+    };
+    let (mcfg, device, make, tokenizer) = match open_gpu(args.device)? {
+        #[cfg(feature = "cuda")]
+        Some(dev) => load_cuda(&args, dev, &mut cfg)?,
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => match never {},
+        None => load_cpu(&args, &mut cfg)?,
+    };
     tracing::info!(
-        "loaded {} ({} layers, hidden {}, vocab {}, context {}) in {:.1?}",
+        "loaded {} ({} layers, hidden {}, vocab {}, context {}) on {} in {:.1?}",
         args.model.display(),
-        model.cfg.n_layers,
-        model.cfg.hidden,
-        model.cfg.vocab,
-        model.cfg.context_length,
+        mcfg.n_layers,
+        mcfg.hidden,
+        mcfg.vocab,
+        mcfg.context_length,
+        device,
         t0.elapsed()
     );
     let name = args.served_model_name.clone().unwrap_or_else(|| {
@@ -135,22 +161,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &tok_text(tokenizer.bos_id),
         &tok_text(tokenizer.eos_id),
     )?;
-    let block_size = args.block_size.max(1);
-    let cfg = EngineConfig {
-        block_size,
-        num_blocks: EngineConfig::blocks_for_budget(&model, block_size, args.kv_memory_mb),
-        max_num_seqs: args.max_num_seqs.max(1),
-        max_batched_tokens: args.max_num_batched_tokens.max(1),
-        chunked_prefill: !args.no_chunked_prefill,
-        prefix_caching: !args.no_prefix_caching,
-        kv_lease: Duration::from_secs(args.kv_lease_secs),
-    };
     tracing::info!(
         "KV cache: {} blocks of {} tokens",
         cfg.num_blocks,
         cfg.block_size
     );
-    let engine = EngineHandle::spawn(model, tokenizer, cfg)?;
+    let engine = EngineHandle::spawn_with(make, tokenizer, cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -198,4 +214,138 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         serve(listener, state).await;
         Ok(())
     })
+}
+
+/// No GPU type in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+enum NoGpu {}
+
+/// Opens GPU 0 for `cuda` and `auto`; `None` means the CPU.
+#[cfg(not(feature = "cuda"))]
+fn open_gpu(device: Device) -> anyhow::Result<Option<NoGpu>> {
+    match device {
+        Device::Cpu => {
+            tracing::info!("device: cpu");
+            Ok(None)
+        }
+        Device::Auto => {
+            tracing::info!("device: cpu (auto: this build has no `cuda` feature)");
+            Ok(None)
+        }
+        Device::Cuda => anyhow::bail!(
+            "--device cuda: this binary was built without the `cuda` feature (rebuild with `--features cuda`)"
+        ),
+    }
+}
+
+/// Opens GPU 0 for `cuda` and `auto`; `None` means the CPU (`auto` without a usable GPU).
+#[cfg(feature = "cuda")]
+fn open_gpu(device: Device) -> anyhow::Result<Option<Arc<crate::cuda::GpuDevice>>> {
+    use crate::cuda::{CudaError, GpuDevice};
+    if device == Device::Cpu {
+        tracing::info!("device: cpu");
+        return Ok(None);
+    }
+    match GpuDevice::open(0) {
+        Ok(dev) => {
+            tracing::info!(
+                "device: cuda:0 {} (compute capability {}.{}, {} SMs, {:.1} GiB)",
+                dev.name,
+                dev.compute_capability.0,
+                dev.compute_capability.1,
+                dev.sm_count,
+                dev.total_mem as f64 / (1u64 << 30) as f64
+            );
+            Ok(Some(dev))
+        }
+        Err(e @ (CudaError::LibraryMissing { .. } | CudaError::NoDevice(_)))
+            if device == Device::Auto =>
+        {
+            tracing::info!("device: cpu (auto: no usable GPU: {e})");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "--device {device:?}: cannot use GPU 0: {e}"
+        )),
+    }
+}
+
+fn cap_context(cfg: &mut ModelConfig, args: &Args) {
+    if let Some(n) = args.max_model_len {
+        cfg.context_length = cfg.context_length.min(n.max(2));
+    }
+}
+
+/// Builds the backend on the scheduler thread.
+type MakeBackend = Box<dyn FnOnce(&mut EngineConfig) -> crate::Result<Backend> + Send>;
+
+/// What loading gives: the model's config, the device's name, the backend's builder and the tokenizer.
+type Loaded = (ModelConfig, &'static str, MakeBackend, Tokenizer);
+
+fn load_cpu(args: &Args, cfg: &mut EngineConfig) -> anyhow::Result<Loaded> {
+    let (mut model, tokenizer) = load(
+        &args.model,
+        args.load_format,
+        !args.dequantize_at_load,
+        args.seed,
+    )?;
+    cap_context(&mut model.cfg, args);
+    cfg.num_blocks = EngineConfig::blocks_for_budget(&model, cfg.block_size, args.kv_memory_mb);
+    let mcfg = model.cfg.clone();
+    let make: MakeBackend =
+        Box::new(move |c: &mut EngineConfig| Ok(Backend::cpu(model, c.block_size, c.num_blocks)));
+    Ok((mcfg, "cpu", make, tokenizer))
+}
+
+#[cfg(feature = "cuda")]
+fn load_cuda(
+    args: &Args,
+    dev: Arc<crate::cuda::GpuDevice>,
+    cfg: &mut EngineConfig,
+) -> anyhow::Result<Loaded> {
+    use crate::cuda::{CudaModelOptions, GpuKvPool, GpuWeights};
+    use crate::loader::load_config;
+    let hf = match args.load_format {
+        LoadFormat::Hf => true,
+        LoadFormat::Gguf => false,
+        LoadFormat::Auto | LoadFormat::Dummy => args.model.is_dir(),
+    };
+    let (mut mcfg, weights, tokenizer) = if args.load_format == LoadFormat::Dummy {
+        let (mcfg, tokenizer) = load_config(&args.model, args.load_format)?;
+        let w = GpuWeights::dummy(&dev, &mcfg, args.seed)?;
+        (mcfg, w, tokenizer)
+    } else if hf {
+        let (mcfg, w) = GpuWeights::from_hf_dir(&dev, &args.model)?;
+        let (_, tokenizer) = load_config(&args.model, LoadFormat::Hf)?;
+        (mcfg, w, tokenizer)
+    } else {
+        // Block form keeps host memory low; the weights are dequantized to bf16 on upload.
+        let (model, tokenizer) = load(&args.model, LoadFormat::Gguf, true, args.seed)?;
+        let w = GpuWeights::from_weights(&dev, &model.cfg, &model.weights)?;
+        (model.cfg.clone(), w, tokenizer)
+    };
+    cap_context(&mut mcfg, args);
+    let per_block = GpuKvPool::bytes_per_block(&mcfg, cfg.block_size).max(1);
+    cfg.num_blocks = (args.kv_memory_mb * 1024 * 1024 / per_block).max(1);
+    // Without chunked prefill a whole prompt runs in one step, beyond the token budget.
+    let max_tokens = if cfg.chunked_prefill {
+        cfg.max_batched_tokens
+    } else {
+        cfg.max_batched_tokens.max(mcfg.context_length)
+    };
+    let opts = CudaModelOptions {
+        block_size: cfg.block_size,
+        num_blocks: cfg.num_blocks,
+        max_tokens,
+        max_batch: cfg.max_num_seqs,
+        ..CudaModelOptions::default()
+    };
+    let info = mcfg.clone();
+    let make: MakeBackend = Box::new(move |c: &mut EngineConfig| {
+        let backend = Backend::cuda(dev, mcfg, weights, opts)?;
+        // The model caps the batch at its largest CUDA-graph bucket.
+        c.max_num_seqs = c.max_num_seqs.min(backend.max_batch());
+        Ok(backend)
+    });
+    Ok((info, "cuda", make, tokenizer))
 }

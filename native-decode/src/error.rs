@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("KV transfer failed: {0}")]
     Transfer(String),
+    #[error("device backend: {0}")]
+    Backend(String),
     #[error("engine is shutting down")]
     Shutdown,
 }

@@ -74,6 +74,22 @@ pub fn load(
     }
 }
 
+/// Config and tokenizer only, without weights (for a backend that loads the weights itself).
+pub fn load_config(path: &Path, format: LoadFormat) -> Result<(ModelConfig, Tokenizer)> {
+    let hf = match format {
+        LoadFormat::Hf => true,
+        LoadFormat::Gguf => false,
+        LoadFormat::Auto | LoadFormat::Dummy => path.is_dir(),
+    };
+    if hf {
+        let cfg = ModelConfig::from_hf_json(&read(&path.join("config.json"))?)?;
+        Ok((cfg, hf_tokenizer(path)?))
+    } else {
+        let file = GgufFile::open(path)?;
+        Ok((ModelConfig::from_gguf(&file)?, Tokenizer::from_gguf(&file)?))
+    }
+}
+
 fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
     use safetensors::SafeTensors;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -1,6 +1,7 @@
 //! The engine: a scheduler thread that owns the model and KV cache, fed through a channel; per-request events
 //! come back on their own channel. Dropping a [`RequestGuard`] cancels the request and frees its blocks.
 
+pub mod backend;
 mod scheduler;
 mod sequence;
 pub mod stop;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+use crate::engine::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::store::KvStore;
 use crate::metrics::Stats;
@@ -105,21 +107,45 @@ impl Drop for RequestGuard {
 }
 
 impl EngineHandle {
-    /// Starts the scheduler thread, which owns `model` from now on.
+    /// Starts the scheduler thread on the CPU, which owns `model` from now on.
     pub fn spawn(model: Model, tokenizer: Tokenizer, cfg: EngineConfig) -> Result<Self> {
+        Self::spawn_with(
+            move |c: &mut EngineConfig| Ok(Backend::cpu(model, c.block_size, c.num_blocks)),
+            tokenizer,
+            cfg,
+        )
+    }
+
+    /// Starts the scheduler thread and builds its backend there with `make` (a GPU model is bound to the thread
+    /// that runs it and cannot be moved across threads). `make` may lower `cfg.max_num_seqs` to what the backend
+    /// supports; its KV cache must hold `cfg.num_blocks` blocks of `cfg.block_size` tokens. Returns once the backend
+    /// is built, with its error if that failed.
+    pub fn spawn_with<F>(make: F, tokenizer: Tokenizer, mut cfg: EngineConfig) -> Result<Self>
+    where
+        F: FnOnce(&mut EngineConfig) -> Result<Backend> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let tokenizer = Arc::new(tokenizer);
-        let context_length = model.cfg.context_length;
         let block_size = cfg.block_size;
-        let sched = scheduler::Scheduler::new(model, tokenizer.clone(), cfg, stats.clone());
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<usize>>(1);
+        let (tok, st) = (tokenizer.clone(), stats.clone());
         std::thread::Builder::new()
             .name("baton-scheduler".into())
-            .spawn(move || sched.run(rx))
+            .spawn(move || match make(&mut cfg) {
+                Ok(backend) => {
+                    let _ = ready_tx.send(Ok(backend.cfg().context_length));
+                    scheduler::Scheduler::new(backend, tok, cfg, st).run(rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
             .map_err(|e| Error::Io {
                 path: "scheduler thread".into(),
                 source: e,
             })?;
+        let context_length = ready_rx.recv().map_err(|_| Error::Shutdown)??;
         Ok(Self {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),

@@ -7,21 +7,21 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use super::backend::Backend;
 use super::sequence::{Lease, Seq};
 use super::{Admission, Command, EngineConfig};
 use crate::engine::types::*;
 use crate::kv::block_manager::{block_hash, BlockManager};
-use crate::kv::store::{BlockId, KvStore};
+use crate::kv::store::BlockId;
 use crate::metrics::Stats;
-use crate::model::{Model, SeqInput};
+use crate::model::SeqInput;
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Scheduler {
-    model: Model,
+    backend: Backend,
     tokenizer: Arc<Tokenizer>,
     cfg: EngineConfig,
     stats: Arc<Stats>,
-    kv: KvStore,
     blocks: BlockManager,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
@@ -36,19 +36,17 @@ struct Planned {
 
 impl Scheduler {
     pub(super) fn new(
-        model: Model,
+        backend: Backend,
         tokenizer: Arc<Tokenizer>,
         cfg: EngineConfig,
         stats: Arc<Stats>,
     ) -> Self {
-        let kv = KvStore::new(&model.cfg, cfg.block_size, cfg.num_blocks);
         let blocks = BlockManager::new(cfg.num_blocks, cfg.block_size, cfg.prefix_caching);
         Self {
-            model,
+            backend,
             tokenizer,
             cfg,
             stats,
-            kv,
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -106,17 +104,23 @@ impl Scheduler {
                 }
             }
             Command::Export { transfer_id, reply } => {
-                let out = self.leases.remove(&transfer_id).map(|lease| {
-                    let blocks = lease
+                let out = self.leases.remove(&transfer_id).and_then(|lease| {
+                    let blocks: crate::error::Result<Vec<Vec<f32>>> = lease
                         .blocks
                         .iter()
-                        .map(|&b| self.kv.export_block(b))
+                        .map(|&b| self.backend.export_block(b))
                         .collect();
                     self.blocks.free(&lease.blocks);
-                    ExportedKv {
-                        block_size: self.cfg.block_size,
-                        num_tokens: lease.num_tokens,
-                        blocks,
+                    match blocks {
+                        Ok(blocks) => Some(ExportedKv {
+                            block_size: self.cfg.block_size,
+                            num_tokens: lease.num_tokens,
+                            blocks,
+                        }),
+                        Err(e) => {
+                            tracing::warn!("KV export of {transfer_id} failed: {e}");
+                            None
+                        }
                     }
                 });
                 let _ = reply.send(out);
@@ -126,7 +130,7 @@ impl Scheduler {
 
     fn add(&mut self, a: Admission) {
         let Admission { id, req, events } = a;
-        let ctx = self.model.cfg.context_length;
+        let ctx = self.backend.cfg().context_length;
         let bad = |msg: String| {
             let _ = events.send(Event::Error(msg));
         };
@@ -136,7 +140,7 @@ impl Scheduler {
         if let Some(t) = req
             .prompt
             .iter()
-            .find(|&&t| t as usize >= self.model.cfg.vocab)
+            .find(|&&t| t as usize >= self.backend.cfg().vocab)
         {
             return bad(format!("token id {t} is out of vocabulary"));
         }
@@ -249,8 +253,7 @@ impl Scheduler {
             s.blocks = hits;
         }
         if let Some(imp) = s.imported.take() {
-            let floats =
-                (self.model.cfg.n_layers * 2 * self.kv.kv_dim()).checked_mul(imp.block_size);
+            let floats = (self.backend.block_floats(1)).checked_mul(imp.block_size);
             let well_formed = imp.block_size > 0
                 && imp.blocks.len().saturating_mul(imp.block_size) >= imp.num_tokens
                 && imp.blocks.iter().all(|b| Some(b.len()) == floats);
@@ -274,32 +277,20 @@ impl Scheduler {
                         return Some(s);
                     }
                 }
-                self.import(&s.blocks, s.num_computed, &imp);
-                // Recompute the last token so that its logits pick the next token.
-                s.num_computed = imp.num_tokens.min(len - 1);
+                match self.backend.import(&s.blocks, bs, s.num_computed, &imp) {
+                    // Recompute the last token so that its logits pick the next token.
+                    Ok(()) => s.num_computed = imp.num_tokens.min(len - 1),
+                    Err(e) => {
+                        tracing::warn!("KV import failed, recomputing: {e}");
+                        self.stats
+                            .kv_pull_recomputes
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
         self.running.push(s);
         None
-    }
-
-    fn import(&mut self, table: &[BlockId], from: usize, imp: &ImportedKv) {
-        let kvd = self.kv.kv_dim();
-        let layers = self.model.cfg.n_layers;
-        let rbs = imp.block_size;
-        for pos in from..imp.num_tokens {
-            let (rb, off) = (pos / rbs, pos % rbs);
-            let Some(block) = imp.blocks.get(rb) else {
-                return;
-            };
-            let slot = self.kv.slot(table, pos);
-            for l in 0..layers {
-                let base = l * 2 * rbs * kvd;
-                let k = &block[base + off * kvd..base + (off + 1) * kvd];
-                let v = &block[base + rbs * kvd + off * kvd..base + rbs * kvd + (off + 1) * kvd];
-                self.kv.write(l, slot, k, v);
-            }
-        }
     }
 
     /// Runs one forward pass if anything is schedulable; false when there was nothing to do.
@@ -400,7 +391,24 @@ impl Scheduler {
                 }
             })
             .collect();
-        let logits = self.model.forward(&mut self.kv, &inputs);
+        let logits = match self.backend.forward(&inputs) {
+            Ok(l) => l,
+            Err(e) => {
+                // The step's K/V are unknown: end every sequence in it rather than serve garbage.
+                tracing::error!("forward step failed: {e}");
+                let mut idxs: Vec<usize> = plan.iter().map(|p| p.idx).collect();
+                idxs.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
+                for idx in idxs {
+                    let s = self.running.remove(idx);
+                    self.blocks.free(&s.blocks);
+                    let _ = s
+                        .events
+                        .send(Event::Error(format!("forward step failed: {e}")));
+                }
+                self.publish();
+                return true;
+            }
+        };
         let mut finished = Vec::new();
         for (p, logits) in plan.iter().zip(logits) {
             let seq = &mut self.running[p.idx];
@@ -428,7 +436,7 @@ impl Scheduler {
             if let Some(done) = seq.accept(
                 &self.tokenizer,
                 &self.stats,
-                self.model.cfg.context_length,
+                self.backend.cfg().context_length,
                 &logits,
             ) {
                 finished.push((p.idx, done));
