@@ -153,7 +153,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", default="http://127.0.0.1:30000")
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--rate", type=float, default=2.0, help="requests per second (Poisson)")
+    ap.add_argument("--rate", type=float, default=2.0, help="requests per second (Poisson, open loop)")
+    ap.add_argument("--concurrency", type=int, default=0,
+                    help="closed loop instead: this many clients, each sending its next request when the "
+                         "last one ended (the load adapts to the machine's speed; no queue builds up)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds of arrivals")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--prompt-words", type=int, default=24)
@@ -183,52 +186,85 @@ def main():
     time.sleep(0.3)
 
     records, threads = [], []
+    lock = threading.Lock()
     fault_t, fault_rc, fault_out, cmd, target_container = None, None, "", None, None
-    next_arrival = 0.3
-    fault_pending = a.fault_cmd is not None and a.fault_at is not None
-    i = 0
-    while True:
-        t = now()
-        if fault_pending and t >= a.fault_at:
-            cmd = a.fault_cmd
-            if a.candidates:
-                cands = [c.split("=", 1) for c in a.candidates.split(",")]
-                snap = watcher.latest_before(now())
-                load = {w: snap.get(("worker_in_flight", w), 0) for w, _ in cands}
-                worker, container = max(cands, key=lambda wc: load[wc[0]])
-                a.target, target_container = worker, container
-                cmd = cmd.replace("{worker}", worker).replace("{container}", container)
-            fault_t = now()
-            p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30)
-            fault_rc, fault_out = p.returncode, (p.stdout + p.stderr).strip()[-300:]
-            fault_pending = False
-            print("[%s] t=%.2fs fault: %s (rc=%s, took %.2fs)" % (a.name, fault_t, cmd, fault_rc,
-                                                                   now() - fault_t), file=sys.stderr)
-            continue
-        if t >= a.duration:
-            break
-        if t >= next_arrival:
+    counter = [0]
+
+    def make_body(i):
+        with lock:
             words = " ".join(rng.choice(WORDS) for _ in range(a.prompt_words))
-            body = json.dumps({
-                "model": a.model,
-                "messages": [{"role": "user", "content": "Request %d of %s. %s" % (i, a.name, words)}],
-                "max_tokens": a.max_tokens,
-                "stream": True,
-                "ignore_eos": True,
-                "stream_options": {"include_usage": True},
-            })
+        return json.dumps({
+            "model": a.model,
+            "messages": [{"role": "user", "content": "Request %d of %s. %s" % (i, a.name, words)}],
+            "max_tokens": a.max_tokens,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        })
+
+    def new_record():
+        with lock:
+            i = counter[0]
+            counter[0] += 1
             rec = {"i": i}
             records.append(rec)
-            th = threading.Thread(target=one_request, args=(host, port, body, a.timeout, rec), daemon=True)
+        return i, rec
+
+    def client_loop():
+        while now() < a.duration:
+            i, rec = new_record()
+            one_request(host, port, make_body(i), a.timeout, rec)
+
+    def inject():
+        nonlocal fault_t, fault_rc, fault_out, cmd, target_container
+        cmd = a.fault_cmd
+        if a.candidates:
+            cands = [c.split("=", 1) for c in a.candidates.split(",")]
+            snap = watcher.latest_before(now())
+            load = {w: snap.get(("worker_in_flight", w), 0) for w, _ in cands}
+            worker, container = max(cands, key=lambda wc: load[wc[0]])
+            a.target, target_container = worker, container
+            cmd = cmd.replace("{worker}", worker).replace("{container}", container)
+        fault_t = now()
+        p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30)
+        fault_rc, fault_out = p.returncode, (p.stdout + p.stderr).strip()[-300:]
+        print("[%s] t=%.2fs fault: %s (rc=%s, took %.2fs)" % (a.name, fault_t, cmd, fault_rc,
+                                                               now() - fault_t), file=sys.stderr)
+
+    fault_pending = a.fault_cmd is not None and a.fault_at is not None
+    if a.concurrency > 0:
+        for k in range(a.concurrency):
+            th = threading.Thread(target=client_loop, daemon=True)
             th.start()
             threads.append(th)
-            i += 1
-            next_arrival += rng.expovariate(a.rate)
-            continue
-        wake = min(next_arrival, a.fault_at if fault_pending else 1e9, a.duration)
-        time.sleep(max(0.0, min(0.05, wake - now())))
+            time.sleep(0.25)  # stagger the clients
+        while now() < a.duration:
+            if fault_pending and now() >= a.fault_at:
+                inject()
+                fault_pending = False
+            time.sleep(0.02)
+    else:
+        next_arrival = 0.3
+        while True:
+            t = now()
+            if fault_pending and t >= a.fault_at:
+                inject()
+                fault_pending = False
+                continue
+            if t >= a.duration:
+                break
+            if t >= next_arrival:
+                i, rec = new_record()
+                th = threading.Thread(target=one_request, args=(host, port, make_body(i), a.timeout, rec),
+                                      daemon=True)
+                th.start()
+                threads.append(th)
+                next_arrival += rng.expovariate(a.rate)
+                continue
+            wake = min(next_arrival, a.fault_at if fault_pending else 1e9, a.duration)
+            time.sleep(max(0.0, min(0.05, wake - now())))
     for th in threads:
-        th.join(a.timeout + 5)
+        th.join(a.timeout * 2 + 5)
     time.sleep(0.3)
     watcher.stop.set()
     watcher.join(3)
@@ -246,6 +282,7 @@ def main():
         "fault_output": fault_out,
         "target": a.target,
         "target_container": target_container,
+        "load": ("%d concurrent clients" % a.concurrency) if a.concurrency else ("%.2f req/s" % a.rate),
         "sent": len(records),
         "completed": cnt(records, ok),
         "failed": cnt(records, lambda r: not ok(r)),

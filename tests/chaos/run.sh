@@ -22,7 +22,7 @@
 #
 # Knobs: CHAOS_ENGINE=real|mock (mock: baton-mock-engine, no model needed),
 # CHAOS_SKIP_BUILD=1 (reuse target/release), CHAOS_KEEP=1 (leave the stack up),
-# CHAOS_RATE / CHAOS_DURATION / CHAOS_MAX_TOKENS (load per fault phase).
+# CHAOS_CONCURRENCY or CHAOS_RATE / CHAOS_DURATION / CHAOS_MAX_TOKENS (load per fault phase).
 set -euo pipefail
 root="${CHAOS_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
 cd "$root"
@@ -41,10 +41,16 @@ rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md
 
 PHASES=${CHAOS_PHASES:-"smoke badinput faults"}
 ENGINE=${CHAOS_ENGINE:-real}
-RATE=${CHAOS_RATE:-1}
+# Closed-loop load (CHAOS_CONCURRENCY clients, each sending its next request
+# when the last ended) adapts to how fast this machine is; CHAOS_RATE=R
+# switches to open-loop Poisson arrivals.
+CONCURRENCY=${CHAOS_CONCURRENCY:-4}
+RATE=${CHAOS_RATE:-}
+if [[ -n $RATE ]]; then LOAD=(--rate "$RATE"); LOAD_DESC="$RATE req/s"; else
+  LOAD=(--concurrency "$CONCURRENCY"); LOAD_DESC="$CONCURRENCY concurrent streams"; fi
 DURATION=${CHAOS_DURATION:-20}
 FAULT_AT=${CHAOS_FAULT_AT:-6}
-MAX_TOKENS=${CHAOS_MAX_TOKENS:-160}
+MAX_TOKENS=${CHAOS_MAX_TOKENS:-64}
 MODEL_NAME=smollm2
 TAG=${CHAOS_TAG:-chaos}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-batonchaos}
@@ -124,12 +130,17 @@ trap 'exit 130' INT TERM
 if [[ $ENGINE == real ]]; then
   "$root/tests/fetch-model.sh" >&2
 fi
+# Base images (debootstrap + apt: network-bound) build while cargo uses the CPUs.
+log "base images (docker/build-base.sh) in the background"
+"$root/docker/build-base.sh" >"$out/build-base.log" 2>&1 &
+base_pid=$!
 if [[ ${CHAOS_SKIP_BUILD:-0} != 1 ]]; then
   log "host release build (baton-gateway, baton-native, baton-loadgen, mock engine)"
   cargo build --release --locked -p baton-gateway -p baton-native -p baton-loadgen >&2
   cargo build --release --locked -p baton-e2e --bin baton-mock-engine >&2
 fi
-"$root/docker/build-base.sh"
+wait $base_pid || { cat "$out/build-base.log" >&2; die "docker/build-base.sh failed"; }
+log "base images ready"
 ctx="$root/docker/context"
 rm -rf "$ctx" && mkdir -p "$ctx/bin"
 bins=(baton-gateway baton-bench baton-mock-engine)
@@ -266,8 +277,8 @@ phase() { # NAME CANDIDATES FAULT_CMD RESTORE_CMD
   if [[ $ENGINE == real ]]; then wait_for 30 "KV usage of 4 engines in Prometheus" kv4 || true; else kv0=$(kv_usage); fi
   before=$(slo_requests)
   lbefore=$(local_slo_requests)
-  log "fault phase '$name': ${RATE} req/s for ${DURATION}s, fault at ${FAULT_AT}s: $fault"
-  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" --rate "$RATE" --duration "$DURATION" \
+  log "fault phase '$name': $LOAD_DESC for ${DURATION}s, fault at ${FAULT_AT}s: $fault"
+  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" "${LOAD[@]}" --duration "$DURATION" \
     --max-tokens "$MAX_TOKENS" --fault-at "$FAULT_AT" --fault-cmd "$fault" ${cands:+--candidates "$cands"} \
     --name "$name" --timeout 40 --out "$out/$name.json" --records "$out/$name.jsonl" >&2
   restore=${restore//\{container\}/$(jq -r '.target_container // ""' "$out/$name.json")}
