@@ -2,13 +2,13 @@
 # 13 runtime image (driver API, NVRTC and cuBLAS are loaded at run time, so the
 # build itself needs no CUDA toolkit). Also ships baton-cuda-bench.
 #
-# Status: the CUDA backend (native-decode/src/cuda) is exercised by
-# baton-cuda-bench; the engine's HTTP server still runs the CPU path. See
-# docs/RELIABILITY.md ("Images").
+# The engine runs on GPU 0 with `--device cuda` (the default `auto` falls back
+# to the CPU when no GPU is usable). Not run on this project's machines (no
+# GPU, no registry for the base image): see docs/RELIABILITY.md.
 #
 #   docker build -f docker/engine-cuda.Dockerfile -t baton/engine-cuda .
 #   docker run --gpus all -v $PWD/.cache/models:/models:ro -p 8000:8000 baton/engine-cuda \
-#     --model /models/SmolLM2-135M-Instruct.Q4_1.gguf --host 0.0.0.0 --port 8000
+#     --model /models/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda --host 0.0.0.0 --port 8000
 # Prebuilt (host: cargo build --release -p baton-native --features cuda --bins;
 # copy baton-engine → bin/baton-engine-cuda, baton-cuda-bench → bin/):
 #   docker build -f docker/engine-cuda.Dockerfile --target prebuilt docker/context
@@ -38,7 +38,7 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${BATON_PORT}/health" >/dev/null || exit 1
 ENTRYPOINT ["/usr/local/bin/baton-engine"]
-CMD ["--model", "/models/model.gguf", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["--model", "/models/model.gguf", "--device", "cuda", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM app AS prebuilt
 COPY bin/baton-engine-cuda /usr/local/bin/baton-engine
