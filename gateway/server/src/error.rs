@@ -92,15 +92,15 @@ impl GatewayError {
     }
 
     /// Does this error say the worker itself is failing? Overload answers
-    /// (429, 503) and client errors (4xx) do not: counting them would open
-    /// breakers exactly when the fleet is merely busy.
+    /// (429, 503), client errors (4xx) and timeouts do not: counting them
+    /// would open breakers exactly when the fleet is merely busy (a worker
+    /// that really hangs is caught by the active health checks).
     pub fn counts_against_worker(&self) -> bool {
         if !matches!(self.leg, Leg::Worker | Leg::Prefill | Leg::Decode) {
             return false;
         }
         match &self.kind {
             ErrorKind::Connect(_) | ErrorKind::Transport(_) | ErrorKind::BadReply(_) => true,
-            ErrorKind::Timeout(which) => *which != "request",
             ErrorKind::Status { status, .. } => *status >= 500 && *status != 503,
             _ => false,
         }
@@ -201,6 +201,9 @@ mod tests {
         assert!(c.retryable() && c.counts_against_worker());
         let t = GatewayError::new(Leg::Decode, ErrorKind::Timeout("request"));
         assert!(!t.retryable() && !t.counts_against_worker());
+        // A slow (overloaded) prefill is retried elsewhere but opens no breaker.
+        let slow = GatewayError::new(Leg::Prefill, ErrorKind::Timeout("prefill"));
+        assert!(slow.retryable() && !slow.counts_against_worker());
     }
 
     #[test]
