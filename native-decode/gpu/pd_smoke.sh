@@ -3,7 +3,9 @@
 # baton-gateway, and the folders of make_dummy_folders.py): one CUDA engine vs CUDA prefill + CUDA decode behind the gateway
 # (dummy weights, same seed), greedy, token-identical?
 set -uo pipefail
-cd "$(dirname "$0")"
+# BIN_DIR holds baton-engine (--features cuda), baton-gateway, baton-bench and the
+# folders written by native-decode/gpu/make_dummy_folders.py.
+cd "${BIN_DIR:-$(dirname "$0")}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT

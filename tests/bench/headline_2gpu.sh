@@ -3,7 +3,9 @@
 # Llama-3-8B-shaped dummy model, summarization-like workload (the dummy
 # tokenizer is byte-level: 350–700 words ≈ 2–4k tokens), rate sweep.
 set -uo pipefail
-cd "$(dirname "$0")"
+# BIN_DIR holds baton-engine (--features cuda), baton-gateway, baton-bench and the
+# folders written by native-decode/gpu/make_dummy_folders.py.
+cd "${BIN_DIR:-$(dirname "$0")}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 rates="${RATES:-2,4,6,8}"; secs="${SECS:-20}"
 pids=()
