@@ -40,6 +40,12 @@ pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
     /// (the cache-aware prefix tree) can forget it.
     fn on_worker_removed(&self, _url: &str) {}
 
+    /// Whether [`admit`](Self::admit) can ever shed: callers skip building
+    /// a snapshot per request for policies that cannot.
+    fn has_admission(&self) -> bool {
+        false
+    }
+
     /// Called once per request, before the first `pick`: may shed it.
     fn admit(
         &self,

@@ -32,42 +32,19 @@ pub fn sum_metric(text: &str, name: &str) -> Option<f64> {
     found.then_some(sum)
 }
 
-/// Scrapes every worker until `stop`.
+/// Scrapes every healthy worker every `interval` until `stop`.
 pub async fn run(state: Arc<AppState>, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let workers: Vec<_> = state
-            .pools
-            .all()
-            .into_iter()
-            .flat_map(|p| p.workers.iter().cloned())
-            .filter(|w| w.is_healthy())
-            .collect();
-        let scrapes = workers.into_iter().map(|w| {
-            let state = Arc::clone(&state);
-            async move {
-                let got =
-                    tokio::time::timeout(interval, state.upstream.get(&w.url, "/metrics")).await;
-                if let Ok(Ok((200, body))) = got {
-                    let text = String::from_utf8_lossy(&body);
-                    let running = sum_metric(&text, "vllm:num_requests_running");
-                    let waiting = sum_metric(&text, "vllm:num_requests_waiting");
-                    if let (Some(r), w_) = (running, waiting) {
-                        w.set_engine_load(r as u64, w_.unwrap_or(0.0) as u64);
-                    }
-                }
+    crate::sweep::every_worker(state, interval, true, stop, move |state, w| async move {
+        let got = tokio::time::timeout(interval, state.upstream.get(&w.url, "/metrics")).await;
+        if let Ok(Ok((200, body))) = got {
+            let text = String::from_utf8_lossy(&body);
+            if let Some(running) = sum_metric(&text, "vllm:num_requests_running") {
+                let waiting = sum_metric(&text, "vllm:num_requests_waiting").unwrap_or(0.0);
+                w.set_engine_load(running as u64, waiting as u64);
             }
-        });
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = futures_util::future::join_all(scrapes) => {}
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod respond;
 pub mod server;
 pub mod slo;
 pub mod state;
+pub mod sweep;
 pub mod upstream;
 pub mod worker;
 

@@ -32,6 +32,9 @@ impl Pool {
 
     /// Asks the pool's policy whether to serve the request at all.
     pub fn admit(&self, text: Option<&str>) -> baton_policies::pipeline::Admit {
+        if !self.policy.has_admission() {
+            return baton_policies::pipeline::Admit::Yes;
+        }
         let views: Vec<WorkerView<'_>> = self
             .workers
             .iter()

@@ -213,6 +213,10 @@ impl RoutingPolicy for Pipeline {
         }
     }
 
+    fn has_admission(&self) -> bool {
+        !self.admission.is_empty()
+    }
+
     fn admit(&self, workers: &[WorkerView<'_>], request: &RequestFeatures<'_>) -> Admit {
         self.run_admission(workers, request)
     }
