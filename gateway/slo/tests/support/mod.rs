@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,21 +11,45 @@ use tokio::time::Instant;
 
 use baton_slo::{AdmissionRecord, OutcomeRecord, Phase, ReplicaState, WorkerLoad};
 
-/// A `redis-server` on an ephemeral port, no persistence; killed on drop.
+/// A `redis-server` on an ephemeral port, killed on drop. Without
+/// persistence by default; [`start_persistent`](Self::start_persistent) keeps
+/// an append-only file across restarts, as the compose stack does.
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Data directory of a persistent server (removed on drop).
+    dir: Option<PathBuf>,
 }
 
 impl RedisServer {
     /// Starts one on a free port. Panics (fails the test) with a clear
     /// message if `redis-server` is not installed.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like docker/compose.yaml's Redis: AOF on, fsync every second, data in
+    /// a fresh directory that survives [`restart`](Self::restart).
+    pub fn start_persistent() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "baton-slo-redis-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the Redis data directory");
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(dir: Option<PathBuf>) -> Self {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
             l.local_addr().expect("local addr").port()
         };
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            dir,
+        };
         server.restart();
         server
     }
@@ -37,7 +62,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Kills the server (SIGKILL) and waits for it to exit.
+    /// Kills the server (SIGKILL: a crash) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -45,12 +70,32 @@ impl RedisServer {
         }
     }
 
-    /// Starts (again) on the same port; waits until it accepts connections.
+    /// Stops the server with SIGTERM (what `docker stop`/`restart` sends:
+    /// Redis flushes its AOF and exits) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port; waits until it accepts connections
+    /// and, for a persistent server, has loaded its AOF (Redis listens while
+    /// loading and answers `LOADING` until done).
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", ""]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -62,21 +107,46 @@ impl RedisServer {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.pong() {
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not listen on {}",
+                "redis-server did not answer PING on {}",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// One inline `PING`; true on `+PONG` (not `-LOADING`).
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        s.write_all(b"PING\r\n").is_ok()
+            && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Distinguishes the data directories of tests running in parallel.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
 }
 
 pub const TTL: Duration = Duration::from_secs(30);
