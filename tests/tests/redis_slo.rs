@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,36 +13,59 @@ use common::*;
 use http::StatusCode;
 use serde_json::Value;
 
-/// A `redis-server` child on a fixed ephemeral port, killed on drop.
+/// A `redis-server` child on a fixed ephemeral port, killed on drop;
+/// optionally with an append-only file in `dir` (as docker/compose.yaml runs
+/// it), kept across restarts.
 struct Redis {
     port: u16,
     child: Option<Child>,
+    dir: Option<PathBuf>,
 }
 
 impl Redis {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_persistent() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "baton-e2e-redis-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(dir: Option<PathBuf>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = Self { port, child: None };
+        let mut r = Self {
+            port,
+            child: None,
+            dir,
+        };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -71,6 +95,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -174,6 +201,68 @@ async fn replicas_share_goodput_and_survive_a_redis_outage() {
     let r = post_with(&b.url(), "/v1/completions", COMPLETION_STREAM, &h).await;
     assert_eq!(r.status, StatusCode::OK);
     eventually(&b.url(), |r| interactive(r) >= 5 && r["replicas"] == 2).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// This replica's own count of finished requests (its Prometheus counter,
+/// never the shared store).
+async fn local_count(url: &str) -> u64 {
+    metric(
+        &get(url, "/metrics").await.text(),
+        "baton_slo_requests_total{",
+    ) as u64
+}
+
+async fn resynced(url: &str) -> bool {
+    let m = get(url, "/metrics").await.text();
+    metric(&m, "baton_slo_store{stat=\"resyncs\"}") >= 1.0
+        && m.contains("baton_slo_store{stat=\"healthy\"} 1")
+        && metric(&m, "baton_slo_store{stat=\"backlog\"}") == 0.0
+}
+
+/// With Redis persisted (AOF), a crash and restart loses nothing and the
+/// replicas' backlog replay doubles nothing: the cluster-wide count is
+/// exactly the sum of what the replicas counted, before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_redis_restart_keeps_cluster_counts_exact() {
+    let mut redis = Redis::start_persistent();
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let a = start(replica(&engine.url(), &redis.url(), "replica-a")).await;
+    let b = start(replica(&engine.url(), &redis.url(), "replica-b")).await;
+    let h = [("x-slo-class", "interactive")];
+    let send = |url: String, n: usize| async move {
+        for _ in 0..n {
+            let r = post_with(&url, "/v1/completions", COMPLETION_STREAM, &h).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    };
+    send(a.url(), 3).await;
+    send(b.url(), 2).await;
+    eventually(&a.url(), |r| interactive(r) == 5 && r["replicas"] == 2).await;
+
+    // Crash (SIGKILL) while both replicas keep serving.
+    redis.stop();
+    send(a.url(), 4).await;
+    send(b.url(), 2).await;
+    redis.spawn();
+    for _ in 0..500 {
+        if resynced(&a.url()).await && resynced(&b.url()).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(resynced(&a.url()).await && resynced(&b.url()).await);
+    let total = local_count(&a.url()).await + local_count(&b.url()).await;
+    assert_eq!(total, 11);
+    eventually(&a.url(), |r| interactive(r) == total).await;
+    eventually(&b.url(), |r| interactive(r) == total).await;
+    // No late replay lands on top: still exact a few syncs later, and new
+    // requests count once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(interactive(&get(&a.url(), "/v1/slo").await.json()), total);
+    send(b.url(), 1).await;
+    eventually(&a.url(), |r| interactive(r) == total + 1).await;
     a.shutdown().await;
     b.shutdown().await;
 }
