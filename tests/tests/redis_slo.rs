@@ -266,3 +266,23 @@ async fn persisted_redis_restart_keeps_cluster_counts_exact() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The client's `x-request-id` is not a unique key: a client that reuses one
+/// (its retries, a fixed id) sends distinct requests, each counted once in
+/// the cluster-wide count, on one replica and across replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reusing_a_client_request_id_each_count() {
+    let redis = Redis::start();
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let a = start(replica(&engine.url(), &redis.url(), "replica-a")).await;
+    let b = start(replica(&engine.url(), &redis.url(), "replica-b")).await;
+    let h = [("x-slo-class", "interactive"), ("x-request-id", "same-id")];
+    for url in [a.url(), a.url(), b.url()] {
+        let r = post_with(&url, "/v1/completions", COMPLETION_STREAM, &h).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    eventually(&a.url(), |r| interactive(r) == 3 && r["replicas"] == 2).await;
+    assert_eq!(local_count(&a.url()).await + local_count(&b.url()).await, 3);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -14,6 +14,11 @@ pub struct SloTarget {
     pub class: String,
     pub tenant: String,
     pub budget: Budget,
+    /// Makes this request's key in the shared SLO store unique: the store
+    /// counts one outcome per key (so a replayed backlog counts once), and
+    /// the client's `x-request-id` alone can repeat (client retries, fixed
+    /// ids, other replicas), which would merge distinct requests.
+    pub store_nonce: u64,
 }
 
 pub const ANONYMOUS: &str = "anonymous";
@@ -91,6 +96,7 @@ pub fn classify(cfg: &SloConfig, headers: &HeaderMap) -> Result<SloTarget, Proto
         class,
         tenant,
         budget,
+        store_nonce: rand::random(),
     })
 }
 

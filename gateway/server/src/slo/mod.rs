@@ -338,7 +338,7 @@ impl SloEngine {
             })
             .inc();
         self.shared.write_outcome(baton_slo::OutcomeRecord {
-            request_id: request_id.to_owned(),
+            request_id: store_key(request_id, target),
             class: target.class.clone(),
             tenant: target.tenant.clone(),
             finished_at_ms: shared::now_ms(),
@@ -363,7 +363,7 @@ impl SloEngine {
     ) {
         let now = shared::now_ms();
         self.shared.write_admission(baton_slo::AdmissionRecord {
-            request_id: request_id.to_owned(),
+            request_id: store_key(request_id, target),
             replica_id: self.shared.replica_id.clone(),
             class: target.class.clone(),
             tenant: target.tenant.clone(),
@@ -379,6 +379,12 @@ impl SloEngine {
             ttl,
         });
     }
+}
+
+/// The request's key in the shared store: the request id (for operators
+/// reading Redis) made unique by the target's nonce.
+fn store_key(request_id: &str, target: &SloTarget) -> String {
+    format!("{request_id}.{:016x}", target.store_nonce)
 }
 
 impl SloEngine {
