@@ -6,6 +6,7 @@
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod dispatch;
 pub mod engine_load;

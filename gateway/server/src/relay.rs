@@ -9,6 +9,7 @@
 //!   disconnect drops it mid-stream, which drops the upstream body and with it
 //!   the engine connection: that is the cancellation.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
+use crate::coalesce::Coalescer;
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::metrics::{ErrorLabels, Metrics, ModeLabels, RequestLabels};
 use crate::respond::openai_error;
@@ -308,12 +310,14 @@ pub struct RelayBody {
     primed: Option<Frame<Bytes>>,
     /// An upstream result read ahead while coalescing, handled next poll.
     stashed: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    /// Upstream bytes read but not yet handed to the client connection.
+    batch: Coalescer,
+    /// Whether a batch may wait for more chunks (not while priming: the
+    /// first token goes out at once).
+    gather: bool,
     done: bool,
     observer: Observer,
 }
-
-/// Largest write assembled from upstream chunks that were already waiting.
-const COALESCE_BYTES: usize = 64 << 10;
 
 impl RelayBody {
     pub fn new(
@@ -333,6 +337,8 @@ impl RelayBody {
             trailer: None,
             primed: None,
             stashed: None,
+            batch: Coalescer::default(),
+            gather: true,
             done: false,
             observer,
         }
@@ -342,10 +348,19 @@ impl RelayBody {
     /// leave in one write (the client's first token is not delayed: it
     /// could not arrive before this frame anyway).
     pub async fn prime(&mut self) {
+        self.gather = false;
         let first = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+        self.gather = true;
         if let Some(Ok(frame)) = first {
             self.primed = Some(frame);
         }
+    }
+
+    /// Hands gathered bytes to the client connection.
+    fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = tokio::time::Instant::now() + self.limits.idle;
+        self.idle.as_mut().reset(next);
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 
     /// Ends the stream with an error event; the upstream is dropped at once
@@ -367,7 +382,7 @@ impl RelayBody {
 
 impl Body for RelayBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = Infallible;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -384,7 +399,7 @@ impl Body for RelayBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(rx) = &mut this.other_leg {
+        if let (Some(rx), true) = (&mut this.other_leg, this.batch.is_empty()) {
             match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(Err(e))) => {
                     this.fail(e);
@@ -394,72 +409,64 @@ impl Body for RelayBody {
                 Poll::Pending => {}
             }
         }
-        let Some(upstream) = &mut this.upstream else {
-            this.done = true;
-            return Poll::Ready(None);
-        };
-        let polled = match this.stashed.take() {
-            Some(r) => Poll::Ready(r),
-            None => Pin::new(&mut *upstream).poll_frame(cx),
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                // Trailers from the engine are dropped; only data is relayed.
-                let Ok(data) = frame.into_data() else {
-                    return Pin::new(this).poll_frame(cx);
-                };
-                this.observer.observe(&data);
-                let next = tokio::time::Instant::now() + this.limits.idle;
-                this.idle.as_mut().reset(next);
-                // Chunks that are already waiting go out in the same write
-                // (one syscall instead of one per token when the engine is
-                // ahead of the client); nothing waits for more to arrive.
-                let mut merged: Option<bytes::BytesMut> = None;
-                while merged.as_ref().map_or(data.len(), |m| m.len()) < COALESCE_BYTES {
-                    match Pin::new(&mut *upstream).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(f))) => {
-                            if let Ok(d) = f.into_data() {
-                                this.observer.observe(&d);
-                                merged
-                                    .get_or_insert_with(|| bytes::BytesMut::from(&data[..]))
-                                    .extend_from_slice(&d);
-                            }
+        loop {
+            let Some(upstream) = &mut this.upstream else {
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            let polled = match this.stashed.take() {
+                Some(r) => Poll::Ready(r),
+                None => Pin::new(upstream).poll_frame(cx),
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers from the engine are dropped; only data is relayed.
+                    if let Ok(data) = frame.into_data() {
+                        this.observer.observe(&data);
+                        this.batch.push(data);
+                        if this.batch.is_full() {
+                            let bytes = this.batch.take();
+                            return this.send(bytes);
                         }
-                        Poll::Ready(other) => {
-                            this.stashed = Some(other);
-                            break;
-                        }
-                        Poll::Pending => break,
                     }
                 }
-                let out = merged.map_or(data, bytes::BytesMut::freeze);
-                Poll::Ready(Some(Ok(Frame::data(out))))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let leg = this.leg;
-                this.fail(GatewayError::new(
-                    leg,
-                    ErrorKind::Transport(format!("stream broke: {}", error_chain(&e))),
-                ));
-                Pin::new(this).poll_frame(cx)
-            }
-            Poll::Ready(None) => {
-                this.observer.finish(Outcome::Success);
-                this.upstream = None;
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let leg = this.leg;
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    this.fail(GatewayError::new(leg, ErrorKind::Timeout("request")));
+                Poll::Ready(end) if !this.batch.is_empty() => {
+                    this.stashed = Some(end);
+                    let bytes = this.batch.take();
+                    return this.send(bytes);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let leg = this.leg;
+                    this.fail(GatewayError::new(
+                        leg,
+                        ErrorKind::Transport(format!("stream broke: {}", error_chain(&e))),
+                    ));
                     return Pin::new(this).poll_frame(cx);
                 }
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    this.fail(GatewayError::new(leg, ErrorKind::Timeout("idle")));
-                    return Pin::new(this).poll_frame(cx);
+                Poll::Ready(None) => {
+                    this.observer.finish(Outcome::Success);
+                    this.upstream = None;
+                    this.done = true;
+                    return Poll::Ready(None);
                 }
-                Poll::Pending
+                Poll::Pending if !this.batch.is_empty() => {
+                    return match this.batch.when_idle(cx, this.gather) {
+                        Some(bytes) => this.send(bytes),
+                        None => Poll::Pending,
+                    };
+                }
+                Poll::Pending => {
+                    let leg = this.leg;
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        this.fail(GatewayError::new(leg, ErrorKind::Timeout("request")));
+                        return Pin::new(this).poll_frame(cx);
+                    }
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.fail(GatewayError::new(leg, ErrorKind::Timeout("idle")));
+                        return Pin::new(this).poll_frame(cx);
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
