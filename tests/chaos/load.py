@@ -15,6 +15,7 @@ import http.client
 import json
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -97,12 +98,12 @@ def one_request(host, port, body, timeout, rec):
         conn.close()
 
 
-METRIC_RE = re.compile(r'^baton_(worker_healthy|breaker_state|worker_in_flight)\{([^}]*)\}\s+(\S+)')
+METRIC_RE = re.compile(r'^baton_(worker_healthy|breaker_state|worker_in_flight|slo_store)\{([^}]*)\}\s+(\S+)')
 
 
-def scrape_workers(host, port):
+def scrape_workers(host, port, timeout):
     """{(metric, worker): value} from the gateway's /metrics."""
-    conn = http.client.HTTPConnection(host, port, timeout=2)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
@@ -113,27 +114,47 @@ def scrape_workers(host, port):
         m = METRIC_RE.match(line)
         if m:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-            out[(m.group(1), labels.get("worker", "?"))] = float(m.group(3))
+            # slo_store gauges are keyed by their stat (healthy, backlog, ...).
+            key = labels.get("stat") if m.group(1) == "slo_store" else labels.get("worker", "?")
+            out[(m.group(1), key)] = float(m.group(3))
     return out
 
 
 class Watcher(threading.Thread):
-    """Polls the gateway's worker gauges; keeps (time, snapshot) samples."""
+    """Polls the gateway's worker gauges; keeps (time, snapshot) samples.
 
-    def __init__(self, host, port):
+    A failed poll is either *refused* (connection refused or reset, closed
+    without an answer: the gateway is gone) or *slow* (no answer within the
+    poll timeout: on a saturated machine that happens to a live gateway);
+    only the first kind says the gateway died."""
+
+    def __init__(self, host, port, timeout):
         super().__init__(daemon=True)
-        self.host, self.port = host, port
+        self.host, self.port, self.timeout = host, port, timeout
         self.samples = []
+        self.refused = 0
+        self.slow = 0
         self.stop = threading.Event()
 
     def run(self):
         while not self.stop.is_set():
             t = now()
             try:
-                self.samples.append((t, scrape_workers(self.host, self.port)))
+                self.samples.append((t, scrape_workers(self.host, self.port, self.timeout)))
+            except (TimeoutError, socket.timeout):
+                self.slow += 1
+                self.samples.append((t, None))
             except (OSError, http.client.HTTPException):
+                self.refused += 1
                 self.samples.append((t, None))
             self.stop.wait(0.1)
+
+    def max_gap(self):
+        """Longest time between two answered polls (or the edges)."""
+        ok = [t for t, snap in self.samples if snap is not None]
+        if not ok:
+            return None
+        return max(b - a for a, b in zip(ok, ok[1:])) if len(ok) > 1 else 0.0
 
     def latest_before(self, t):
         best = None
@@ -168,6 +189,9 @@ def main():
     ap.add_argument("--candidates", default=None,
                     help="WORKER=CONTAINER,...: at fault time, target the candidate with the most requests "
                          "in flight (gateway metrics); {worker} and {container} in --fault-cmd name it")
+    ap.add_argument("--poll-timeout", type=float, default=5.0,
+                    help="bound on one /metrics poll of the gateway (a slower answer counts as slow, "
+                         "not as the gateway being down)")
     ap.add_argument("--slow-ttft", type=float, default=4.5,
                     help="a TTFT this long after the fault means the request waited out a timeout on the "
                          "faulty worker (the gateway's first-byte timeout is 5 s)")
@@ -181,7 +205,7 @@ def main():
     host, port = hostport.rsplit(":", 1)
     port = int(port)
     rng = random.Random(a.seed)
-    watcher = Watcher(host, port)
+    watcher = Watcher(host, port, a.poll_timeout)
     watcher.start()
     time.sleep(0.3)
 
@@ -327,7 +351,21 @@ def main():
             slow = [r["sent"] - F for r in after
                     if not ok(r) or ("first_token" in r and r["first_token"] - r["sent"] >= a.slow_ttft)]
             s["route_around_s"] = round(max(slow), 3) if slow else 0.0
+        # The shared SLO store (Redis) as the gateway saw it: when its breaker
+        # opened after the fault, and when it was back with the backlog
+        # flushed (within the load; null if not seen).
+        down = watcher.first_after(F, lambda sn: sn.get(("slo_store", "healthy"), 1) == 0)
+        if down is not None:
+            s["store_down_s"] = round(down - F, 3)
+            back = watcher.first_after(down, lambda sn: sn.get(("slo_store", "healthy"), 0) == 1
+                                       and sn.get(("slo_store", "backlog"), 1) == 0)
+            s["store_back_s"] = round(back - F, 3) if back is not None else None
     s["gateway_unreachable_samples"] = cnt(watcher.samples, lambda x: x[1] is None)
+    s["gateway_refused_samples"] = watcher.refused
+    s["gateway_slow_samples"] = watcher.slow
+    s["gateway_samples"] = len(watcher.samples)
+    gap = watcher.max_gap()
+    s["gateway_max_gap_s"] = round(gap, 3) if gap is not None else None
     with open(a.out, "w") as f:
         json.dump(s, f, indent=2)
     if a.records:
