@@ -140,3 +140,27 @@ extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int 
         lp[blockIdx.x] = -logf(s);
     }
 }
+
+// Copies KV positions [from, from + gridDim.x) of one sequence out of another engine's pool (mapped through CUDA
+// IPC; it may live on a peer GPU, read over NVLink/PCIe) into ours. Both pools hold, per layer,
+// [block][n_kv][block_size][head_dim] bf16; the block sizes may differ, so the copy goes position by position.
+// Grid: x = position - from, y = layer * 2 + (0: K, 1: V); threads stride over the 16-byte chunks of a position.
+extern "C" __global__ void kv_import(const bf16_t* __restrict__ src_k, const bf16_t* __restrict__ src_v,
+                                     bf16_t* __restrict__ dst_k, bf16_t* __restrict__ dst_v,
+                                     const int* __restrict__ src_blocks, const int* __restrict__ dst_blocks,
+                                     int from, int src_bs, int dst_bs, int n_kv, int head_dim,
+                                     u64 src_layer, u64 dst_layer) {
+    const int p = from + blockIdx.x;
+    const u64 l = blockIdx.y >> 1;
+    const bf16_t* src = (blockIdx.y & 1) ? src_v : src_k;
+    bf16_t* dst = (blockIdx.y & 1) ? dst_v : dst_k;
+    const u64 sb = (u64)src_blocks[p / src_bs], so = (u64)(p % src_bs);
+    const u64 db = (u64)dst_blocks[p / dst_bs], dof = (u64)(p % dst_bs);
+    const int chunks = head_dim / 8;
+    for (int c = threadIdx.x; c < n_kv * chunks; c += blockDim.x) {
+        const u64 g = (u64)(c / chunks), d = (u64)(c % chunks) * 8;
+        const uint4* s = (const uint4*)(src + l * src_layer + ((sb * n_kv + g) * src_bs + so) * head_dim + d);
+        uint4* t = (uint4*)(dst + l * dst_layer + ((db * n_kv + g) * dst_bs + dof) * head_dim + d);
+        *t = *s;
+    }
+}

@@ -15,16 +15,16 @@ use crate::loader::{load, LoadFormat};
 use crate::model::ModelConfig;
 use crate::server::{serve, Role, ServerState};
 use crate::tokenizer::Tokenizer;
-use crate::transfer::tcp::TcpPuller;
+use crate::transfer::tcp::{DeviceImport, TcpPuller};
 use crate::transfer::{tcp, KvEndpoint, PullFailurePolicy};
 
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
     Cpu,
-    /// GPU 0; fails when no usable GPU is found (or the build lacks the `cuda` feature).
+    /// The GPU `--gpu` names; fails when no usable GPU is found (or the build lacks the `cuda` feature).
     Cuda,
-    /// GPU 0 when one is usable, else the CPU.
+    /// That GPU when one is usable, else the CPU.
     Auto,
 }
 
@@ -43,6 +43,10 @@ pub struct Args {
     /// the CPU otherwise.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
+    /// Ordinal of the GPU to run on. Prefer this over `CUDA_VISIBLE_DEVICES` for engines on one host: the
+    /// device-to-device KV hand-off maps the other engine's pool, so its GPU must stay visible.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -126,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         prefix_caching: !args.no_prefix_caching,
         kv_lease: Duration::from_secs(args.kv_lease_secs),
     };
-    let (mcfg, device, make, tokenizer) = match open_gpu(args.device)? {
+    let (mcfg, device, make, tokenizer) = match open_gpu(args.device, args.gpu)? {
         #[cfg(feature = "cuda")]
         Some(dev) => load_cuda(&args, dev, &mut cfg)?,
         #[cfg(not(feature = "cuda"))]
@@ -199,6 +203,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             None
         };
+        let device = DeviceImport::for_engine(&engine);
+        if let Some(d) = &device {
+            tracing::info!(host_id = %d.host_id, "KV hand-off: device-to-device (CUDA IPC) with GPU engines on this host");
+        }
         let state = Arc::new(ServerState {
             engine,
             model_name: name,
@@ -207,6 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             kv_endpoint,
             puller: Arc::new(TcpPuller {
                 timeout: Duration::from_secs(args.kv_pull_timeout_secs),
+                device,
             }),
             pull_failure: args.kv_pull_failure,
         });
@@ -220,9 +229,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(not(feature = "cuda"))]
 enum NoGpu {}
 
-/// Opens GPU 0 for `cuda` and `auto`; `None` means the CPU.
+/// The CPU (this build has no GPU backend).
 #[cfg(not(feature = "cuda"))]
-fn open_gpu(device: Device) -> anyhow::Result<Option<NoGpu>> {
+fn open_gpu(device: Device, _gpu: usize) -> anyhow::Result<Option<NoGpu>> {
     match device {
         Device::Cpu => {
             tracing::info!("device: cpu");
@@ -238,18 +247,18 @@ fn open_gpu(device: Device) -> anyhow::Result<Option<NoGpu>> {
     }
 }
 
-/// Opens GPU 0 for `cuda` and `auto`; `None` means the CPU (`auto` without a usable GPU).
+/// Opens GPU `gpu` for `cuda` and `auto`; `None` means the CPU (`auto` without a usable GPU).
 #[cfg(feature = "cuda")]
-fn open_gpu(device: Device) -> anyhow::Result<Option<Arc<crate::cuda::GpuDevice>>> {
+fn open_gpu(device: Device, gpu: usize) -> anyhow::Result<Option<Arc<crate::cuda::GpuDevice>>> {
     use crate::cuda::{CudaError, GpuDevice};
     if device == Device::Cpu {
         tracing::info!("device: cpu");
         return Ok(None);
     }
-    match GpuDevice::open(0) {
+    match GpuDevice::open(gpu) {
         Ok(dev) => {
             tracing::info!(
-                "device: cuda:0 {} (compute capability {}.{}, {} SMs, {:.1} GiB)",
+                "device: cuda:{gpu} {} (compute capability {}.{}, {} SMs, {:.1} GiB)",
                 dev.name,
                 dev.compute_capability.0,
                 dev.compute_capability.1,
@@ -265,7 +274,7 @@ fn open_gpu(device: Device) -> anyhow::Result<Option<Arc<crate::cuda::GpuDevice>
             Ok(None)
         }
         Err(e) => Err(anyhow::anyhow!(
-            "--device {device:?}: cannot use GPU 0: {e}"
+            "--device {device:?}: cannot use GPU {gpu}: {e}"
         )),
     }
 }

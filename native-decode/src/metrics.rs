@@ -65,6 +65,11 @@ pub struct Stats {
     pub kv_pull_failures: AtomicU64,
     pub kv_pull_recomputes: AtomicU64,
     pub kv_leases_expired: AtomicU64,
+    /// Imports copied device-to-device from another engine's GPU pool (CUDA IPC), and the time they took.
+    pub kv_device_imports: AtomicU64,
+    pub kv_device_import_us: AtomicU64,
+    /// Set after a device import failed: later pulls use the host-staged path.
+    pub kv_device_broken: std::sync::atomic::AtomicBool,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
@@ -89,6 +94,9 @@ impl Default for Stats {
             kv_pull_failures: AtomicU64::new(0),
             kv_pull_recomputes: AtomicU64::new(0),
             kv_leases_expired: AtomicU64::new(0),
+            kv_device_imports: AtomicU64::new(0),
+            kv_device_import_us: AtomicU64::new(0),
+            kv_device_broken: std::sync::atomic::AtomicBool::new(false),
             ttft: Histogram::new(LATENCY),
             itl: Histogram::new(LATENCY),
             e2e: Histogram::new(REQUEST),
@@ -163,6 +171,16 @@ impl Stats {
             &mut out,
             "baton:kv_pull_recomputes_total",
             &self.kv_pull_recomputes,
+        );
+        counter(
+            &mut out,
+            "baton:kv_device_imports_total",
+            &self.kv_device_imports,
+        );
+        counter(
+            &mut out,
+            "baton:kv_device_import_microseconds_total",
+            &self.kv_device_import_us,
         );
         counter(
             &mut out,

@@ -1,38 +1,96 @@
 #!/usr/bin/env bash
-# Headline (reduced): colocated vs disaggregated vs SLO-aware on 2 GPUs,
-# Llama-3-8B-shaped dummy model, summarization-like workload (the dummy
-# tokenizer is byte-level: 350–700 words ≈ 2–4k tokens), rate sweep.
+# Headline: goodput per GPU of (a) colocated, (b) disaggregated and (c) Baton SLO-aware serving on 2 GPUs of
+# one host, Llama-3-8B-shaped model with dummy weights (ignore_eos, so output lengths follow the workload).
+# Run from a folder holding baton-engine (--features cuda), baton-gateway, baton-bench and the folders written
+# by native-decode/gpu/make_dummy_folders.py (BIN_DIR). The dummy tokenizer is byte-level, so the workload's
+# "tokens" are words of ~6 bytes: summarization 350–700 words ≈ 2–4k prompt tokens, chat 16–80 words ≈
+# 100–500 tokens.
+#   SETUPS=a,b,c  which setups to run (default all; one device call may not fit all three)
+#   SECS=15       seconds of Poisson arrivals per rate point
+# Results: $OUT/headline-<setups>.tgz (one JSON report per setup × workload, with per-request records, so
+# attainment can be recomputed for any SLO tier by tests/bench/headline_report.py) and the engine/gateway logs.
 set -uo pipefail
-# BIN_DIR holds baton-engine (--features cuda), baton-gateway, baton-bench and the
-# folders written by native-decode/gpu/make_dummy_folders.py.
 cd "${BIN_DIR:-$(dirname "$0")}"
-out="${OUT:-/tmp/out}"; mkdir -p "$out"
-rates="${RATES:-2,4,6,8}"; secs="${SECS:-20}"
+out="${OUT:-/tmp/out}"; mkdir -p "$out/headline"
+setups="${SETUPS:-a,b,c}"; secs="${SECS:-15}"
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; pids=(); }
 trap stop_all EXIT
+# Engines on distinct GPUs by ordinal (not CUDA_VISIBLE_DEVICES): the device-to-device KV hand-off maps the
+# other engine's pool, so both GPUs must stay visible to both processes.
 eng() { local n=$1 gpu=$2 port=$3; shift 3
-  CUDA_VISIBLE_DEVICES=$gpu ./baton-engine --model llama8b --load-format dummy --seed 1 --port $port \
-    --served-model-name m --device cuda --kv-memory-mb 30000 --max-num-seqs 128 "$@" >"$out/$n.log" 2>&1 & pids+=($!); }
+  ./baton-engine --model llama8b --load-format dummy --seed 1 --port $port --gpu $gpu \
+    --served-model-name m --device cuda --kv-memory-mb 30000 --max-num-seqs 128 "$@" >"$out/headline/$n.log" 2>&1 & pids+=($!); }
 wait_up() { for p in "$@"; do for _ in $(seq 1 240); do curl -sf http://127.0.0.1:$p/health >/dev/null && break; sleep 0.5; done; done; }
-bench() { local label=$1
-  ./baton-bench sweep --url http://127.0.0.1:42000 --model m --workload uniform:350:700:128:256 \
-    --rates "$rates" --duration "$secs" --max-requests 400 --timeout 120 --seed 3 --extra-body '{"ignore_eos": true}' \
-    --goodput ttft:2000 tpot:100 --slo-class standard --label "$label" --quiet --out "$out/$label.json" 2>&1 | tail -12; }
-echo "== (a) colocated: 2 x role both, chunked prefill (2048), least_load"
-eng a0 0 42001 --role both --max-num-batched-tokens 2048
-eng a1 1 42002 --role both --max-num-batched-tokens 2048
-wait_up 42001 42002
-./baton-gateway --worker-urls http://127.0.0.1:42001 http://127.0.0.1:42002 --policy least_load --port 42000 >"$out/gw-a.log" 2>&1 & pids+=($!)
-wait_up 42000; bench colocated; stop_all
-echo "== (b) disaggregated: prefill GPU0, decode GPU1"
-eng bp 0 42001 --role prefill --max-num-batched-tokens 8192
-eng bd 1 42002 --role decode --max-num-batched-tokens 512
-wait_up 42001 42002
-./baton-gateway --pd-disaggregation --prefill http://127.0.0.1:42001 --decode http://127.0.0.1:42002 --port 42000 >"$out/gw-b.log" 2>&1 & pids+=($!)
-wait_up 42000; bench disaggregated
-echo "== (c) SLO-aware: same engines, predictive admission + conditional disaggregation"
-kill "${pids[-1]}"; sleep 1
-./baton-gateway --pd-disaggregation --prefill http://127.0.0.1:42001 --decode http://127.0.0.1:42002 --port 42000 --slo-routing --slo-admission reject >"$out/gw-c.log" 2>&1 & pids+=($!)
-wait_up 42000; bench slo_aware
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -2
+# name  workload spec  rates  slo class sent to the gateway  seed (rate point i uses seed + i: prompts never
+# repeat within a setup, so no point is served from the prefix cache of an earlier one; every setup starts on
+# fresh engines and sees the same prompts)
+WORKLOADS=(
+  "summarization uniform:350:700:128:256 ${SUM_RATES:-4,8,12,16,20} standard 100"
+  "chat uniform:16:80:64:256 ${CHAT_RATES:-16,32,48,64} interactive 200"
+  "mix mix:uniform:350:700:128:256@1,uniform:16:80:64:256@1 ${MIX_RATES:-8,16,24,32} standard 300"
+)
+sweep_all() { local setup=$1
+  for w in "${WORKLOADS[@]}"; do
+    read -r name spec rates class seed <<<"$w"
+    local ttft=2000 tpot=100
+    [ "$class" = interactive ] && { ttft=500; tpot=30; }
+    echo "-- $setup / $name (rates $rates, $class)"
+    ./baton-bench sweep --url http://127.0.0.1:42000 --model m --workload "$spec" --rates "$rates" \
+      --duration "$secs" --max-requests 1000 --timeout 60 --seed $seed --extra-body '{"ignore_eos": true}' \
+      --goodput ttft:$ttft tpot:$tpot --slo-class $class --label "$setup-$name" --save-records --quiet \
+      --out "$out/headline/$setup-$name.json" 2>&1 | grep -E "attainment|goodput" | head -3
+  done
+}
+case ",$setups," in *,a,*)
+  echo "== (a) colocated: 2 x role both, chunked prefill (2048-token steps), least_load"
+  eng a0 0 42001 --role both --max-num-batched-tokens 2048
+  eng a1 1 42002 --role both --max-num-batched-tokens 2048
+  wait_up 42001 42002
+  ./baton-gateway --worker-urls http://127.0.0.1:42001 http://127.0.0.1:42002 --policy least_load --port 42000 \
+    >"$out/headline/gw-a.log" 2>&1 & pids+=($!)
+  wait_up 42000; sweep_all colocated; stop_all ;;
+esac
+pd_engines() {
+  eng $1p 0 42001 --role prefill --max-num-batched-tokens 8192
+  eng $1d 1 42002 --role decode --max-num-batched-tokens 2048
+  wait_up 42001 42002
+}
+case ",$setups," in *,b,*)
+  echo "== (b) disaggregated: prefill GPU0 -> decode GPU1 (CUDA IPC KV hand-off)"
+  pd_engines b
+  ./baton-gateway --pd-disaggregation --prefill http://127.0.0.1:42001 --decode http://127.0.0.1:42002 --port 42000 \
+    >"$out/headline/gw-b.log" 2>&1 & gw=$!
+  wait_up 42000; sweep_all disaggregated; kill $gw; wait $gw 2>/dev/null
+  curl -s http://127.0.0.1:42002/metrics | grep -E "^baton:kv_(pulls|pull_recomputes|device_imports|device_import_microseconds)_total"
+  stop_all ;;
+esac
+case ",$setups," in *,c,*)
+  # Both engines serve both phases; per request the gateway predicts TTFT/TPOT for every placement -- prefill on
+  # one GPU and decode on the other (either way), or the whole request on one GPU (conditional disaggregation,
+  # any prompt length) -- takes the one with the most slack against the request's SLO class, and answers 429
+  # early when none is predicted to meet it (a rejection counts as a miss).
+  echo "== (c) SLO-aware: 2 x role both, per-request choice of colocated or disaggregated placement, admission"
+  eng c0 0 42001 --role both --max-num-batched-tokens 2048
+  eng c1 1 42002 --role both --max-num-batched-tokens 2048
+  wait_up 42001 42002
+  cat >"$out/headline/c.toml" <<'TOML'
+[slo]
+routing = true
+prior_prefill_tokens_per_s = 30000.0
+[slo.policy]
+admission = "reject"
+conditional_disaggregation = true
+local_prefill_max_tokens = 1000000
+TOML
+  ./baton-gateway --config "$out/headline/c.toml" --pd-disaggregation \
+    --prefill http://127.0.0.1:42001 --prefill http://127.0.0.1:42002 \
+    --decode http://127.0.0.1:42001 --decode http://127.0.0.1:42002 --port 42000 \
+    >"$out/headline/gw-c.log" 2>&1 & gw=$!
+  wait_up 42000; sweep_all slo_aware
+  curl -s http://127.0.0.1:42000/metrics | grep -E "^baton_(slo_local_prefills|pd_local_prefills|slo_requests)" | head -12
+  kill $gw; wait $gw 2>/dev/null ;;
+esac
+stop_all
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -2 | tee "$out/headline/gpus.txt"
+tar -C "$out" -czf "$out/headline-${setups//,/}.tgz" headline && rm -rf "$out/headline"

@@ -106,7 +106,7 @@ fn prepare(c: &CommonArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-async fn run_at(p: &Prepared, c: &CommonArgs, rate: f64) -> anyhow::Result<RateRun> {
+async fn run_at(p: &Prepared, c: &CommonArgs, rate: f64, seed: u64) -> anyhow::Result<RateRun> {
     let total = match p.stop {
         Stop::Requests(n) => Some(n as u64),
         Stop::Duration { .. } => None,
@@ -115,7 +115,7 @@ async fn run_at(p: &Prepared, c: &CommonArgs, rate: f64) -> anyhow::Result<RateR
     let cfg = RunConfig {
         rate,
         burstiness: c.burstiness,
-        seed: c.seed,
+        seed,
         stop: p.stop,
         max_concurrency: c.max_concurrency,
     };
@@ -143,7 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--duration needs a finite --request-rate");
     }
     let started_at = unix_now();
-    let run = run_at(&p, c, args.request_rate).await?;
+    let run = run_at(&p, c, args.request_rate, c.seed).await?;
     let report = Report {
         label: p.label.clone(),
         started_at,
@@ -182,7 +182,9 @@ pub async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
         if i > 0 && args.cooldown > 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(args.cooldown)).await;
         }
-        runs.push(run_at(&p, c, rate).await?);
+        // A seed per rate point: repeating the same prompts would turn every later point into prefix-cache
+        // hits on engines that cache (and flatter TTFT the more points ran before).
+        runs.push(run_at(&p, c, rate, c.seed.wrapping_add(i as u64)).await?);
     }
     let points: Vec<(f64, f64)> = runs
         .iter()

@@ -114,7 +114,8 @@ pub struct CommonArgs {
     /// Gamma shape of inter-arrival times: 1 = Poisson, < 1 burstier, > 1 more regular.
     #[arg(long, default_value_t = 1.0)]
     pub burstiness: f64,
-    /// Seed of arrivals and workload.
+    /// Seed of arrivals and workload. A sweep's i-th rate point uses seed + i, so its prompts differ from the
+    /// other points' (repeated prompts would be prefix-cache hits).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// SLOs in ms, like vLLM: `--goodput ttft:500 tpot:30 [e2el:MS]`. A request is good only if

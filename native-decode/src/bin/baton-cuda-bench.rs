@@ -7,6 +7,8 @@
 //!   each recorded position (`PREFIX.f32` + `PREFIX.json`) for `gpu/compare.py`.
 //! - `perf --out FILE.json`: copy bandwidth and cuBLAS ceilings, decode attention alone, batch-1 and batch-64
 //!   decode and prefill of a Llama-3-8B-shaped model with random weights, all in one process.
+//! - `handoff --out FILE.json`: GPU 0 → GPU 1 KV hand-off of Llama-3-8B-shaped prompts (the `kv_import` kernel
+//!   reading over the peer link) against the link's own `cuMemcpyPeer` bandwidth, in one process.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    Handoff {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -66,6 +72,7 @@ fn main() {
         Cmd::Info => info(),
         Cmd::Check { model, case, out } => check(&model, &case, &out),
         Cmd::Perf { out, quick } => perf(&out, quick),
+        Cmd::Handoff { out } => handoff(&out),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
@@ -74,7 +81,11 @@ fn main() {
 }
 
 fn open() -> Res<Arc<GpuDevice>> {
-    match GpuDevice::open(0) {
+    open_gpu(0)
+}
+
+fn open_gpu(ordinal: usize) -> Res<Arc<GpuDevice>> {
+    match GpuDevice::open(ordinal) {
         Ok(d) => Ok(d),
         Err(e @ (CudaError::LibraryMissing { .. } | CudaError::NoDevice(_))) => {
             Err(format!("no usable GPU ({e}); the CPU backend would be used").into())
@@ -431,5 +442,25 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
     m.synchronize()?;
     emit(&res)?;
     println!("{}", serde_json::to_string_pretty(&res)?);
+    Ok(())
+}
+
+fn handoff(out: &std::path::Path) -> Res<()> {
+    let src = open_gpu(0)?;
+    let dst = open_gpu(1)?;
+    let cfg = llama3_8b();
+    let mut rows = Vec::new();
+    for tokens in [512, 2048, 4096, 8192] {
+        let (kernel, link, bytes) = bench::kv_handoff(&src, &dst, &cfg, tokens)?;
+        eprintln!(
+            "hand-off {tokens} tokens ({:.0} MiB): kernel {kernel:.1} GB/s, cuMemcpyPeer {link:.1} GB/s ({:.0}%)",
+            bytes as f64 / (1u64 << 20) as f64,
+            100.0 * kernel / link
+        );
+        rows.push(json!({"tokens": tokens, "bytes": bytes, "kernel_gbps": kernel, "link_gbps": link}));
+    }
+    let res = json!({"src": device_json(&src), "dst": device_json(&dst), "model": "llama-3-8b shape, bf16 KV",
+                     "handoff": rows});
+    std::fs::write(out, serde_json::to_string_pretty(&res)?)?;
     Ok(())
 }

@@ -192,3 +192,52 @@ fn gcd(a: usize, b: usize) -> usize {
         gcd(b, a % b)
     }
 }
+
+/// GPU-to-GPU KV hand-off on one host: the `kv_import` kernel on `dst` pulling `tokens` positions of a
+/// `cfg`-shaped sequence out of a pool on `src` over the peer link, next to the link's own ceiling (a
+/// `cuMemcpyPeer` of the same byte count). Returns (kernel GB/s, link GB/s, bytes moved).
+pub fn kv_handoff(
+    src: &GpuDevice,
+    dst: &GpuDevice,
+    cfg: &crate::model::ModelConfig,
+    tokens: usize,
+) -> CudaResult<(f64, f64, usize)> {
+    use super::kv::GpuKvPool;
+    let bs = 16;
+    let nblocks = tokens.div_ceil(bs);
+    // Several sequences' worth of blocks so repeated copies do not just hit L2.
+    let pool_blocks = nblocks * 4;
+    let sp = GpuKvPool::new(src, cfg, bs, pool_blocks)?;
+    sp.fill_random(src, 3)?;
+    let dp = GpuKvPool::new(dst, cfg, bs, pool_blocks)?;
+    // Both directions, so cuMemcpyPeer takes the direct NVLink/PCIe path instead of staging through the host.
+    super::ipc::enable_peer_access(&dst.ctx, &src.ctx)?;
+    super::ipc::enable_peer_access(&src.ctx, &dst.ctx)?;
+    let bytes = GpuKvPool::bytes_per_block(cfg, bs) / bs * tokens;
+    let ids = |k: usize| -> Vec<u32> { (0..nblocks).map(|b| ((k % 4) * nblocks + b) as u32).collect() };
+    dst.ctx.bind_to_thread()?;
+    let ms = time_ms(dst, 5, 5, |k| {
+        dp.copy_in(dst, sp.raw_parts(), bs, &ids(k), &ids(k + 1), 0, tokens)
+    })?;
+    let a = DevBuf::<u8>::zeros(&src.stream, bytes)?;
+    let b = DevBuf::<u8>::zeros(&dst.stream, bytes)?;
+    src.synchronize()?;
+    dst.ctx.bind_to_thread()?;
+    let link_ms = time_ms(dst, 5, 5, |_| {
+        // SAFETY: both buffers hold `bytes` bytes and outlive the timed copies (time_ms synchronizes).
+        unsafe {
+            cudarc::driver::sys::cuMemcpyPeerAsync(
+                b.ptr(),
+                dst.ctx.cu_ctx(),
+                a.ptr(),
+                src.ctx.cu_ctx(),
+                bytes,
+                dst.stream.cu_stream(),
+            )
+        }
+        .result()?;
+        Ok(())
+    })?;
+    let gbps = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+    Ok((gbps(ms), gbps(link_ms), bytes))
+}

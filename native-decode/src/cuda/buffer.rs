@@ -4,17 +4,41 @@
 //! fused weights, KV layers and per-step regions are plain arithmetic. The owning [`CudaSlice`] lives in the
 //! buffer, so an address is valid for as long as the [`DevBuf`] that produced it.
 
+use std::marker::PhantomData;
 use std::mem::size_of;
 use std::sync::Arc;
 
-use cudarc::driver::{result, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    result, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
 
 use super::{CudaError, CudaResult};
 
 pub(crate) struct DevBuf<T> {
-    _slice: CudaSlice<T>,
+    owner: Owner<T>,
     ptr: u64,
     len: usize,
+}
+
+enum Owner<T> {
+    /// cudarc's stream-ordered allocation (freed by the slice).
+    Pool(#[allow(dead_code)] CudaSlice<T>),
+    /// Plain `cuMemAlloc` memory: the only kind CUDA IPC can share with another process. Freed in `Drop`.
+    Plain(Arc<CudaContext>, PhantomData<T>),
+}
+
+impl<T> Drop for DevBuf<T> {
+    fn drop(&mut self) {
+        if let Owner::Plain(ctx, _) = &self.owner {
+            if ctx.bind_to_thread().is_ok() {
+                // SAFETY: `ptr` came from `malloc_sync` in `zeros_shareable` and is freed exactly once, here;
+                // every kernel that used it ran on a stream the owner synchronized before dropping the buffer.
+                if let Err(e) = unsafe { result::free_sync(self.ptr) } {
+                    tracing::warn!("freeing a shareable device buffer failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
@@ -26,10 +50,31 @@ impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
             ptr
         };
         Ok(Self {
-            _slice: slice,
+            owner: Owner::Pool(slice),
             ptr,
             len,
         })
+    }
+
+    /// A zeroed buffer in plain `cuMemAlloc` memory, which [`ipc_handle`](DevBuf::ipc_handle) can share.
+    pub(crate) fn zeros_shareable(
+        ctx: &Arc<CudaContext>,
+        stream: &CudaStream,
+        len: usize,
+    ) -> CudaResult<Self> {
+        ctx.bind_to_thread()?;
+        let bytes = len.max(1) * size_of::<T>();
+        // SAFETY: a fresh allocation of `bytes`; ownership passes to the returned buffer, which frees it.
+        let ptr = unsafe { result::malloc_sync(bytes) }?;
+        let b = Self {
+            owner: Owner::Plain(ctx.clone(), PhantomData),
+            ptr,
+            len,
+        };
+        // SAFETY: the range is the allocation just made.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, stream.cu_stream()) }?;
+        stream.synchronize()?;
+        Ok(b)
     }
 
     /// A buffer holding a copy of `data`.

@@ -24,6 +24,8 @@ pub enum CudaError {
     Unsupported(String),
     #[error("weights: {0}")]
     Weights(String),
+    #[error("CUDA IPC: {0}")]
+    Ipc(String),
     #[error("invalid step: {0}")]
     InvalidStep(String),
     #[error(transparent)]

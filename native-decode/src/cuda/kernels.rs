@@ -33,6 +33,7 @@ pub(crate) struct Kernels {
     pub attn_combine: CudaFunction,
     pub gather_kv: CudaFunction,
     pub causal_softmax: CudaFunction,
+    pub kv_import: CudaFunction,
     /// `[head-dim index][group - 1]`
     attn_decode: Vec<Vec<CudaFunction>>,
 }
@@ -60,6 +61,7 @@ impl Kernels {
             attn_combine: f("attn_combine")?,
             gather_kv: f("gather_kv")?,
             causal_softmax: f("causal_softmax")?,
+            kv_import: f("kv_import")?,
             attn_decode,
         })
     }

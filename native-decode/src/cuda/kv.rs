@@ -5,13 +5,20 @@
 //! a block is contiguous (what decode attention streams). Blocks can be handed off to the host either raw (bf16,
 //! device layout: the cheap form for GPU-to-GPU transfer) or in the CPU [`KvStore`](crate::kv::store::KvStore)
 //! format (f32, `[slot][kv_dim]`, layer by layer K then V), so the two backends can exchange blocks.
+//!
+//! The K and V allocations are plain `cuMemAlloc` memory so that other engines on the host can map them through
+//! CUDA IPC ([`GpuKvPool::device_pool`]) and copy prompt blocks device-to-device ([`GpuKvPool::import_remote`]).
 
+use std::collections::HashMap;
+
+use crate::engine::types::DevicePool;
 use crate::kv::store::BlockId;
 use crate::model::ModelConfig;
 
 use super::buffer::DevBuf;
 use super::device::GpuDevice;
-use super::kernels::{launch_1d, Arg};
+use super::ipc::{self, Mapping};
+use super::kernels::{launch, launch_1d, Arg};
 use super::{CudaError, CudaResult};
 
 pub struct GpuKvPool {
@@ -22,7 +29,12 @@ pub struct GpuKvPool {
     head_dim: usize,
     k: DevBuf<u16>,
     v: DevBuf<u16>,
+    /// Other engines' pools mapped so far, by K handle (a restarted holder has new handles).
+    remote: HashMap<String, (Mapping, Mapping)>,
 }
+
+/// Mapped remote pools kept at most (each mapping holds address space, not memory).
+const MAX_REMOTE_POOLS: usize = 16;
 
 impl std::fmt::Debug for GpuKvPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,9 +67,132 @@ impl GpuKvPool {
             n_layers: cfg.n_layers,
             n_kv: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
-            k: DevBuf::zeros(&dev.stream, n)?,
-            v: DevBuf::zeros(&dev.stream, n)?,
+            k: DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?,
+            v: DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?,
+            remote: HashMap::new(),
         })
+    }
+
+    /// How another process on this host maps this pool (see [`DevicePool`]).
+    pub fn device_pool(&self, dev: &GpuDevice) -> CudaResult<DevicePool> {
+        Ok(DevicePool {
+            host_id: crate::transfer::tcp::host_id(),
+            k_handle: ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.k.ptr())?),
+            v_handle: ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.v.ptr())?),
+            n_layers: self.n_layers,
+            n_kv_heads: self.n_kv,
+            head_dim: self.head_dim,
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+        })
+    }
+
+    /// Copies positions `from..to` of a sequence out of another engine's pool (blocks `src_blocks`, its block
+    /// size `src_bs`) into our blocks `table`, on the device, and waits for the copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_remote(
+        &mut self,
+        dev: &GpuDevice,
+        pool: &DevicePool,
+        src_blocks: &[u32],
+        src_bs: usize,
+        table: &[BlockId],
+        from: usize,
+        to: usize,
+    ) -> CudaResult<()> {
+        let layout_ok = pool.n_layers == self.n_layers
+            && pool.n_kv_heads == self.n_kv
+            && pool.head_dim == self.head_dim
+            && self.head_dim.is_multiple_of(8)
+            && src_bs > 0
+            && pool.block_size == src_bs;
+        if !layout_ok {
+            return Err(CudaError::Ipc(format!(
+                "holder's KV layout ({} layers, {} KV heads, head dim {}, block {}) does not match ours                  ({}, {}, {}, block {})",
+                pool.n_layers,
+                pool.n_kv_heads,
+                pool.head_dim,
+                pool.block_size,
+                self.n_layers,
+                self.n_kv,
+                self.head_dim,
+                self.block_size
+            )));
+        }
+        if from >= to {
+            return Ok(());
+        }
+        if src_blocks.len() * src_bs < to
+            || table.len() * self.block_size < to
+            || src_blocks.iter().any(|&b| b as usize >= pool.num_blocks)
+        {
+            return Err(CudaError::Ipc("block tables do not cover the imported range".into()));
+        }
+        for &b in table {
+            self.check(b)?;
+        }
+        if pool.k_handle == ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.k.ptr())?) {
+            // Our own pool (an engine pulling from itself): a process cannot map its own IPC handle.
+            return self.copy_in(dev, self.raw_parts(), src_bs, src_blocks, table, from, to);
+        }
+        if !self.remote.contains_key(&pool.k_handle) {
+            if self.remote.len() >= MAX_REMOTE_POOLS {
+                self.remote.clear();
+            }
+            let k = Mapping::open(&dev.ctx, &ipc::from_hex(&pool.k_handle)?)?;
+            let v = Mapping::open(&dev.ctx, &ipc::from_hex(&pool.v_handle)?)?;
+            self.remote.insert(pool.k_handle.clone(), (k, v));
+        }
+        let (rk, rv) = &self.remote[&pool.k_handle];
+        let src = (rk.ptr, rv.ptr, pool.num_blocks);
+        self.copy_in(dev, src, src_bs, src_blocks, table, from, to)
+    }
+
+    /// Addresses of the K and V allocations and the block count (for a peer in the same process).
+    pub(crate) fn raw_parts(&self) -> (u64, u64, usize) {
+        (self.k.ptr(), self.v.ptr(), self.num_blocks)
+    }
+
+    /// The `kv_import` copy from a pool of the same layout at `src = (k, v, num_blocks)` (mapped or peer).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn copy_in(
+        &self,
+        dev: &GpuDevice,
+        src: (u64, u64, usize),
+        src_bs: usize,
+        src_blocks: &[u32],
+        table: &[BlockId],
+        from: usize,
+        to: usize,
+    ) -> CudaResult<()> {
+        let (src_k, src_v, src_num_blocks) = src;
+        let as_i32 = |v: &[u32]| v.iter().map(|&b| b as i32).collect::<Vec<i32>>();
+        let src_ids = DevBuf::from_host(&dev.stream, &as_i32(src_blocks))?;
+        let dst_ids = DevBuf::from_host(&dev.stream, &as_i32(table))?;
+        let src_layer = src_num_blocks * self.n_kv * src_bs * self.head_dim;
+        launch(
+            &dev.stream,
+            &dev.k.kv_import,
+            ((to - from) as u32, 2 * self.n_layers as u32, 1),
+            128,
+            &[
+                Arg::Ptr(src_k),
+                Arg::Ptr(src_v),
+                Arg::Ptr(self.k.ptr()),
+                Arg::Ptr(self.v.ptr()),
+                Arg::Ptr(src_ids.ptr()),
+                Arg::Ptr(dst_ids.ptr()),
+                Arg::I32(from as i32),
+                Arg::I32(src_bs as i32),
+                Arg::I32(self.block_size as i32),
+                Arg::I32(self.n_kv as i32),
+                Arg::I32(self.head_dim as i32),
+                Arg::U64(src_layer as u64),
+                Arg::U64(self.layer_elems() as u64),
+            ],
+        )?;
+        // The id buffers and the source blocks must outlive the copy.
+        dev.synchronize()
     }
 
     fn block_elems(&self) -> usize {

@@ -19,6 +19,7 @@ mod blas;
 mod buffer;
 mod device;
 mod error;
+mod ipc;
 mod kernels;
 mod kv;
 mod model;

@@ -5,10 +5,8 @@
 
 #[cfg(feature = "cuda")]
 use crate::cuda::{CudaError, CudaModel};
-use crate::engine::types::ImportedKv;
-#[cfg(feature = "cuda")]
-use crate::error::Error;
-use crate::error::Result;
+use crate::engine::types::{DevicePool, ImportedKv, KvPayload};
+use crate::error::{Error, Result};
 use crate::kv::store::{BlockId, KvStore};
 use crate::model::{Model, ModelConfig, SeqInput};
 
@@ -88,6 +86,23 @@ impl Backend {
         }
     }
 
+    /// This backend's KV pool as another process on this host can map it (GPU only; `None` when the pool
+    /// cannot be shared).
+    pub fn device_pool(&self, block_size: usize) -> Option<DevicePool> {
+        let _ = block_size;
+        match self {
+            Self::Cpu { .. } => None,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(m) => match m.kv.device_pool(&m.dev) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("GPU KV pool cannot be shared over CUDA IPC: {e}");
+                    None
+                }
+            },
+        }
+    }
+
     /// Floats of one exported block (all layers, K then V).
     pub fn block_floats(&self, block_size: usize) -> usize {
         let cfg = self.cfg();
@@ -112,25 +127,51 @@ impl Backend {
         from: usize,
         imp: &ImportedKv,
     ) -> Result<()> {
-        match self {
-            Self::Cpu { model, kv } => {
+        match (self, &imp.payload) {
+            (Self::Cpu { model, kv }, KvPayload::Host(blocks)) => {
                 // The CPU store writes token by token, so the block size comes from `kv` itself.
                 let _ = block_size;
-                import_cpu(kv, model.cfg.n_layers, table, from, imp);
+                import_cpu(kv, model.cfg.n_layers, table, from, imp, blocks);
                 Ok(())
             }
+            (Self::Cpu { .. }, KvPayload::Device(_)) => Err(Error::Backend(
+                "KV in another engine's GPU pool cannot be imported by the CPU backend".into(),
+            )),
             #[cfg(feature = "cuda")]
-            Self::Cuda(m) => import_gpu(m, table, block_size, from, imp),
+            (Self::Cuda(m), KvPayload::Host(blocks)) => {
+                import_gpu(m, table, block_size, from, imp, blocks)
+            }
+            #[cfg(feature = "cuda")]
+            (Self::Cuda(m), KvPayload::Device(d)) => {
+                let _ = block_size;
+                m.kv.import_remote(
+                    &m.dev,
+                    &d.pool,
+                    &d.src_blocks,
+                    imp.block_size,
+                    table,
+                    from,
+                    imp.num_tokens,
+                )
+                .map_err(gpu_err)
+            }
         }
     }
 }
 
-fn import_cpu(kv: &mut KvStore, layers: usize, table: &[BlockId], from: usize, imp: &ImportedKv) {
+fn import_cpu(
+    kv: &mut KvStore,
+    layers: usize,
+    table: &[BlockId],
+    from: usize,
+    imp: &ImportedKv,
+    blocks: &[Vec<f32>],
+) {
     let kvd = kv.kv_dim();
     let rbs = imp.block_size;
     for pos in from..imp.num_tokens {
         let (rb, off) = (pos / rbs, pos % rbs);
-        let Some(block) = imp.blocks.get(rb) else {
+        let Some(block) = blocks.get(rb) else {
             return;
         };
         let slot = kv.slot(table, pos);
@@ -151,11 +192,12 @@ fn import_gpu(
     bs: usize,
     from: usize,
     imp: &ImportedKv,
+    blocks: &[Vec<f32>],
 ) -> Result<()> {
     let kvd = m.cfg.kv_dim();
     let layers = m.cfg.n_layers;
     let rbs = imp.block_size;
-    let end = imp.num_tokens.min(imp.blocks.len() * rbs);
+    let end = imp.num_tokens.min(blocks.len() * rbs);
     let mut pos = from;
     while pos < end {
         let lb = pos / bs;
@@ -171,7 +213,7 @@ fn import_gpu(
         };
         for p in pos..block_end {
             let (rb, roff) = (p / rbs, p % rbs);
-            let src = &imp.blocks[rb];
+            let src = &blocks[rb];
             let off = p % bs;
             for l in 0..layers {
                 let (sb, db) = (l * 2 * rbs * kvd, l * 2 * bs * kvd);

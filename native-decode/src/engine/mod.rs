@@ -67,6 +67,13 @@ enum Command {
         transfer_id: String,
         reply: oneshot::Sender<Option<ExportedKv>>,
     },
+    /// Takes a finished prefill's lease without freeing its blocks (a device-to-device copy reads them in place).
+    Checkout {
+        transfer_id: String,
+        reply: oneshot::Sender<Option<CheckedOutKv>>,
+    },
+    /// Frees blocks handed out by `Checkout`.
+    Release(Vec<u32>),
 }
 
 struct Admission {
@@ -84,6 +91,8 @@ pub struct EngineHandle {
     pub tokenizer: Arc<Tokenizer>,
     pub context_length: usize,
     pub block_size: usize,
+    /// This engine's GPU KV pool as other processes on this host can map it (CUDA backend only).
+    pub device_pool: Option<Arc<DevicePool>>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -128,13 +137,16 @@ impl EngineHandle {
         let stats = Arc::new(Stats::default());
         let tokenizer = Arc::new(tokenizer);
         let block_size = cfg.block_size;
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<usize>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(usize, Option<DevicePool>)>>(1);
         let (tok, st) = (tokenizer.clone(), stats.clone());
         std::thread::Builder::new()
             .name("baton-scheduler".into())
             .spawn(move || match make(&mut cfg) {
                 Ok(backend) => {
-                    let _ = ready_tx.send(Ok(backend.cfg().context_length));
+                    let _ = ready_tx.send(Ok((
+                        backend.cfg().context_length,
+                        backend.device_pool(cfg.block_size),
+                    )));
                     scheduler::Scheduler::new(backend, tok, cfg, st).run(rx);
                 }
                 Err(e) => {
@@ -145,7 +157,7 @@ impl EngineHandle {
                 path: "scheduler thread".into(),
                 source: e,
             })?;
-        let context_length = ready_rx.recv().map_err(|_| Error::Shutdown)??;
+        let (context_length, device_pool) = ready_rx.recv().map_err(|_| Error::Shutdown)??;
         Ok(Self {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),
@@ -153,6 +165,7 @@ impl EngineHandle {
             tokenizer,
             context_length,
             block_size,
+            device_pool: device_pool.map(Arc::new),
         })
     }
 
@@ -189,6 +202,37 @@ impl EngineHandle {
             })
             .ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Reserves the KV kept for `transfer_id` for an in-place device copy; the returned guard frees the blocks
+    /// when dropped.
+    pub async fn checkout_kv(&self, transfer_id: &str) -> Option<(CheckedOutKv, ReleaseGuard)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Checkout {
+                transfer_id: transfer_id.to_string(),
+                reply,
+            })
+            .ok()?;
+        let kv = rx.await.ok().flatten()?;
+        let guard = ReleaseGuard {
+            blocks: kv.block_ids.clone(),
+            tx: self.tx.clone(),
+        };
+        Some((kv, guard))
+    }
+}
+
+/// Frees checked-out blocks when dropped (copy finished, puller gone, or the connection broke).
+#[derive(Debug)]
+pub struct ReleaseGuard {
+    blocks: Vec<u32>,
+    tx: mpsc::Sender<Command>,
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Release(std::mem::take(&mut self.blocks)));
     }
 }
 

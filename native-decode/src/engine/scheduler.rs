@@ -125,6 +125,22 @@ impl Scheduler {
                 });
                 let _ = reply.send(out);
             }
+            Command::Checkout { transfer_id, reply } => {
+                let out = self.leases.remove(&transfer_id).map(|l| CheckedOutKv {
+                    block_size: self.cfg.block_size,
+                    num_tokens: l.num_tokens,
+                    block_ids: l.blocks,
+                });
+                if let Some(kv) = out.as_ref().filter(|_| reply.is_closed()) {
+                    // The asker is gone: nobody will release these.
+                    self.blocks.free(&kv.block_ids);
+                    return;
+                }
+                if let Err(Some(kv)) = reply.send(out) {
+                    self.blocks.free(&kv.block_ids);
+                }
+            }
+            Command::Release(blocks) => self.blocks.free(&blocks),
         }
     }
 
@@ -254,9 +270,14 @@ impl Scheduler {
         }
         if let Some(imp) = s.imported.take() {
             let floats = (self.backend.block_floats(1)).checked_mul(imp.block_size);
+            let covers = |n: usize| n.saturating_mul(imp.block_size) >= imp.num_tokens;
             let well_formed = imp.block_size > 0
-                && imp.blocks.len().saturating_mul(imp.block_size) >= imp.num_tokens
-                && imp.blocks.iter().all(|b| Some(b.len()) == floats);
+                && match &imp.payload {
+                    KvPayload::Host(blocks) => {
+                        covers(blocks.len()) && blocks.iter().all(|b| Some(b.len()) == floats)
+                    }
+                    KvPayload::Device(d) => covers(d.src_blocks.len()),
+                };
             if !well_formed {
                 // The holder's model or layout differs: recompute instead.
                 self.stats
@@ -277,7 +298,21 @@ impl Scheduler {
                         return Some(s);
                     }
                 }
-                match self.backend.import(&s.blocks, bs, s.num_computed, &imp) {
+                let t = Instant::now();
+                let result = self.backend.import(&s.blocks, bs, s.num_computed, &imp);
+                if let KvPayload::Device(d) = &imp.payload {
+                    // Copied (or failed): either way the holder may reuse its blocks now.
+                    d.done.fire();
+                    if result.is_ok() {
+                        self.stats.kv_device_imports.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .kv_device_import_us
+                            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    } else {
+                        self.stats.kv_device_broken.store(true, Ordering::Relaxed);
+                    }
+                }
+                match result {
                     // Recompute the last token so that its logits pick the next token.
                     Ok(()) => s.num_computed = imp.num_tokens.min(len - 1),
                     Err(e) => {

@@ -216,7 +216,7 @@ async fn prefill_lease_export_and_import_continue_exactly() {
     req.imported = Some(ImportedKv {
         block_size: exported.block_size,
         num_tokens: exported.num_tokens,
-        blocks: exported.blocks,
+        payload: KvPayload::Host(exported.blocks),
     });
     let (toks, _) = run_all(&decode, vec![req]).await.remove(0);
     assert_eq!(toks, full);

@@ -28,13 +28,79 @@ impl Default for GenParams {
     }
 }
 
-/// KV pulled from a prefill engine: `num_tokens` positions of the prompt, in blocks of `block_size` tokens,
-/// each block laid out per layer as K then V (`block_size × kv_dim` floats each).
+/// KV pulled from a prefill engine: `num_tokens` positions of the prompt, in blocks of `block_size` tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportedKv {
     pub block_size: usize,
     pub num_tokens: usize,
-    pub blocks: Vec<Vec<f32>>,
+    pub payload: KvPayload,
+}
+
+/// Where the pulled blocks are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvPayload {
+    /// Copied to this host: each block laid out per layer as K then V (`block_size × kv_dim` floats each).
+    Host(Vec<Vec<f32>>),
+    /// Still in the holder's GPU pool (same host), mapped into this process through CUDA IPC; the blocks stay
+    /// reserved on the holder until [`DeviceKv::done`] fires (or is dropped).
+    Device(DeviceKv),
+}
+
+/// A GPU KV pool another engine on this host shares through CUDA IPC. Per layer, K and V are each
+/// `[num_blocks][n_kv_heads][block_size][head_dim]` bf16 (see `cuda::kv`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DevicePool {
+    /// `/proc/sys/kernel/random/boot_id`: IPC handles only open on the host that made them.
+    pub host_id: String,
+    /// `CUipcMemHandle` of the K and V allocations, hex.
+    pub k_handle: String,
+    pub v_handle: String,
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+/// Blocks of a [`DevicePool`] to copy, and the signal that releases them on the holder.
+#[derive(Debug, Clone)]
+pub struct DeviceKv {
+    pub pool: DevicePool,
+    pub src_blocks: Vec<u32>,
+    pub done: ImportDone,
+}
+
+impl PartialEq for DeviceKv {
+    fn eq(&self, o: &Self) -> bool {
+        self.pool == o.pool && self.src_blocks == o.src_blocks
+    }
+}
+
+/// Fired once the copy finished (or failed): the holder may then reuse its blocks. Dropping every clone without
+/// firing releases them too, so a cancelled request never pins the holder's blocks.
+#[derive(Debug, Clone, Default)]
+pub struct ImportDone(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl ImportDone {
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    pub fn fire(&self) {
+        if let Some(tx) = self.0.lock().ok().and_then(|mut g| g.take()) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Prompt KV blocks checked out of a prefill engine for a device-to-device copy (the blocks stay allocated until
+/// released).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedOutKv {
+    pub block_size: usize,
+    pub num_tokens: usize,
+    pub block_ids: Vec<u32>,
 }
 
 /// A request as the scheduler receives it.

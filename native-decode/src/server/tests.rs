@@ -49,9 +49,7 @@ async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
         template: Some(ChatTemplate::new(CHATML_FALLBACK, "<|im_start|>", "<|im_end|>").unwrap()),
         role,
         kv_endpoint,
-        puller: Arc::new(TcpPuller {
-            timeout: Duration::from_secs(5),
-        }),
+        puller: Arc::new(TcpPuller::new(Duration::from_secs(5))),
         pull_failure: policy,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -21,6 +21,10 @@ pub enum FrameKind {
     Error = 4,
     /// Holder → puller: all blocks sent.
     End = 5,
+    /// Holder → puller: JSON [`super::tcp::DeviceHeader`]; the blocks stay in the holder's GPU pool.
+    DeviceHeader = 6,
+    /// Puller → holder: the device copy is done (or abandoned); the holder frees the blocks.
+    Release = 7,
 }
 
 impl FrameKind {
@@ -31,6 +35,8 @@ impl FrameKind {
             3 => Self::Block,
             4 => Self::Error,
             5 => Self::End,
+            6 => Self::DeviceHeader,
+            7 => Self::Release,
             _ => return None,
         })
     }

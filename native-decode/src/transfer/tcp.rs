@@ -1,5 +1,14 @@
 //! KV pull over TCP: a listener on the prefill engine and the matching [`KvPuller`].
+//!
+//! Two ways to move the blocks, chosen per pull by the holder:
+//! * host-staged: the holder copies the blocks out (GPU → host if needed) and streams them as f32 frames;
+//! * device-to-device: when both engines run on GPUs of the same host, the holder answers with a
+//!   [`DeviceHeader`] naming its CUDA-IPC-shared pool and the block ids; the puller's GPU copies the blocks
+//!   straight out of that pool (NVLink/PCIe peer reads) and then sends [`FrameKind::Release`]. The holder keeps
+//!   the blocks reserved until then, or until the connection drops.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,16 +19,32 @@ use super::frame::{
     bytes_to_f32s, f32s_to_bytes, read_frame, read_frame_limited, write_frame, FrameKind,
 };
 use super::{BoxFuture, KvPuller, RemoteKv};
-use crate::engine::types::ImportedKv;
+use crate::engine::types::{DeviceKv, DevicePool, ImportDone, ImportedKv, KvPayload};
 use crate::engine::EngineHandle;
 use crate::error::{Error, Result};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// Longest a holder keeps checked-out blocks for a device copy (the puller normally releases within
+/// milliseconds of admitting the request; this only bounds a stuck puller that keeps its connection open).
+const DEVICE_HOLD: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     transfer_id: String,
+    /// Set by a GPU puller: the host it runs on, so the holder can offer an in-place device copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_host_id: Option<String>,
+}
+
+/// Holder → puller for a device-to-device copy.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceHeader {
+    pub block_size: usize,
+    pub num_tokens: usize,
+    pub block_ids: Vec<u32>,
+    pub pool: DevicePool,
 }
 
 /// Describes the blocks that follow.
@@ -73,6 +98,27 @@ async fn serve_one(sock: TcpStream, engine: &EngineHandle) -> Result<()> {
     }
     let req: Request = serde_json::from_slice(&payload)
         .map_err(|e| Error::Transfer(format!("bad request: {e}")))?;
+    if let Some(pool) = engine
+        .device_pool
+        .as_ref()
+        .filter(|p| req.device_host_id.as_deref() == Some(p.host_id.as_str()))
+    {
+        if let Some((kv, _release)) = engine.checkout_kv(&req.transfer_id).await {
+            let h = DeviceHeader {
+                block_size: kv.block_size,
+                num_tokens: kv.num_tokens,
+                block_ids: kv.block_ids,
+                pool: (**pool).clone(),
+            };
+            let h = serde_json::to_vec(&h).map_err(|e| Error::Transfer(e.to_string()))?;
+            write_frame(&mut wr, FrameKind::DeviceHeader, &h).await?;
+            flush(&mut wr).await?;
+            // Hold the blocks until the puller's copy is done; any frame, EOF or error ends the hold, and
+            // `_release` frees the blocks on every path out of here.
+            let _ = tokio::time::timeout(DEVICE_HOLD, read_frame_limited(&mut rd, MAX_REQUEST)).await;
+            return Ok(());
+        }
+    }
     let Some(kv) = engine.export_kv(&req.transfer_id).await else {
         let msg = serde_json::to_vec(&ErrorMsg {
             message: format!("unknown or expired transfer id `{}`", req.transfer_id),
@@ -107,9 +153,44 @@ async fn flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct TcpPuller {
     pub timeout: Duration,
+    /// Set when this engine runs on a GPU that can map other engines' pools: offers in-place device copies.
+    pub device: Option<DeviceImport>,
+}
+
+/// What a GPU puller tells holders, and the flag its scheduler raises when a device copy failed.
+#[derive(Debug, Clone)]
+pub struct DeviceImport {
+    pub host_id: String,
+    /// The engine's stats: `kv_device_broken` turns device copies off after a failure.
+    pub stats: Arc<crate::metrics::Stats>,
+}
+
+impl DeviceImport {
+    /// For an engine whose backend shares a GPU pool; `None` for CPU engines.
+    pub fn for_engine(engine: &EngineHandle) -> Option<Self> {
+        let pool = engine.device_pool.as_ref()?;
+        Some(Self {
+            host_id: pool.host_id.clone(),
+            stats: engine.stats.clone(),
+        })
+    }
+}
+
+/// This host's boot id (the same inside containers on this host), or an empty string when unknown.
+pub fn host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 impl TcpPuller {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            device: None,
+        }
+    }
+
     async fn pull_inner(&self, remote: &RemoteKv) -> Result<ImportedKv> {
         let sock = TcpStream::connect((remote.host.as_str(), remote.port))
             .await
@@ -118,8 +199,14 @@ impl TcpPuller {
             })?;
         let _ = sock.set_nodelay(true);
         let (mut rd, mut wr) = sock.into_split();
+        let device_host_id = self
+            .device
+            .as_ref()
+            .filter(|d| !d.stats.kv_device_broken.load(Ordering::Relaxed) && !d.host_id.is_empty())
+            .map(|d| d.host_id.clone());
         let req = serde_json::to_vec(&Request {
             transfer_id: remote.transfer_id.clone(),
+            device_host_id,
         })
         .map_err(|e| Error::Transfer(e.to_string()))?;
         write_frame(&mut wr, FrameKind::Request, &req).await?;
@@ -127,6 +214,30 @@ impl TcpPuller {
         let header: Header = match kind {
             FrameKind::Header => serde_json::from_slice(&payload)
                 .map_err(|e| Error::Transfer(format!("header: {e}")))?,
+            FrameKind::DeviceHeader => {
+                let h: DeviceHeader = serde_json::from_slice(&payload)
+                    .map_err(|e| Error::Transfer(format!("device header: {e}")))?;
+                if h.block_size == 0 || h.block_ids.len() != h.num_tokens.div_ceil(h.block_size) {
+                    return Err(Error::Transfer("inconsistent device header".into()));
+                }
+                let (done, copied) = ImportDone::new();
+                // Keep the connection (and so the holder's reservation) until our scheduler has copied the
+                // blocks or dropped the request; then tell the holder to free them.
+                tokio::spawn(async move {
+                    let _ = copied.await;
+                    let _ = write_frame(&mut wr, FrameKind::Release, &[]).await;
+                    drop(rd);
+                });
+                return Ok(ImportedKv {
+                    block_size: h.block_size,
+                    num_tokens: h.num_tokens,
+                    payload: KvPayload::Device(DeviceKv {
+                        pool: h.pool,
+                        src_blocks: h.block_ids,
+                        done,
+                    }),
+                });
+            }
             FrameKind::Error => {
                 let m: ErrorMsg =
                     serde_json::from_slice(&payload).map_err(|e| Error::Transfer(e.to_string()))?;
@@ -165,7 +276,7 @@ impl TcpPuller {
         Ok(ImportedKv {
             block_size: header.block_size,
             num_tokens: header.num_tokens,
-            blocks,
+            payload: KvPayload::Host(blocks),
         })
     }
 }
@@ -207,9 +318,7 @@ mod tests {
         s.write_all(&u64::MAX.to_le_bytes()).await.unwrap();
         drop(s);
         // An unknown transfer id is a clean error.
-        let puller = TcpPuller {
-            timeout: Duration::from_secs(5),
-        };
+        let puller = TcpPuller::new(Duration::from_secs(5));
         let remote = RemoteKv {
             host: "127.0.0.1".into(),
             port,

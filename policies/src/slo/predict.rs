@@ -76,7 +76,12 @@ pub fn decide(
         // The batch this request will meet when it reaches the decoder.
         let batch = (d.active + d.pending + 1) as f64;
         let tpot = d.tpot.predict(batch);
-        for (pi, p) in prefills.iter().enumerate().filter(|(_, p)| p.available) {
+        // A worker listed in both pools never hands off to itself: that is the local path plus a copy.
+        for (pi, p) in prefills
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.available && p.url != d.url)
+        {
             let ttft = ms_for(p.queued_tokens + req.prompt_tokens, p.tokens_per_s) + cfg.handoff_ms;
             consider(
                 Placement::Disaggregated {
@@ -170,6 +175,27 @@ mod tests {
                 ttft_ms: Some(ttft),
                 tpot_ms: Some(tpot),
             },
+        }
+    }
+
+    #[test]
+    fn a_worker_in_both_pools_is_not_paired_with_itself() {
+        // Two engines serving both phases: long prompts go across, never prefill-then-pull on one worker.
+        let cfg = SloPolicyConfig {
+            local_prefill_max_tokens: 0,
+            ..Default::default()
+        };
+        let ps = [prefill("a", 0), prefill("b", 50_000)];
+        let ds = [decode("a", 0), decode("b", 40)];
+        match decide(&cfg, &req(2000, 10_000.0, 100.0), &ps, &ds) {
+            Verdict::Admit { placement, .. } => assert_eq!(
+                placement,
+                Placement::Disaggregated {
+                    prefill: 0,
+                    decode: 1
+                }
+            ),
+            v => panic!("{v:?}"),
         }
     }
 
