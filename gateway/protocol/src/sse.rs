@@ -4,6 +4,9 @@
 //! through [`SseDecoder`] to measure TTFT/TPOT and to know whether a stream
 //! ended properly.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -79,15 +82,16 @@ impl SseDecoder {
 }
 
 fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
-            return Some((i, 2));
+    let from = from.min(buf.len());
+    // Only a line feed can end an event: jump between them (memchr)
+    // instead of looking at every byte.
+    for j in memchr::memchr_iter(b'\n', &buf[from..]).map(|j| j + from) {
+        if j > from && buf[j - 1] == b'\r' && buf.get(j + 1..j + 3) == Some(b"\r\n") {
+            return Some((j - 1, 4));
         }
-        if buf[i] == b'\r' && buf[i + 1] == b'\n' && buf.get(i + 2..i + 4) == Some(b"\r\n") {
-            return Some((i, 4));
+        if buf.get(j + 1) == Some(&b'\n') {
+            return Some((j, 2));
         }
-        i += 1;
     }
     None
 }
@@ -95,7 +99,14 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
 /// Calls `f` with the event's data (lines joined), if it has any.
 fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
     let mut data: Option<std::borrow::Cow<'_, str>> = None;
-    for line in raw.split(|&b| b == b'\n') {
+    let lines = memchr::memchr_iter(b'\n', raw)
+        .chain([raw.len()])
+        .scan(0, |start, end| {
+            let line = &raw[*start..end];
+            *start = end + 1;
+            Some(line)
+        });
+    for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(rest) = line.strip_prefix(b"data:") else {
             continue;
@@ -117,11 +128,29 @@ fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
 }
 
 /// Might this event carry something beyond output text (usage, SGLang
-/// meta_info, an error)? A byte scan, far cheaper than parsing.
+/// meta_info, an error)? A byte scan, far cheaper than parsing. `"usage":
+/// null`, which vLLM-style engines put on every chunk, carries nothing.
 pub fn may_carry_metadata(data: &str) -> bool {
+    // Built once: building a searcher costs more than running it on a chunk.
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    static META: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"meta_info\""));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
     let b = data.as_bytes();
-    let has = |needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
-    has(b"\"usage\"") || has(b"\"meta_info\"") || has(b"\"error\"")
+    has_non_null(b, &USAGE) || META.find(b).is_some() || has_non_null(b, &ERROR)
+}
+
+/// The key occurs, other than as `key: null` (a string value that happens to
+/// equal the key also counts: false positives only cost a parse).
+fn has_non_null(b: &[u8], key: &Finder<'_>) -> bool {
+    let trim = |s: &[u8]| -> usize { s.iter().take_while(|c| c.is_ascii_whitespace()).count() };
+    key.find_iter(b).any(|at| {
+        let rest = &b[at + key.needle().len()..];
+        let rest = &rest[trim(rest)..];
+        match rest.strip_prefix(b":") {
+            Some(v) => !v[trim(v)..].starts_with(b"null"),
+            None => true,
+        }
+    })
 }
 
 /// What one event means for latency accounting.
@@ -235,6 +264,51 @@ mod tests {
         assert!(may_carry_metadata(r#"{"error":{"message":"x"}}"#));
         assert!(may_carry_metadata(r#"{"text":"a","meta_info":{}}"#));
         assert!(!may_carry_metadata(r#"{"choices":[{"text":"hello"}]}"#));
+        // vLLM with include_usage: null on every token chunk, then the real one.
+        assert!(!may_carry_metadata(
+            r#"{"choices":[{"text":"hi"}],"usage":null}"#
+        ));
+        assert!(!may_carry_metadata(
+            r#"{"choices":[{"text":"hi"}],"usage" : null, "error":null}"#
+        ));
+        assert!(may_carry_metadata(
+            r#"{"choices":[],"usage":null,"x":{"usage":{"completion_tokens":2}}}"#
+        ));
+        // A string value equal to a key: a needless parse, never a miss.
+        assert!(may_carry_metadata(r#"{"choices":[{"text":"usage"}]}"#));
+    }
+
+    #[test]
+    fn event_end_agrees_with_a_byte_by_byte_scan() {
+        fn naive(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+            let mut i = from;
+            while i + 1 < buf.len() {
+                if buf[i] == b'\n' && buf[i + 1] == b'\n' {
+                    return Some((i, 2));
+                }
+                if buf[i] == b'\r' && buf[i + 1] == b'\n' && buf.get(i + 2..i + 4) == Some(b"\r\n")
+                {
+                    return Some((i, 4));
+                }
+                i += 1;
+            }
+            None
+        }
+        // Every string of up to 8 bytes over {\r, \n, a}, from every offset.
+        for len in 0..=8u32 {
+            for code in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len)
+                    .map(|k| b"\r\na"[code / 3usize.pow(k) % 3])
+                    .collect();
+                for from in 0..=buf.len() {
+                    assert_eq!(
+                        find_event_end(&buf, from),
+                        naive(&buf, from),
+                        "{buf:?} from {from}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
