@@ -38,7 +38,7 @@ rm -f "$CHAOS_COPY" # bash keeps reading the open file
 here="$root/tests/chaos"  # (the copy runs from /tmp)
 out="$here/out"
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md
+rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md "$out"/*.redis-* "$out"/*.lua
 
 PHASES=${CHAOS_PHASES:-"smoke badinput faults"}
 ENGINE=${CHAOS_ENGINE:-real}
@@ -189,7 +189,14 @@ EOF
 fi
 log "compose up ($ENGINE engines, project $COMPOSE_PROJECT_NAME, gateway $GW, Prometheus $PROM)"
 STACK_UP=1
-compose up -d --no-build >&2
+# Retried: a published port of the previous stack can stay bound for a moment
+# after `down` (seen once: "bind: address already in use" for Prometheus).
+for try in 1 2 3; do
+  compose up -d --no-build >&2 && break
+  ((try < 3)) || die "compose up failed 3 times"
+  log "compose up failed (try $try); retrying in 5 s"
+  sleep 5
+done
 
 metric() { curl -fsS --max-time 5 "$GW/metrics" 2>/dev/null; }
 all_healthy() { # every worker of the gateway healthy, no breaker open
@@ -256,15 +263,19 @@ store_stat() { # STAT
 }
 # Requests counted in Redis itself (every goodput bucket), read with
 # redis-cli inside the container: independent of any gateway.
-redis_total() {
-  docker exec "$(cid redis)" redis-cli --raw EVAL "local n = 0
+REDIS_TOTAL_LUA="$out/redis-total.lua"
+cat >"$REDIS_TOTAL_LUA" <<'LUA'
+local n = 0
 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
   local kv = redis.call('HGETALL', k)
   for i = 1, #kv, 2 do
     if string.sub(kv[i], -8) == 'requests' then n = n + tonumber(kv[i + 1]) end
   end
 end
-return n" 0 'baton:{slo}:gp:*' 2>/dev/null
+return n
+LUA
+redis_total() {
+  docker exec "$(cid redis)" redis-cli --raw EVAL "$(cat "$REDIS_TOTAL_LUA")" 0 'baton:{slo}:gp:*' 2>/dev/null
 }
 
 # ---- 3. smoke ----------------------------------------------------------------------
@@ -413,21 +424,10 @@ phase() { # NAME CANDIDATES FAULT_CMD RESTORE_CMD [DESCRIPTION]
 # Redis faults: the fault and restore commands record Redis' own total
 # before the fault and as soon as it answers again, to show what persisted.
 redis_fault_cmds() { # NAME MODE(restart|kill) → sets RFAULT, RRESTORE
-  local c lua total ping
+  local c total ping
   c=$(docker inspect -f '{{.Name}}' "$(cid redis)")
   c=${c#/}
-  lua="$out/redis-total.lua"
-  cat >"$lua" <<'LUA'
-local n = 0
-for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  local kv = redis.call('HGETALL', k)
-  for i = 1, #kv, 2 do
-    if string.sub(kv[i], -8) == 'requests' then n = n + tonumber(kv[i + 1]) end
-  end
-end
-return n
-LUA
-  total="docker exec $c redis-cli --raw EVAL \"\$(cat $lua)\" 0 'baton:{slo}:gp:*'"
+  total="docker exec $c redis-cli --raw EVAL \"\$(cat $REDIS_TOTAL_LUA)\" 0 'baton:{slo}:gp:*'"
   ping="for i in \$(seq 300); do docker exec $c redis-cli ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done"
   if [[ $2 == restart ]]; then
     RFAULT="$total >$out/$1.redis-before; docker restart -t 1 $c && $ping && $total >$out/$1.redis-after"
