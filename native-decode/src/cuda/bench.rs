@@ -219,8 +219,10 @@ pub fn kv_handoff(
     let ms = time_ms(dst, 5, 5, |k| {
         dp.copy_in(dst, sp.raw_parts(), bs, &ids(k), &ids(k + 1), 0, tokens)
     })?;
-    let a = DevBuf::<u8>::zeros(&src.stream, bytes)?;
-    let b = DevBuf::<u8>::zeros(&dst.stream, bytes)?;
+    // Plain cuMemAlloc memory: peer access covers it (stream-ordered pool memory would need its own pool
+    // access grant, and cuMemcpyPeer would silently stage through the host).
+    let a = DevBuf::<u8>::zeros_shareable(&src.ctx, &src.stream, bytes)?;
+    let b = DevBuf::<u8>::zeros_shareable(&dst.ctx, &dst.stream, bytes)?;
     src.synchronize()?;
     dst.ctx.bind_to_thread()?;
     let link_ms = time_ms(dst, 5, 5, |_| {
