@@ -5,10 +5,10 @@
 //! each chunk as it comes costs a `writev` (and the loopback TCP work behind
 //! it) per token. A [`Coalescer`] holds what arrived and, when the upstream
 //! has nothing ready, waits for the runtime to run its other ready tasks
-//! once (tokio's deferred wake-up, the one `yield_now` uses): the connection
-//! task passes on every chunk it already holds, and the batch leaves in one
-//! write. Nothing waits for the engine: once the runtime went round without
-//! a new chunk, the batch goes out.
+//! (tokio's deferred wake-up, the one `yield_now` uses): the connection task
+//! passes on every chunk it already holds, and the batch leaves in one write.
+//! Nothing waits for the engine: once the runtime went round without a new
+//! chunk (or after a few rounds that all brought one), the batch goes out.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,13 +21,20 @@ use futures_util::task::AtomicWaker;
 /// Largest batch; a full one is written without waiting.
 pub const MAX_BATCH_BYTES: usize = 64 << 10;
 
+/// Runtime turns a batch may wait while each brings more chunks (an engine's
+/// burst often arrives over a few socket reads); a turn that brings none
+/// ends the wait at once.
+const MAX_TURNS: u32 = 4;
+
 #[derive(Default)]
 pub struct Coalescer {
     first: Option<Bytes>,
     merged: Option<BytesMut>,
     nudge: Arc<Nudge>,
-    /// A deferred wake-up is pending (or fired) for the current batch.
-    waiting: bool,
+    /// Runtime turns the current batch has waited (0: not waiting).
+    turns: u32,
+    /// A chunk came during the current turn.
+    grew: bool,
 }
 
 /// Set when the deferred wake-up fires; wakes the body's task.
@@ -66,6 +73,7 @@ impl Coalescer {
     }
 
     pub fn push(&mut self, data: Bytes) {
+        self.grew = true;
         if let Some(m) = &mut self.merged {
             m.extend_from_slice(&data);
         } else if let Some(first) = self.first.take() {
@@ -81,7 +89,7 @@ impl Coalescer {
 
     /// The gathered bytes, for one write.
     pub fn take(&mut self) -> Bytes {
-        self.waiting = false;
+        self.turns = 0;
         match self.merged.take() {
             Some(m) => m.freeze(),
             None => self.first.take().unwrap_or_default(),
@@ -98,8 +106,12 @@ impl Coalescer {
             return Some(self.take());
         }
         self.nudge.task.register(cx.waker());
-        if !self.waiting {
-            self.waiting = true;
+        // hyper polls a body again in the same turn when it could flush:
+        // only the wake-up itself says the runtime went round.
+        let waited = self.turns > 0 && self.nudge.fired.load(Ordering::Acquire);
+        if self.turns == 0 || (waited && self.grew && self.turns < MAX_TURNS) {
+            self.turns += 1;
+            self.grew = false;
             self.nudge.fired.store(false, Ordering::Release);
             let waker = Waker::from(Arc::clone(&self.nudge));
             let deferred =
@@ -107,12 +119,7 @@ impl Coalescer {
             debug_assert!(deferred.is_pending());
             return None;
         }
-        // hyper polls a body again in the same turn when it could flush:
-        // only the wake-up itself says the runtime went round.
-        if self.nudge.fired.load(Ordering::Acquire) {
-            return Some(self.take());
-        }
-        None
+        waited.then(|| self.take())
     }
 }
 
@@ -159,5 +166,41 @@ mod tests {
         c.push(Bytes::from_static(b"y"));
         let got = c.when_idle(&mut Context::from_waker(Waker::noop()), false);
         assert_eq!(got.as_deref(), Some(&b"y"[..]));
+    }
+
+    #[tokio::test]
+    async fn keeps_waiting_while_turns_bring_chunks_but_not_forever() {
+        let mut c = Coalescer::default();
+        c.push(Bytes::from_static(b"a"));
+        let mut polls = 0;
+        let bytes = std::future::poll_fn(|cx| {
+            polls += 1;
+            if let Some(b) = c.when_idle(cx, true) {
+                return Poll::Ready(b);
+            }
+            if polls == 1 {
+                // The upstream's connection task passes a chunk on meanwhile.
+                c.push(Bytes::from_static(b"b"));
+            }
+            Poll::Pending
+        })
+        .await;
+        assert_eq!(&bytes[..], b"ab");
+        assert_eq!(polls, 3, "one more turn, then a turn without a chunk");
+
+        // An upstream that always has more is written after MAX_TURNS turns.
+        c.push(Bytes::from_static(b"0"));
+        let mut polls = 0;
+        let bytes = std::future::poll_fn(|cx| {
+            polls += 1;
+            if let Some(b) = c.when_idle(cx, true) {
+                return Poll::Ready(b);
+            }
+            c.push(Bytes::from_static(b"+"));
+            Poll::Pending
+        })
+        .await;
+        assert_eq!(polls, MAX_TURNS + 1);
+        assert_eq!(bytes.len(), 1 + MAX_TURNS as usize);
     }
 }
