@@ -100,7 +100,8 @@ async fn main() {
         .head_delay(Duration::from_micros(args.head_delay_us))
         .body_delay(Duration::from_micros(args.body_delay_us))
         .lenient(args.lenient)
-        .no_rendezvous(args.no_rendezvous);
+        .no_rendezvous(args.no_rendezvous)
+        .record_requests(false);
     let handle = match engine.try_spawn().await {
         Ok(h) => h,
         Err(e) => {

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub faults: Vec<Fault>,
     pub lenient: bool,
     pub no_rendezvous: bool,
+    /// Keep every generation request for [`MockHandle::requests`].
+    pub record: bool,
 }
 
 /// Builder of a mock engine; [`MockEngine::spawn`] starts it.
@@ -92,6 +94,7 @@ impl MockEngine {
                 faults: Vec::new(),
                 lenient: false,
                 no_rendezvous: false,
+                record: true,
             },
             registry: VllmKvRegistry::default(),
             rendezvous: Rendezvous::default(),
@@ -166,6 +169,14 @@ impl MockEngine {
     /// the peer.
     pub fn no_rendezvous(mut self, skip: bool) -> Self {
         self.cfg.no_rendezvous = skip;
+        self
+    }
+
+    /// Keep every generation request for [`MockHandle::requests`]. Default on; a standalone
+    /// process turns it off (nobody can read them, and under a benchmark they grow by
+    /// gigabytes).
+    pub fn record_requests(mut self, on: bool) -> Self {
+        self.cfg.record = on;
         self
     }
 

@@ -227,11 +227,13 @@ async fn generation(
     // A body that fails to arrive means the client went away: the guard counts it cancelled.
     let bytes = body.collect().await?.to_bytes();
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-    shared.recorder.push(crate::mock::RecordedRequest {
-        path,
-        headers: parts.headers.clone(),
-        body: parsed.clone().unwrap_or(Value::Null),
-    });
+    if shared.cfg.record {
+        shared.recorder.push(crate::mock::RecordedRequest {
+            path,
+            headers: parts.headers.clone(),
+            body: parsed.clone().unwrap_or(Value::Null),
+        });
+    }
     let mut abort_after = None;
     let mut eos_first = false;
     match faults::decide(&shared.cfg.faults, index) {
