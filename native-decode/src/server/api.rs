@@ -48,6 +48,8 @@ pub struct CommonParams {
     pub min_tokens: Option<u64>,
     pub skip_special_tokens: Option<bool>,
     pub kv_transfer_params: Option<Value>,
+    /// vLLM's switch: log-probability tokens as `token_id:N` (exact ids, e.g. to compare with a reference).
+    pub return_tokens_as_token_ids: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

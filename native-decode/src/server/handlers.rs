@@ -66,6 +66,7 @@ pub async fn completions(
         model: state.model_name.clone(),
         flavor: Flavor::Completion,
         logprobs: req.logprobs.is_some(),
+        token_ids: req.common.return_tokens_as_token_ids.unwrap_or(false),
     };
     let call = Generation {
         renderer: r,
@@ -116,6 +117,7 @@ pub async fn chat(
         model: state.model_name.clone(),
         flavor: Flavor::Chat,
         logprobs: logprobs.is_some(),
+        token_ids: req.common.return_tokens_as_token_ids.unwrap_or(false),
     };
     let call = Generation {
         renderer: r,
@@ -228,7 +230,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
                 Event::Token(t) => {
                     text.push_str(&t.text);
                     if r.logprobs {
-                        lps.push(&tok, &t, r.flavor);
+                        lps.push(&tok, &t, &r);
                     }
                 }
                 Event::Done(f) => {
@@ -269,7 +271,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
             match e {
                 Event::Token(t) => {
                     if r.logprobs {
-                        lps.push(&tok, &t, r.flavor);
+                        lps.push(&tok, &t, &r);
                     }
                     if (!t.text.is_empty() || r.logprobs)
                         && !send(r.chunk(&t.text, &mut lps, None)).await

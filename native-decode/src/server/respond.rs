@@ -19,6 +19,8 @@ pub struct Renderer {
     pub model: String,
     pub flavor: Flavor,
     pub logprobs: bool,
+    /// `return_tokens_as_token_ids`: name tokens `token_id:N` in log-probabilities.
+    pub token_ids: bool,
 }
 
 /// Accumulated log-probabilities in the flavor's format.
@@ -53,13 +55,20 @@ fn stop_reason(f: &Finish) -> Value {
 }
 
 impl Logprobs {
-    pub fn push(&mut self, tok: &Tokenizer, ev: &TokenEvent, flavor: Flavor) {
-        let text = tok.token_text(ev.token);
-        match flavor {
+    pub fn push(&mut self, tok: &Tokenizer, ev: &TokenEvent, r: &Renderer) {
+        let name = |id: u32| {
+            if r.token_ids {
+                format!("token_id:{id}")
+            } else {
+                tok.token_text(id)
+            }
+        };
+        let text = name(ev.token);
+        match r.flavor {
             Flavor::Completion => {
                 let mut top = Map::new();
                 for &(id, lp) in &ev.top {
-                    top.insert(tok.token_text(id), json!(lp));
+                    top.insert(name(id), json!(lp));
                 }
                 self.tokens.push(json!(text));
                 self.token_logprobs.push(json!(ev.logprob));
@@ -68,7 +77,7 @@ impl Logprobs {
                 self.offset += ev.text.len();
             }
             Flavor::Chat => {
-                let entry = |id: u32, lp: f32| json!({"token": tok.token_text(id), "logprob": lp, "bytes": tok.token_bytes(id)});
+                let entry = |id: u32, lp: f32| json!({"token": name(id), "logprob": lp, "bytes": tok.token_bytes(id)});
                 let mut e = entry(ev.token, ev.logprob);
                 e["top_logprobs"] =
                     Value::Array(ev.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
