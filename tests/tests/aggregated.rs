@@ -269,6 +269,25 @@ async fn overload_does_not_trip_breakers() {
 }
 
 #[tokio::test]
+async fn not_ready_until_a_health_check_confirms_a_worker() {
+    let e = MockEngine::new(Flavor::OpenAi).spawn().await;
+    e.set_healthy(false);
+    let mut cfg = aggregated(&[e.url()]);
+    cfg.health.interval_secs = 0.05;
+    // Far from the failure threshold: the worker stays routable (optimistic) but is not confirmed.
+    cfg.health.failure_threshold = 1000;
+    cfg.health.success_threshold = 1;
+    let gw = start(cfg).await;
+    let base = gw.url();
+    let r = get(&base, "/readiness").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["pools"][0]["confirmed_healthy"], 0);
+    e.set_healthy(true);
+    assert!(wait_for(|| async { get(&base, "/readiness").await.status == StatusCode::OK }).await);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn health_readiness_models_and_metrics() {
     let e1 = MockEngine::new(Flavor::OpenAi).model("m1").spawn().await;
     let e2 = MockEngine::new(Flavor::OpenAi).model("m2").spawn().await;
@@ -279,7 +298,8 @@ async fn health_readiness_models_and_metrics() {
     let gw = start(cfg).await;
     let base = gw.url();
     assert_eq!(get(&base, "/health").await.status, StatusCode::OK);
-    assert_eq!(get(&base, "/readiness").await.status, StatusCode::OK);
+    // Ready once the first health checks answered (they start at once).
+    assert!(wait_for(|| async { get(&base, "/readiness").await.status == StatusCode::OK }).await);
     let models = get(&base, "/v1/models").await.json();
     let ids: Vec<_> = models["data"]
         .as_array()

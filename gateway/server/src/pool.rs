@@ -30,6 +30,14 @@ impl Pool {
         self.workers.iter().filter(|w| w.is_healthy()).count()
     }
 
+    /// Workers a health check has confirmed healthy (see [`Worker::is_confirmed_healthy`]).
+    pub fn confirmed_healthy_count(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.is_confirmed_healthy())
+            .count()
+    }
+
     /// Asks the pool's policy whether to serve the request at all.
     pub fn admit(&self, text: Option<&str>) -> baton_policies::pipeline::Admit {
         if !self.policy.has_admission() {

@@ -275,6 +275,7 @@ fn readiness(state: &AppState) -> Response<GatewayBody> {
                 "policy": p.policy_name(),
                 "workers": p.workers.len(),
                 "healthy": p.healthy_count(),
+                "confirmed_healthy": p.confirmed_healthy_count(),
             })
         })
         .collect();

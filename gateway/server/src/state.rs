@@ -26,9 +26,9 @@ impl Pools {
         }
     }
 
-    /// Ready to serve: a healthy worker for every role the mode needs.
+    /// Ready to serve: a worker confirmed healthy by a health check for every role the mode needs.
     pub fn ready(&self) -> bool {
-        self.all().iter().all(|p| p.healthy_count() > 0)
+        self.all().iter().all(|p| p.confirmed_healthy_count() > 0)
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Worker {
     pub bootstrap_port: Option<u16>,
     pub breaker: Breaker,
     healthy: AtomicBool,
+    /// A health check has succeeded since start: readiness waits for it, routing does not.
+    confirmed: AtomicBool,
     in_flight: AtomicU64,
     health_failures: AtomicU32,
     health_successes: AtomicU32,
@@ -57,6 +59,7 @@ impl Worker {
             // Optimistic until the first check: the breaker catches a dead
             // worker on its first requests anyway.
             healthy: AtomicBool::new(true),
+            confirmed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             health_failures: AtomicU32::new(0),
             health_successes: AtomicU32::new(0),
@@ -68,6 +71,12 @@ impl Worker {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy, and seen healthy by a health check at least once (what `/readiness` counts: an engine that
+    /// is still starting must not make the gateway look ready).
+    pub fn is_confirmed_healthy(&self) -> bool {
+        self.confirmed.load(Ordering::Relaxed) && self.is_healthy()
     }
 
     /// Healthy and breaker not open.
@@ -115,6 +124,7 @@ impl Worker {
     /// configured streak. Returns the new health.
     pub fn record_health(&self, ok: bool, fail_threshold: u32, ok_threshold: u32) -> bool {
         if ok {
+            self.confirmed.store(true, Ordering::Relaxed);
             self.health_failures.store(0, Ordering::Relaxed);
             let n = self.health_successes.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= ok_threshold.max(1) {
