@@ -457,7 +457,9 @@ fn handoff(out: &std::path::Path) -> Res<()> {
             bytes as f64 / (1u64 << 20) as f64,
             100.0 * kernel / link
         );
-        rows.push(json!({"tokens": tokens, "bytes": bytes, "kernel_gbps": kernel, "link_gbps": link}));
+        rows.push(
+            json!({"tokens": tokens, "bytes": bytes, "kernel_gbps": kernel, "link_gbps": link}),
+        );
     }
     let res = json!({"src": device_json(&src), "dst": device_json(&dst), "model": "llama-3-8b shape, bf16 KV",
                      "handoff": rows});

@@ -214,7 +214,11 @@ pub fn kv_handoff(
     super::ipc::enable_peer_access(&dst.ctx, &src.ctx)?;
     super::ipc::enable_peer_access(&src.ctx, &dst.ctx)?;
     let bytes = GpuKvPool::bytes_per_block(cfg, bs) / bs * tokens;
-    let ids = |k: usize| -> Vec<u32> { (0..nblocks).map(|b| ((k % 4) * nblocks + b) as u32).collect() };
+    let ids = |k: usize| -> Vec<u32> {
+        (0..nblocks)
+            .map(|b| ((k % 4) * nblocks + b) as u32)
+            .collect()
+    };
     dst.ctx.bind_to_thread()?;
     let ms = time_ms(dst, 5, 5, |k| {
         dp.copy_in(dst, sp.raw_parts(), bs, &ids(k), &ids(k + 1), 0, tokens)

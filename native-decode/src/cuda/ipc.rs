@@ -25,11 +25,16 @@ pub(crate) fn mem_handle(ctx: &Arc<CudaContext>, ptr: u64) -> CudaResult<[u8; HA
 }
 
 /// Lets `ctx` read memory of `peer`'s device directly (benchmarks of the same-process peer path).
-pub(crate) fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> CudaResult<()> {
+pub(crate) fn enable_peer_access(
+    ctx: &Arc<CudaContext>,
+    peer: &Arc<CudaContext>,
+) -> CudaResult<()> {
     ctx.bind_to_thread()?;
     // SAFETY: both contexts are alive; enabling twice reports PEER_ACCESS_ALREADY_ENABLED, which is fine.
     match unsafe { sys::cuCtxEnablePeerAccess(peer.cu_ctx(), 0) } {
-        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(()),
+        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
+            Ok(())
+        }
         e => Err(CudaError::Ipc(format!("peer access: {e:?}"))),
     }
 }

@@ -126,7 +126,9 @@ impl GpuKvPool {
             || table.len() * self.block_size < to
             || src_blocks.iter().any(|&b| b as usize >= pool.num_blocks)
         {
-            return Err(CudaError::Ipc("block tables do not cover the imported range".into()));
+            return Err(CudaError::Ipc(
+                "block tables do not cover the imported range".into(),
+            ));
         }
         for &b in table {
             self.check(b)?;

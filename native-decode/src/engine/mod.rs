@@ -232,7 +232,9 @@ pub struct ReleaseGuard {
 
 impl Drop for ReleaseGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(Command::Release(std::mem::take(&mut self.blocks)));
+        let _ = self
+            .tx
+            .send(Command::Release(std::mem::take(&mut self.blocks)));
     }
 }
 

@@ -84,7 +84,10 @@ pub struct ImportDone(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::onesho
 impl ImportDone {
     pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (Self(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+        (
+            Self(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))),
+            rx,
+        )
     }
 
     pub fn fire(&self) {

@@ -175,14 +175,28 @@ async fn token_ids_in_logprobs_match_the_tokenizer() {
     ids["return_tokens_as_token_ids"] = json!(true);
     let (st, with_ids) = post(s.addr, "/v1/completions", ids).await;
     assert_eq!(st, 200, "{with_ids}");
-    let toks = with_ids["choices"][0]["logprobs"]["tokens"].as_array().unwrap();
+    let toks = with_ids["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap();
     assert_eq!(toks.len(), 4);
     let tok = crate::tokenizer::tests::tiny();
-    for (t, p) in toks.iter().zip(plain["choices"][0]["logprobs"]["tokens"].as_array().unwrap()) {
-        let id: u32 = t.as_str().unwrap().strip_prefix("token_id:").unwrap().parse().unwrap();
+    for (t, p) in toks.iter().zip(
+        plain["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap(),
+    ) {
+        let id: u32 = t
+            .as_str()
+            .unwrap()
+            .strip_prefix("token_id:")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(json!(tok.token_text(id)), *p, "same token either way");
     }
-    let top = with_ids["choices"][0]["logprobs"]["top_logprobs"][0].as_object().unwrap();
+    let top = with_ids["choices"][0]["logprobs"]["top_logprobs"][0]
+        .as_object()
+        .unwrap();
     assert!(top.keys().all(|k| k.starts_with("token_id:")));
 }
 

@@ -115,7 +115,8 @@ async fn serve_one(sock: TcpStream, engine: &EngineHandle) -> Result<()> {
             flush(&mut wr).await?;
             // Hold the blocks until the puller's copy is done; any frame, EOF or error ends the hold, and
             // `_release` frees the blocks on every path out of here.
-            let _ = tokio::time::timeout(DEVICE_HOLD, read_frame_limited(&mut rd, MAX_REQUEST)).await;
+            let _ =
+                tokio::time::timeout(DEVICE_HOLD, read_frame_limited(&mut rd, MAX_REQUEST)).await;
             return Ok(());
         }
     }
