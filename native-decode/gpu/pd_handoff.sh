@@ -7,7 +7,8 @@
 #     same seed, greedy: token-identical? and did the decode engine copy device-to-device (CUDA IPC)?
 #  3. the Llama-3-8B shape with ~3k-token prompts through the same PD path: TTFT and import time per request.
 set -uo pipefail
-cd "${BIN_DIR:-$(dirname "$0")}"
+here="$(cd "$(dirname "$0")" && pwd)"  # pd_identical.py lives beside this script
+cd "${BIN_DIR:-$here}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; pids=(); }
@@ -26,20 +27,7 @@ eng decode dummy 1 41002 --role decode
 wait_up 41000 41001 41002
 ./baton-gateway --pd-disaggregation --prefill http://127.0.0.1:41001 --decode http://127.0.0.1:41002 --port 41010 >"$out/gateway.log" 2>&1 & pids+=($!)
 wait_up 41010
-python3 - <<'PY'
-import json, urllib.request
-def gen(port, prompt, n=48):
-    b = json.dumps({"model":"m","prompt":prompt,"max_tokens":n,"temperature":0,"ignore_eos":True}).encode()
-    r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", b, {"content-type":"application/json"}), timeout=120)
-    return json.load(r)["choices"][0]["text"]
-ok = 0
-prompts = ["hi there, how are you today?", "The quick brown fox jumps over the lazy dog " * 20, "0123456789" * 30, "a b c d e f g", "x" * 3000]
-for p in prompts:
-    s, d = gen(41000, p), gen(41010, p)
-    print(f"prompt {len(p)} chars: PD == single: {s == d}")
-    ok += s == d
-print(f"{ok}/{len(prompts)} token-identical")
-PY
+python3 "$here/pd_identical.py" 41000 41010
 curl -s http://127.0.0.1:41002/metrics | grep -E "^baton:kv_(pulls|pull_failures|pull_recomputes|device_imports|device_import_microseconds)_total"
 grep -m2 -i "hand-off\|ipc" "$out/decode.log"
 stop_all

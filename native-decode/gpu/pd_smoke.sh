@@ -5,7 +5,8 @@
 set -uo pipefail
 # BIN_DIR holds baton-engine (--features cuda), baton-gateway, baton-bench and the
 # folders written by native-decode/gpu/make_dummy_folders.py.
-cd "${BIN_DIR:-$(dirname "$0")}"
+here="$(cd "$(dirname "$0")" && pwd)"  # pd_identical.py lives beside this script
+cd "${BIN_DIR:-$here}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
@@ -17,19 +18,6 @@ eng decode 41002 --role decode
 ./baton-gateway --pd-disaggregation --prefill http://127.0.0.1:41001 --decode http://127.0.0.1:41002 --port 41010 >"$out/gateway.log" 2>&1 & pids+=($!)
 for p in 41000 41001 41002 41010; do for _ in $(seq 1 180); do curl -sf http://127.0.0.1:$p/health >/dev/null && break; sleep 0.5; done; done
 grep -h "device" "$out"/single.log | head -3
-python3 - <<'PY'
-import json, urllib.request
-def gen(port, prompt, n=48):
-    b = json.dumps({"model":"m","prompt":prompt,"max_tokens":n,"temperature":0,"ignore_eos":True}).encode()
-    r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", b, {"content-type":"application/json"}), timeout=120)
-    return json.load(r)["choices"][0]["text"]
-ok = 0
-prompts = ["hi there, how are you today?", "The quick brown fox jumps over the lazy dog " * 20, "0123456789" * 30, "a b c d e f g"]
-for p in prompts:
-    s, d = gen(41000, p), gen(41010, p)
-    print(f"prompt {len(p)} chars: PD == single: {s == d}")
-    ok += s == d
-print(f"{ok}/{len(prompts)} token-identical")
-PY
+python3 "$here/pd_identical.py" 41000 41010
 curl -s http://127.0.0.1:41010/metrics | grep -E "^baton_pd_local_prefills_total|^baton_prefill_leg_duration_seconds_count"
 tail -3 "$out/decode.log"
