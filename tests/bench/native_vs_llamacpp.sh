@@ -3,7 +3,9 @@
 # workload: 16-token prompts, 64 greedy output tokens; one stream (8 requests) and 16 concurrent streams
 # (64 requests). The two servers never run at the same time; rounds alternate which goes first and the
 # table reports the median of the rounds. llama.cpp is llama-cpp-python's OpenAI server (2 threads, its
-# default batch settings; it serves one request at a time).
+# default batch settings; it serves one request at a time, and with --interrupt_requests False it queues the
+# others instead of aborting the running one, which its default does). It ignores `ignore_eos`, so some of its
+# outputs end early at EOS; tok/s counts the tokens actually produced.
 # Usage: tests/bench/native_vs_llamacpp.sh [OUT_DIR]   (ROUNDS=3 by default)
 # First use builds llama-cpp-python[server]==0.3.36 from source into .cache/llama-venv (~25 min on 2 cores).
 set -euo pipefail
@@ -43,7 +45,7 @@ for r in $(seq 1 "$rounds"); do
             target/release/baton-engine --model "$model" --port "$port" --served-model-name smollm2 >"$out/$name.log" 2>&1 &
         else
             "$venv/bin/python" -m llama_cpp.server --model "$model" --model_alias smollm2 --n_ctx 2048 \
-                --n_threads 2 --host 127.0.0.1 --port "$port" >"$out/$name.log" 2>&1 &
+                --n_threads 2 --interrupt_requests False --host 127.0.0.1 --port "$port" >"$out/$name.log" 2>&1 &
         fi
         pid=$!
         wait_up "$port"
