@@ -223,6 +223,99 @@ async fn prefill_lease_export_and_import_continue_exactly() {
 }
 
 #[tokio::test]
+async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_back() {
+    use crate::transfer::tcp::{self, DeviceImport, TcpPuller};
+    use crate::transfer::{KvPuller, RemoteKv};
+    let cfg = || EngineConfig {
+        block_size: 4,
+        prefix_caching: false,
+        ..Default::default()
+    };
+    let p = prompt(5, 19);
+    let full = run_all(&engine(cfg()), vec![greedy(p.clone(), 6)])
+        .await
+        .remove(0)
+        .0;
+    // A holder that claims a shared GPU pool: what is under test is the offer, the reservation and the fallback.
+    let mut prefill = engine(cfg());
+    let pool = DevicePool {
+        host_id: "host-a".into(),
+        k_handle: "00".repeat(64),
+        v_handle: "11".repeat(64),
+        n_layers: 2,
+        n_kv_heads: 1,
+        head_dim: 8,
+        block_size: 4,
+        num_blocks: 256,
+    };
+    prefill.device_pool = Some(Arc::new(pool.clone()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(tcp::serve(l, prefill.clone()));
+    let lease = |p: Vec<u32>| {
+        let prefill = prefill.clone();
+        async move {
+            let mut req = greedy(p, 1);
+            req.remote_decode = true;
+            let lease = run_all(&prefill, vec![req]).await.remove(0).1.kv_lease;
+            let lease = lease.expect("lease");
+            RemoteKv {
+                host: "127.0.0.1".into(),
+                port,
+                transfer_id: lease.transfer_id,
+                block_ids: lease.block_ids,
+                num_tokens: Some(lease.num_tokens),
+                engine_id: None,
+            }
+        }
+    };
+    let decode = engine(cfg());
+    let puller = TcpPuller {
+        timeout: Duration::from_secs(5),
+        device: Some(DeviceImport {
+            host_id: "host-a".into(),
+            stats: decode.stats.clone(),
+        }),
+    };
+
+    let remote = lease(p.clone()).await;
+    let imp = puller.pull(&remote).await.unwrap();
+    let KvPayload::Device(d) = &imp.payload else {
+        panic!("same host: expected a device offer, got {:?}", imp.payload)
+    };
+    assert_eq!((&d.pool, &d.src_blocks), (&pool, &remote.block_ids));
+    assert!(
+        prefill.stats.kv_usage() > 0.0,
+        "reserved while the copy is pending"
+    );
+    // The CPU decoder cannot map a GPU pool: it recomputes (counted), answers exactly, turns device copies off and
+    // lets the holder free its blocks.
+    let mut req = greedy(p.clone(), 6);
+    req.imported = Some(imp);
+    assert_eq!(run_all(&decode, vec![req]).await.remove(0).0, full);
+    assert_eq!(decode.stats.kv_pull_recomputes.load(Ordering::Relaxed), 1);
+    assert!(decode.stats.kv_device_broken.load(Ordering::Relaxed));
+    let mut freed = false;
+    for _ in 0..400 {
+        if prefill.stats.kv_usage() == 0.0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(freed, "released blocks go back to the holder's pool");
+
+    // Device copies are off now: the next pull streams the blocks through the host and imports them.
+    let remote = lease(p.clone()).await;
+    let imp = puller.pull(&remote).await.unwrap();
+    assert!(matches!(imp.payload, KvPayload::Host(_)));
+    let mut req = greedy(p, 6);
+    req.imported = Some(imp);
+    assert_eq!(run_all(&decode, vec![req]).await.remove(0).0, full);
+    assert_eq!(decode.stats.kv_pull_recomputes.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
 async fn unpulled_leases_expire() {
     let e = engine(EngineConfig {
         block_size: 4,
