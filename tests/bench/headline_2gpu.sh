@@ -42,11 +42,15 @@ sweep_all() { local setup=$1
       --out "$out/headline/$setup-$name.json" 2>&1 | grep -E "attainment|goodput" | head -3
   done
 }
+# Two engines serving both phases, chunked prefill in 2048-token steps: (a) and (c).
+both_engines() {
+  eng ${1}0 0 42001 --role both --max-num-batched-tokens 2048
+  eng ${1}1 1 42002 --role both --max-num-batched-tokens 2048
+  wait_up 42001 42002
+}
 case ",$setups," in *,a,*)
   echo "== (a) colocated: 2 x role both, chunked prefill (2048-token steps), least_load"
-  eng a0 0 42001 --role both --max-num-batched-tokens 2048
-  eng a1 1 42002 --role both --max-num-batched-tokens 2048
-  wait_up 42001 42002
+  both_engines a
   ./baton-gateway --worker-urls http://127.0.0.1:42001 http://127.0.0.1:42002 --policy least_load --port 42000 \
     >"$out/headline/gw-a.log" 2>&1 & pids+=($!)
   wait_up 42000; sweep_all colocated; stop_all ;;
@@ -71,9 +75,7 @@ case ",$setups," in *,c,*)
   # any prompt length) -- takes the one with the most slack against the request's SLO class, and answers 429
   # early when none is predicted to meet it (a rejection counts as a miss).
   echo "== (c) SLO-aware: 2 x role both, per-request choice of colocated or disaggregated placement, admission"
-  eng c0 0 42001 --role both --max-num-batched-tokens 2048
-  eng c1 1 42002 --role both --max-num-batched-tokens 2048
-  wait_up 42001 42002
+  both_engines c
   cat >"$out/headline/c.toml" <<'TOML'
 [slo]
 routing = true
