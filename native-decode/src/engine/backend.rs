@@ -103,6 +103,28 @@ impl Backend {
         }
     }
 
+    /// Runs one step and returns the greedy token and its log-probability for every sequence with
+    /// `want_logits` (`None` for the others). The GPU picks them on the device, so only a few bytes per sequence
+    /// come back instead of a vocabulary of logits.
+    pub fn forward_greedy(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Option<(u32, f32)>>> {
+        match self {
+            Self::Cpu { model, kv } => Ok(model
+                .forward(kv, seqs)
+                .into_iter()
+                .map(|l| (!l.is_empty()).then(|| crate::sampling::greedy(&l)))
+                .collect()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(m) => m
+                .forward_greedy(seqs)
+                .map(|v| {
+                    v.into_iter()
+                        .map(|g| g.map(|g| (g.token, g.logprob)))
+                        .collect()
+                })
+                .map_err(gpu_err),
+        }
+    }
+
     /// Floats of one exported block (all layers, K then V).
     pub fn block_floats(&self, block_size: usize) -> usize {
         let cfg = self.cfg();

@@ -28,6 +28,12 @@ pub(super) struct Scheduler {
     leases: HashMap<String, Lease>,
 }
 
+/// What a step gives one sequence: its logits, or (all greedy) the chosen token and its log-probability.
+enum StepOut {
+    Logits(Vec<f32>),
+    Greedy(Option<(u32, f32)>),
+}
+
 struct Planned {
     /// Index into `running`.
     idx: usize,
@@ -426,7 +432,21 @@ impl Scheduler {
                 }
             })
             .collect();
-        let logits = match self.backend.forward(&inputs) {
+        // Every sequence that samples this step is plain greedy: let the backend pick the tokens.
+        let greedy = plan
+            .iter()
+            .zip(&inputs)
+            .all(|(p, i)| !i.want_logits || self.running[p.idx].sampler.is_plain_greedy());
+        let out = if greedy {
+            self.backend
+                .forward_greedy(&inputs)
+                .map(|v| v.into_iter().map(StepOut::Greedy).collect::<Vec<_>>())
+        } else {
+            self.backend
+                .forward(&inputs)
+                .map(|v| v.into_iter().map(StepOut::Logits).collect())
+        };
+        let logits = match out {
             Ok(l) => l,
             Err(e) => {
                 // The step's K/V are unknown: end every sequence in it rather than serve garbage.
@@ -465,15 +485,15 @@ impl Scheduler {
                 self.blocks.register(seq.blocks[b], h);
                 seq.hashes.push(h);
             }
-            if logits.is_empty() {
-                continue;
-            }
-            if let Some(done) = seq.accept(
-                &self.tokenizer,
-                &self.stats,
-                self.backend.cfg().context_length,
-                &logits,
-            ) {
+            let ctx = self.backend.cfg().context_length;
+            let done = match logits {
+                StepOut::Logits(l) if !l.is_empty() => {
+                    seq.accept(&self.tokenizer, &self.stats, ctx, &l)
+                }
+                StepOut::Greedy(Some(t)) => seq.accept_greedy(&self.tokenizer, &self.stats, ctx, t),
+                _ => None,
+            };
+            if let Some(done) = done {
                 finished.push((p.idx, done));
             }
         }

@@ -95,8 +95,34 @@ impl Seq {
         context_length: usize,
         logits: &[f32],
     ) -> Option<(FinishReason, Option<StopReason>)> {
-        let now = Instant::now();
         let s = self.sampler.sample(logits);
+        self.accept_sampled(tok, stats, context_length, s)
+    }
+
+    /// Takes a token chosen elsewhere (greedy on the GPU; see [`Sampler::is_plain_greedy`]).
+    pub(super) fn accept_greedy(
+        &mut self,
+        tok: &Tokenizer,
+        stats: &Stats,
+        context_length: usize,
+        (token, logprob): (u32, f32),
+    ) -> Option<(FinishReason, Option<StopReason>)> {
+        let s = crate::sampling::Sampled {
+            token,
+            logprob,
+            top: Vec::new(),
+        };
+        self.accept_sampled(tok, stats, context_length, s)
+    }
+
+    fn accept_sampled(
+        &mut self,
+        tok: &Tokenizer,
+        stats: &Stats,
+        context_length: usize,
+        s: crate::sampling::Sampled,
+    ) -> Option<(FinishReason, Option<StopReason>)> {
+        let now = Instant::now();
         self.tokens.push(s.token);
         stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
         match self.last_token_at {

@@ -81,6 +81,37 @@ async fn run_all(e: &EngineHandle, reqs: Vec<GenerateRequest>) -> Vec<(Vec<u32>,
 }
 
 #[tokio::test]
+async fn backend_greedy_path_matches_the_sampler() {
+    // Plain greedy steps take the backend's greedy path (on a GPU: picked on the device); asking for
+    // alternatives takes the sampler over full logits. Same tokens, same chosen-token log-probabilities.
+    let e = engine(EngineConfig::default());
+    let run = |logprobs: Option<usize>| {
+        let e = e.clone();
+        async move {
+            let mut req = greedy(prompt(3, 12), 10);
+            req.params.sampling.logprobs = logprobs;
+            let (_g, mut rx) = e.submit(req).unwrap();
+            let mut out = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    Event::Token(t) => out.push((t.token, t.logprob, t.top.len())),
+                    Event::Done(_) => break,
+                    Event::Error(m) => panic!("{m}"),
+                }
+            }
+            out
+        }
+    };
+    let fast = run(None).await;
+    let sampled = run(Some(2)).await;
+    assert_eq!(fast.len(), 10);
+    for ((t0, lp0, n0), (t1, lp1, n1)) in fast.iter().zip(&sampled) {
+        assert_eq!((t0, n0, n1), (t1, &0, &2));
+        assert!((lp0 - lp1).abs() < 1e-6, "{lp0} vs {lp1}");
+    }
+}
+
+#[tokio::test]
 async fn batched_equals_sequential_and_preemption_is_transparent() {
     let reqs: Vec<_> = (0..5)
         .map(|i| greedy(prompt(i, 10 + 7 * i as usize), 12))

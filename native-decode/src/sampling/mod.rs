@@ -61,6 +61,16 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The greedy token and its log-probability, computed exactly as [`Sampler::sample`] does for greedy requests.
+pub fn greedy(logits: &[f32]) -> (u32, f32) {
+    let token = argmax(logits);
+    let (max, log_z) = log_softmax_norm(logits);
+    (
+        token,
+        (f64::from(logits[token as usize] - max) - log_z) as f32,
+    )
+}
+
 /// Indices of the `k` largest values, largest first (ties: lower index first).
 pub fn top_k_indices(values: &[f32], k: usize) -> Vec<u32> {
     let k = k.min(values.len());
@@ -90,6 +100,12 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// Greedy with no alternatives to report: the token and its log-probability are all a step needs from the
+    /// logits, so a GPU backend can pick them on the device instead of copying every logit out.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.temperature <= 1e-5 && self.params.logprobs.is_none_or(|n| n == 0)
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
