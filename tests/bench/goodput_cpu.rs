@@ -20,15 +20,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_e2e::sim::load::{self, Class, RunOptions, Summary, Workload};
-use baton_e2e::sim::{LatencyModel, SimEngine, SimHandle, SimRole, SimStats};
-use baton_gateway::config::{GatewayConfig, PdProtocol, PrefillWorker};
-use baton_gateway::slo::config::{ClassConfig, SloConfig};
-use baton_policies::slo::{AdmissionMode, SloPolicyConfig};
+use baton_e2e::sim::load::{self, RunOptions, Summary, Workload};
+use baton_e2e::sim::{LatencyModel, SimHandle, SimStats};
+use baton_policies::slo::AdmissionMode;
 use baton_policies::PolicyKind;
 use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
+
+#[path = "goodput_setup.rs"]
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "Goodput rate sweep on simulated engines (see docs/BENCHMARKS.md)")]
@@ -97,80 +98,8 @@ const SETUPS: [Setup; 5] = [
     },
 ];
 
-/// The workload and budgets of `tests/tests/goodput.rs`.
-fn classes() -> Vec<Class> {
-    vec![
-        Class {
-            name: "interactive".into(),
-            weight: 1.0,
-            ttft_ms: 300.0,
-            tpot_ms: 25.0,
-        },
-        Class {
-            name: "standard".into(),
-            weight: 1.0,
-            ttft_ms: 600.0,
-            tpot_ms: 40.0,
-        },
-    ]
-}
-
 fn workload(seed: u64, rate: f64, secs: f64) -> Workload {
-    Workload {
-        seed,
-        rate,
-        requests: ((rate * secs).round() as usize).max(100),
-        prompt_tokens: vec![(0.6, 50, 400), (0.4, 1000, 2000)],
-        output_tokens: (16, 64),
-        classes: classes(),
-        chat_fraction: 0.25,
-    }
-}
-
-fn gateway_config(setup: &Setup, prefill: &[SimHandle], decode: &[SimHandle]) -> GatewayConfig {
-    let m = LatencyModel::default();
-    let mut c = GatewayConfig {
-        port: 0,
-        prefill: prefill
-            .iter()
-            .map(|h| PrefillWorker {
-                url: h.url(),
-                bootstrap_port: None,
-            })
-            .collect(),
-        decode: decode.iter().map(SimHandle::url).collect(),
-        pd_protocol: Some(PdProtocol::Vllm),
-        policy: setup.policy,
-        ..GatewayConfig::default()
-    };
-    c.retry.initial_backoff_ms = 1;
-    c.retry.max_backoff_ms = 5;
-    c.health.interval_secs = 3600.0;
-    let mut slo = SloConfig {
-        classes: classes()
-            .into_iter()
-            .map(|k| {
-                let budget = ClassConfig {
-                    ttft_ms: Some(k.ttft_ms),
-                    tpot_ms: Some(k.tpot_ms),
-                };
-                (k.name, budget)
-            })
-            .collect(),
-        default_class: "standard".into(),
-        routing: setup.slo_routing,
-        policy: SloPolicyConfig {
-            admission: setup.admission,
-            conditional_disaggregation: true,
-            ..SloPolicyConfig::default()
-        },
-        ..SloConfig::default()
-    };
-    slo.prior_prefill_tokens_per_s = 1000.0 / m.prefill_ms_per_token;
-    slo.prior_tpot_base_ms = m.base_ms;
-    slo.prior_tpot_per_seq_ms = m.per_seq_ms;
-    c.slo = slo;
-    c
+    common::workload(seed, rate, ((rate * secs).round() as usize).max(100))
 }
 
 #[derive(Serialize)]
@@ -192,17 +121,15 @@ fn sum(stats: &[SimStats], f: impl Fn(&SimStats) -> u64) -> u64 {
 }
 
 async fn run(args: &Args, setup: &Setup, rate: f64) -> Run {
-    let mut prefill = Vec::new();
-    for _ in 0..args.prefill {
-        prefill.push(SimEngine::new(SimRole::Prefill).spawn().await);
-    }
-    let mut decode = Vec::new();
-    for _ in 0..args.decode {
-        decode.push(SimEngine::new(SimRole::Decode).spawn().await);
-    }
-    let gw = baton_gateway::start(gateway_config(setup, &prefill, &decode))
-        .await
-        .expect("gateway starts");
+    let (prefill, decode) = common::spawn_pools(args.prefill, args.decode).await;
+    let cfg = common::gateway_config(
+        &prefill,
+        &decode,
+        setup.policy,
+        setup.slo_routing,
+        setup.admission,
+    );
+    let gw = baton_gateway::start(cfg).await.expect("gateway starts");
     let w = workload(args.seed, rate, args.secs);
     let plan = w.plan();
     let results = load::run_open_loop(&gw.url(), &w, &plan, &RunOptions::default()).await;

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use baton_e2e::sim::load::{self, Class, RunOptions, Summary, Workload};
-use baton_e2e::sim::{LatencyModel, SimEngine, SimHandle, SimRole};
-use baton_gateway::config::{GatewayConfig, PdProtocol, PrefillWorker};
-use baton_gateway::slo::config::{ClassConfig, SloConfig};
-use baton_policies::slo::{AdmissionMode, SloPolicyConfig};
+use baton_e2e::sim::load::{self, RunOptions, Summary, Workload};
+use baton_policies::slo::AdmissionMode;
 use baton_policies::PolicyKind;
+
+#[path = "../bench/goodput_setup.rs"]
+mod common;
 
 /// Goodput of the SLO-aware setup must be at least this multiple of round_robin's.
 /// Observed on a loaded 2-vCPU machine: see docs/BENCHMARKS.md, "Goodput on CPU".
@@ -22,100 +22,25 @@ const MARGIN: f64 = 3.0;
 const PREFILLS: usize = 1;
 const DECODES: usize = 1;
 
-fn classes() -> Vec<Class> {
-    vec![
-        Class {
-            name: "interactive".into(),
-            weight: 1.0,
-            ttft_ms: 300.0,
-            tpot_ms: 25.0,
-        },
-        Class {
-            name: "standard".into(),
-            weight: 1.0,
-            ttft_ms: 600.0,
-            tpot_ms: 40.0,
-        },
-    ]
-}
-
-/// Prefill capacity of one sim engine is ~20k tokens/s, i.e. ~27 req/s of this prompt mix on
-/// the prefill pool: 50 req/s is about twice what round_robin can serve.
+/// About twice what round_robin can serve on one prefill engine.
 fn workload() -> Workload {
     let seed = std::env::var("BATON_GOODPUT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
-    Workload {
-        seed,
-        rate: 50.0,
-        requests: 160,
-        prompt_tokens: vec![(0.6, 50, 400), (0.4, 1000, 2000)],
-        output_tokens: (16, 64),
-        classes: classes(),
-        chat_fraction: 0.25,
-    }
-}
-
-fn gateway_config(prefill: &[SimHandle], decode: &[SimHandle], slo_routing: bool) -> GatewayConfig {
-    let m = LatencyModel::default();
-    let mut c = GatewayConfig {
-        port: 0,
-        prefill: prefill
-            .iter()
-            .map(|h| PrefillWorker {
-                url: h.url(),
-                bootstrap_port: None,
-            })
-            .collect(),
-        decode: decode.iter().map(SimHandle::url).collect(),
-        pd_protocol: Some(PdProtocol::Vllm),
-        policy: PolicyKind::RoundRobin,
-        ..GatewayConfig::default()
-    };
-    c.retry.initial_backoff_ms = 1;
-    c.retry.max_backoff_ms = 5;
-    c.health.interval_secs = 3600.0;
-    let mut slo = SloConfig {
-        classes: classes()
-            .into_iter()
-            .map(|k| {
-                let budget = ClassConfig {
-                    ttft_ms: Some(k.ttft_ms),
-                    tpot_ms: Some(k.tpot_ms),
-                };
-                (k.name, budget)
-            })
-            .collect(),
-        default_class: "standard".into(),
-        routing: slo_routing,
-        policy: SloPolicyConfig {
-            admission: AdmissionMode::Reject,
-            conditional_disaggregation: true,
-            ..SloPolicyConfig::default()
-        },
-        ..SloConfig::default()
-    };
-    // The operator's profile of the engines (what the priors are for).
-    slo.prior_prefill_tokens_per_s = 1000.0 / m.prefill_ms_per_token;
-    slo.prior_tpot_base_ms = m.base_ms;
-    slo.prior_tpot_per_seq_ms = m.per_seq_ms;
-    c.slo = slo;
-    c
+    common::workload(seed, 50.0, 160)
 }
 
 async fn run_setup(name: &str, slo_routing: bool) -> Summary {
-    let mut prefill = Vec::new();
-    for _ in 0..PREFILLS {
-        prefill.push(SimEngine::new(SimRole::Prefill).spawn().await);
-    }
-    let mut decode = Vec::new();
-    for _ in 0..DECODES {
-        decode.push(SimEngine::new(SimRole::Decode).spawn().await);
-    }
-    let gw = baton_gateway::start(gateway_config(&prefill, &decode, slo_routing))
-        .await
-        .expect("gateway starts");
+    let (prefill, decode) = common::spawn_pools(PREFILLS, DECODES).await;
+    let cfg = common::gateway_config(
+        &prefill,
+        &decode,
+        PolicyKind::RoundRobin,
+        slo_routing,
+        AdmissionMode::Reject,
+    );
+    let gw = baton_gateway::start(cfg).await.expect("gateway starts");
     let w = workload();
     let plan = w.plan();
     let results = load::run_open_loop(&gw.url(), &w, &plan, &RunOptions::default()).await;
