@@ -1,41 +1,13 @@
 //! `baton up` end to end: the real model on CPU behind the gateway, a greedy
 //! request, then SIGINT stops every process.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn model() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn post(port: u16, body: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+mod support;
+use support::{free_port, http, model};
 
 #[test]
 fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
@@ -84,11 +56,13 @@ fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
     while !printed.iter().any(|l| l.contains("curl -N")) {
         printed.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     }
-    let reply = post(
+    let (status, reply) = http(
         gw,
+        "POST",
+        "/v1/chat/completions",
         r#"{"model":"smollm2","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":12,"temperature":0}"#,
     );
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(status, 200, "{reply}");
     assert!(reply.contains("Paris"), "{reply}");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
