@@ -2,104 +2,17 @@
 //! serving on through a Redis outage.
 
 mod common;
+#[path = "../../gateway/slo/tests/support/redis_server.rs"]
+mod redis_server;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton_e2e::mock::{Flavor, MockEngine};
 use baton_gateway::slo::config::StoreKind;
 use common::*;
 use http::StatusCode;
+use redis_server::RedisServer as Redis;
 use serde_json::Value;
-
-/// A `redis-server` child on a fixed ephemeral port, killed on drop;
-/// optionally with an append-only file in `dir` (as docker/compose.yaml runs
-/// it), kept across restarts.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-    dir: Option<PathBuf>,
-}
-
-impl Redis {
-    fn start() -> Self {
-        Self::start_with(None)
-    }
-
-    fn start_persistent() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "baton-e2e-redis-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self::start_with(Some(dir))
-    }
-
-    fn start_with(dir: Option<PathBuf>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Self {
-            port,
-            child: None,
-            dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""]);
-        match &self.dir {
-            Some(dir) => cmd
-                .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
-                .arg(dir),
-            None => cmd.args(["--appendonly", "no"]),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (.ci/run installs it)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 fn replica(engine: &str, redis: &str, id: &str) -> baton_gateway::GatewayConfig {
     let mut c = aggregated(&[engine.to_owned()]);
@@ -163,7 +76,7 @@ async fn replicas_share_goodput_and_survive_a_redis_outage() {
     eventually(&b.url(), |r| interactive(r) == 5).await;
 
     // Redis goes away: serving continues, each request promptly.
-    redis.stop();
+    redis.kill();
     for _ in 0..4 {
         let t = tokio::time::Instant::now();
         let r = post_with(&a.url(), "/v1/completions", COMPLETION_STREAM, &h).await;
@@ -182,7 +95,7 @@ async fn replicas_share_goodput_and_survive_a_redis_outage() {
 
     // Redis returns (empty): the replicas reconnect, flush their backlog and
     // republish; the outage's requests are counted.
-    redis.spawn();
+    redis.restart();
     let mut recovered = false;
     for _ in 0..300 {
         let m = get(&a.url(), "/metrics").await.text();
@@ -242,10 +155,10 @@ async fn persisted_redis_restart_keeps_cluster_counts_exact() {
     eventually(&a.url(), |r| interactive(r) == 5 && r["replicas"] == 2).await;
 
     // Crash (SIGKILL) while both replicas keep serving.
-    redis.stop();
+    redis.kill();
     send(a.url(), 4).await;
     send(b.url(), 2).await;
-    redis.spawn();
+    redis.restart();
     for _ in 0..500 {
         if resynced(&a.url()).await && resynced(&b.url()).await {
             break;

@@ -1,0 +1,148 @@
+//! A real `redis-server` child on an ephemeral port, for the Redis tests of `baton-slo` and the gateway's
+//! end-to-end tests (included by both: `#[path]` from `tests/tests/redis_slo.rs`).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A `redis-server` on an ephemeral port, killed on drop. Without
+/// persistence by default; [`start_persistent`](Self::start_persistent) keeps
+/// an append-only file across restarts, as the compose stack does.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    /// Data directory of a persistent server (removed on drop).
+    dir: Option<PathBuf>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port. Panics (fails the test) with a clear
+    /// message if `redis-server` is not installed.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like docker/compose.yaml's Redis: AOF on, fsync every second, data in
+    /// a fresh directory that survives [`restart`](Self::restart).
+    pub fn start_persistent() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "baton-slo-redis-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the Redis data directory");
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(dir: Option<PathBuf>) -> Self {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+            l.local_addr().expect("local addr").port()
+        };
+        let mut server = Self {
+            port,
+            child: None,
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL: a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM (what `docker stop`/`restart` sends:
+    /// Redis flushes its AOF and exits) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port; waits until it accepts connections
+    /// and, for a persistent server, has loaded its AOF (Redis listens while
+    /// loading and answers `LOADING` until done).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", ""]);
+        match &self.dir {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `redis-server` ({e}): the Redis tests need it on PATH \
+                     (Debian: apt-get install redis-server; .ci/run installs it)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One inline `PING`; true on `+PONG` (not `-LOADING`).
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        s.write_all(b"PING\r\n").is_ok()
+            && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Distinguishes the data directories of tests running in parallel.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
+}
