@@ -104,15 +104,17 @@ def case(name, payload, expect, max_s=5.0, need_json_error=True, timeout=30.0):
 SLOW = []
 
 
-def slow_headers(idx):
-    """Sends a header byte every second and never finishes the head."""
-    rec = {"kind": "headers", "idx": idx}
+def drip(kind, idx, head, dripped, limit):
+    """Sends `head` at once, then `dripped` one byte per recv timeout (2 s), until the gateway answers or
+    closes, or `limit` + 20 s pass; records what happened and how long it took."""
+    rec = {"kind": kind, "idx": idx}
     t0 = time.monotonic()
     s = socket.create_connection((A.host, A.port), timeout=5)
     s.settimeout(2)
-    msg = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Drip: " + b"a" * 10000
     try:
-        for b in msg:
+        if head:
+            s.sendall(head)
+        for b in dripped:
             s.sendall(bytes([b]))
             try:
                 d = s.recv(4096)
@@ -120,7 +122,7 @@ def slow_headers(idx):
                 break  # closed (b"") or answered
             except socket.timeout:
                 pass
-            if time.monotonic() - t0 > A.header_timeout + 20:
+            if time.monotonic() - t0 > limit + 20:
                 rec["answer"] = "still open"
                 break
     except OSError as e:
@@ -128,34 +130,20 @@ def slow_headers(idx):
     rec["seconds"] = round(time.monotonic() - t0, 2)
     s.close()
     SLOW.append(rec)
+
+
+def slow_headers(idx):
+    """Never finishes the head: one header byte at a time."""
+    drip("headers", idx, b"", b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Drip: " + b"a" * 10000,
+         A.header_timeout)
 
 
 def slow_body(idx):
-    """Sends the head, then one body byte every second."""
-    rec = {"kind": "body", "idx": idx}
-    t0 = time.monotonic()
+    """Sends the head, then the body one byte at a time (it announces more than it sends)."""
     body = chat("slow body " * 20)
-    s = socket.create_connection((A.host, A.port), timeout=5)
-    s.settimeout(2)
-    try:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: " + str(len(body) + 100000).encode() + b"\r\n\r\n")
-        for b in body:
-            s.sendall(bytes([b]))
-            try:
-                d = s.recv(4096)
-                rec["answer"] = d[:60].decode("utf-8", "replace")
-                break
-            except socket.timeout:
-                pass
-            if time.monotonic() - t0 > A.body_timeout + 20:
-                rec["answer"] = "still open"
-                break
-    except OSError as e:
-        rec["answer"] = "closed: %s" % type(e).__name__
-    rec["seconds"] = round(time.monotonic() - t0, 2)
-    s.close()
-    SLOW.append(rec)
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body) + 100000).encode() + b"\r\n\r\n")
+    drip("body", idx, head, body, A.body_timeout)
 
 
 def main():
