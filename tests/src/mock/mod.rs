@@ -19,7 +19,7 @@ mod rendezvous;
 mod server;
 mod sglang;
 mod stats;
-mod vllm;
+pub(crate) mod vllm;
 
 #[cfg(test)]
 mod tests;

@@ -114,17 +114,8 @@ fn issue(call: &Call<'_>) -> Map<String, Value> {
     let first = shared
         .next_block
         .fetch_add(blocks, std::sync::atomic::Ordering::Relaxed);
-    let params = json!({
-        "do_remote_prefill": true,
-        "do_remote_decode": false,
-        "remote_block_ids": [(first..first + blocks).collect::<Vec<_>>()],
-        "remote_engine_id": shared.engine_id,
-        "remote_request_id": format!("{base}-{:08x}", rand::random::<u32>()),
-        "remote_host": "127.0.0.1",
-        "remote_port": 5600 + shared.addr.port() % 1000,
-        "tp_size": 1,
-        "x_mock_nonce": format!("{:016x}", rand::random::<u64>()),
-    });
+    let mut params = prefill_kv_params(&shared.engine_id, shared.addr.port(), &base, first, blocks);
+    params["x_mock_nonce"] = json!(format!("{:016x}", rand::random::<u64>()));
     if !call.cfg().lenient {
         shared.registry.insert(params.clone());
     }
@@ -159,4 +150,26 @@ fn well_formed(params: &Value) -> bool {
     params.get("do_remote_prefill") == Some(&Value::Bool(true))
         && params.get("do_remote_decode") != Some(&Value::Bool(true))
         && key_of(params).is_some()
+}
+
+/// The `kv_transfer_params` a vLLM (NixlConnector) prefill engine returns: `blocks` block ids from `first`,
+/// a fresh transfer id derived from `request_id`, and a KV endpoint derived from the HTTP port. Shared with the
+/// simulated engines (`crate::sim`).
+pub(crate) fn prefill_kv_params(
+    engine_id: &str,
+    http_port: u16,
+    request_id: &str,
+    first: u64,
+    blocks: u64,
+) -> Value {
+    json!({
+        "do_remote_prefill": true,
+        "do_remote_decode": false,
+        "remote_block_ids": [(first..first + blocks).collect::<Vec<_>>()],
+        "remote_engine_id": engine_id,
+        "remote_request_id": format!("{request_id}-{:08x}", rand::random::<u32>()),
+        "remote_host": "127.0.0.1",
+        "remote_port": 5600 + http_port % 1000,
+        "tp_size": 1,
+    })
 }

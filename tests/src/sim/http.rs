@@ -313,20 +313,15 @@ async fn generation(
                 || format!("cmpl-{:016x}", rand::random::<u64>()),
                 str::to_owned,
             );
-        extra.insert(
-            "kv_transfer_params".into(),
-            json!({
-                "do_remote_prefill": true,
-                "do_remote_decode": false,
-                "remote_block_ids": [(first..first + blocks).collect::<Vec<_>>()],
-                "remote_engine_id": shared.engine_id,
-                "remote_request_id": format!("{base}-{:08x}", rand::random::<u32>()),
-                "remote_host": "127.0.0.1",
-                "remote_port": 5600 + shared.addr.port() % 1000,
-                "tp_size": 1,
-                "remote_num_tokens": g.prompt_tokens,
-            }),
+        let mut params = crate::mock::vllm::prefill_kv_params(
+            &shared.engine_id,
+            shared.addr.port(),
+            &base,
+            first,
+            blocks,
         );
+        params["remote_num_tokens"] = json!(g.prompt_tokens);
+        extra.insert("kv_transfer_params".into(), params);
         lock(&shared.stats).kv_issued += 1;
     }
     json_response(200, &render.full(extra))
