@@ -31,6 +31,8 @@ pub struct GpuKvPool {
     v: DevBuf<u16>,
     /// Other engines' pools mapped so far, by K handle (a restarted holder has new handles).
     remote: HashMap<String, (Mapping, Mapping)>,
+    /// Our own K and V IPC handles (hex), taken once at creation, or why they could not be.
+    handles: Result<(String, String), String>,
 }
 
 /// Mapped remote pools kept at most (each mapping holds address space, not memory).
@@ -61,24 +63,32 @@ impl GpuKvPool {
             return Err(CudaError::InvalidStep("KV pool needs blocks".into()));
         }
         let n = cfg.n_layers * num_blocks * block_size * cfg.kv_dim();
+        let k = DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?;
+        let v = DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?;
+        let handle = |b: &DevBuf<u16>| ipc::mem_handle(&dev.ctx, b.ptr()).map(|h| ipc::to_hex(&h));
+        let handles = handle(&k)
+            .and_then(|hk| Ok((hk, handle(&v)?)))
+            .map_err(|e| e.to_string());
         Ok(Self {
             block_size,
             num_blocks,
             n_layers: cfg.n_layers,
             n_kv: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
-            k: DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?,
-            v: DevBuf::zeros_shareable(&dev.ctx, &dev.stream, n)?,
+            k,
+            v,
             remote: HashMap::new(),
+            handles,
         })
     }
 
     /// How another process on this host maps this pool (see [`DevicePool`]).
-    pub fn device_pool(&self, dev: &GpuDevice) -> CudaResult<DevicePool> {
+    pub fn device_pool(&self) -> CudaResult<DevicePool> {
+        let (k_handle, v_handle) = self.handles.clone().map_err(CudaError::Ipc)?;
         Ok(DevicePool {
             host_id: crate::transfer::tcp::host_id(),
-            k_handle: ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.k.ptr())?),
-            v_handle: ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.v.ptr())?),
+            k_handle,
+            v_handle,
             n_layers: self.n_layers,
             n_kv_heads: self.n_kv,
             head_dim: self.head_dim,
@@ -133,7 +143,11 @@ impl GpuKvPool {
         for &b in table {
             self.check(b)?;
         }
-        if pool.k_handle == ipc::to_hex(&ipc::mem_handle(&dev.ctx, self.k.ptr())?) {
+        if self
+            .handles
+            .as_ref()
+            .is_ok_and(|(k, _)| *k == pool.k_handle)
+        {
             // Our own pool (an engine pulling from itself): a process cannot map its own IPC handle.
             return self.copy_in(dev, self.raw_parts(), src_bs, src_blocks, table, from, to);
         }

@@ -88,12 +88,11 @@ impl Backend {
 
     /// This backend's KV pool as another process on this host can map it (GPU only; `None` when the pool
     /// cannot be shared).
-    pub fn device_pool(&self, block_size: usize) -> Option<DevicePool> {
-        let _ = block_size;
+    pub fn device_pool(&self) -> Option<DevicePool> {
         match self {
             Self::Cpu { .. } => None,
             #[cfg(feature = "cuda")]
-            Self::Cuda(m) => match m.kv.device_pool(&m.dev) {
+            Self::Cuda(m) => match m.kv.device_pool() {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::warn!("GPU KV pool cannot be shared over CUDA IPC: {e}");

@@ -143,10 +143,8 @@ impl EngineHandle {
             .name("baton-scheduler".into())
             .spawn(move || match make(&mut cfg) {
                 Ok(backend) => {
-                    let _ = ready_tx.send(Ok((
-                        backend.cfg().context_length,
-                        backend.device_pool(cfg.block_size),
-                    )));
+                    let _ =
+                        ready_tx.send(Ok((backend.cfg().context_length, backend.device_pool())));
                     scheduler::Scheduler::new(backend, tok, cfg, st).run(rx);
                 }
                 Err(e) => {
