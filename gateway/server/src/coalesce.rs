@@ -1,14 +1,15 @@
 //! Gathering upstream chunks into fewer client writes.
 //!
-//! hyper's client connection task hands a response body over one chunk per
-//! turn, even when one `recv` brought a whole burst of tokens. Forwarding
-//! each chunk as it comes costs a `writev` (and the loopback TCP work behind
-//! it) per token. A [`Coalescer`] holds what arrived and, when the upstream
-//! has nothing ready, waits for the runtime to run its other ready tasks
-//! (tokio's deferred wake-up, the one `yield_now` uses): the connection task
-//! passes on every chunk it already holds, and the batch leaves in one write.
-//! Nothing waits for the engine: once the runtime went round without a new
-//! chunk (or after a few rounds that all brought one), the batch goes out.
+//! Forwarding each SSE chunk as it comes costs a `writev` (and the loopback
+//! TCP work behind it) per token. The relay drives the engine connection in
+//! its own poll, so one poll already takes every chunk the socket holds; an
+//! engine's burst, though, often lands over a few socket writes. A
+//! [`Coalescer`] holds what arrived and, when the upstream has nothing
+//! ready, waits for the runtime to run its other ready tasks (tokio's
+//! deferred wake-up, the one `yield_now` uses), and the batch leaves in one
+//! write. Nothing waits for the engine: once the runtime went round without
+//! a new chunk (or after a few rounds that all brought one), the batch goes
+//! out.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,7 +180,7 @@ mod tests {
                 return Poll::Ready(b);
             }
             if polls == 1 {
-                // The upstream's connection task passes a chunk on meanwhile.
+                // More of the engine's burst arrives meanwhile.
                 c.push(Bytes::from_static(b"b"));
             }
             Poll::Pending

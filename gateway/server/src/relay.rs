@@ -19,7 +19,6 @@ use std::time::Duration;
 use baton_protocol::sse::{inspect, may_carry_metadata, SseDecoder};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -31,7 +30,7 @@ use crate::respond::openai_error;
 use crate::slo::classify::SloTarget;
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::slo::SloEngine;
-use crate::upstream::error_chain;
+use crate::upstream::{error_chain, UpstreamBody};
 use crate::worker::{LoadGuard, Worker};
 
 /// Result of the other leg running beside the stream (SGLang prefill).
@@ -299,7 +298,7 @@ pub struct StreamLimits {
 
 /// The client-facing body of a streaming reply.
 pub struct RelayBody {
-    upstream: Option<Incoming>,
+    upstream: Option<UpstreamBody>,
     leg: Leg,
     limits: StreamLimits,
     idle: Pin<Box<Sleep>>,
@@ -321,7 +320,7 @@ pub struct RelayBody {
 
 impl RelayBody {
     pub fn new(
-        upstream: Incoming,
+        upstream: UpstreamBody,
         leg: Leg,
         limits: StreamLimits,
         other_leg: Option<oneshot::Receiver<LegResult>>,
@@ -483,7 +482,7 @@ impl Body for RelayBody {
 /// Reads a whole (non-streaming) reply under the same limits and the same
 /// watch on the other leg.
 pub async fn collect(
-    mut upstream: Incoming,
+    mut upstream: UpstreamBody,
     leg: Leg,
     limits: StreamLimits,
     mut other_leg: Option<oneshot::Receiver<LegResult>>,

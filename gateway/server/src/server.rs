@@ -114,6 +114,7 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         state.slo.accounting.window(),
         stop.clone(),
     ));
+    tasks.spawn(sweep_idle_connections(Arc::clone(&state), stop.clone()));
     tasks.spawn(accept_loop(
         listener,
         Arc::clone(&state),
@@ -143,6 +144,18 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         stop,
         tasks,
     })
+}
+
+/// Closes idle engine connections that expired or that the engine closed
+/// (nothing else polls them while they wait in the pool).
+async fn sweep_idle_connections(state: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::upstream::pool::SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => state.upstream.pool().sweep(),
+        }
+    }
 }
 
 async fn accept_loop(

@@ -1,18 +1,24 @@
 //! The HTTP client for engine calls.
 //!
-//! One pooled hyper client for the whole gateway. Dropping a pending call or
-//! an unfinished response body closes that connection, which is how
+//! Requests go out on keep-alive HTTP/1 connections from [`pool::ConnPool`],
+//! driven by the calling task itself: awaiting the head polls the
+//! connection, and so does reading the [`UpstreamBody`]. Dropping a pending
+//! call or an unfinished body closes that connection, which is how
 //! cancellation reaches the engine.
 
+pub mod body;
+pub mod pool;
+
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 
+pub use self::body::UpstreamBody;
+use self::pool::ConnPool;
 use crate::error::{ErrorKind, GatewayError, Leg};
 
 /// Client headers forwarded to engines (auth, tracing context, tenancy).
@@ -38,19 +44,49 @@ pub struct CallIds<'a> {
 
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: Arc<ConnPool>,
+    connect_timeout: Duration,
+}
+
+/// Where a request goes: the connection's origin and the request target.
+struct Target {
+    /// `host:port`, the pool key and the `Host` header.
+    origin: String,
+    /// Origin-form (`/path?query`): what HTTP/1 sends to a server directly.
+    path: Uri,
+}
+
+impl Target {
+    fn parse(base_url: &str, path: &str) -> Result<Self, String> {
+        let url = format!("{base_url}{path}");
+        let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("invalid URL {url}: scheme is not http"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("invalid URL {url}: no host"))?;
+        let origin = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let path = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| format!("invalid URL {url}: {e}"))?;
+        Ok(Self { origin, path })
+    }
 }
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Self { client }
+        Self {
+            pool: Arc::new(ConnPool::default()),
+            connect_timeout,
+        }
+    }
+
+    /// The pool of idle engine connections.
+    pub fn pool(&self) -> &ConnPool {
+        &self.pool
     }
 
     /// POSTs JSON to `base_url + path`, returning the response head once it
@@ -63,15 +99,20 @@ impl Upstream {
         ids: CallIds<'_>,
         client_headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{base_url}{path}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(Full::new(body))
-            .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(e.to_string())))?;
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let target = Target::parse(base_url, path)
+            .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(e)))?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
         let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         if let Ok(v) = HeaderValue::from_str(ids.upstream) {
             headers.insert("x-request-id", v);
         }
@@ -83,37 +124,72 @@ impl Upstream {
                 headers.insert(*name, v.clone());
             }
         }
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| classify(leg, &e))
+        self.send(leg, target, req).await
     }
 
     /// GETs `base_url + path`, returning status and body.
     pub async fn get(&self, base_url: &str, path: &str) -> Result<(u16, Bytes), String> {
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{base_url}{path}"))
-            .body(Full::new(Bytes::new()))
+        let target = Target::parse(base_url, path)?;
+        let req = Request::new(Full::new(Bytes::new()));
+        let resp = self
+            .send(Leg::Gateway, target, req)
+            .await
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_chain(&e))?
             .to_bytes();
         Ok((status, body))
     }
-}
 
-fn classify(leg: Leg, e: &hyper_util::client::legacy::Error) -> GatewayError {
-    let msg = error_chain(e);
-    if e.is_connect() {
-        GatewayError::new(leg, ErrorKind::Connect(msg))
-    } else {
-        GatewayError::new(leg, ErrorKind::Transport(msg))
+    /// Sends `req` on an idle connection to the target's origin, or a new
+    /// one, and drives that connection until the response head is in.
+    async fn send(
+        &self,
+        leg: Leg,
+        target: Target,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        *req.uri_mut() = target.path;
+        if let Ok(v) = HeaderValue::from_str(&target.origin) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        loop {
+            let mut conn = match self.pool.checkout(&target.origin) {
+                Some(c) => c,
+                None => self
+                    .pool
+                    .connect(&target.origin, self.connect_timeout)
+                    .await
+                    .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(error_chain(&*e))))?,
+            };
+            let reply = conn.sender.try_send_request(req);
+            let mut reply = std::pin::pin!(reply);
+            let result = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                reply.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(head) => {
+                    let pool = Arc::clone(&self.pool);
+                    return Ok(head.map(|incoming| UpstreamBody::new(incoming, conn, pool)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // An idle connection the engine closed as we picked it:
+                    // the request never left, so it goes out on a new one.
+                    Some(unsent) if conn.reused => req = unsent,
+                    _ => {
+                        let e = e.into_error();
+                        let kind = ErrorKind::Transport(error_chain(&e));
+                        return Err(GatewayError::new(leg, kind));
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -130,7 +206,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads a whole body, bounded by `limit` bytes.
-pub async fn read_body(leg: Leg, body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+pub async fn read_body(leg: Leg, body: UpstreamBody, limit: usize) -> Result<Bytes, GatewayError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -142,5 +218,193 @@ pub async fn read_body(leg: Leg, body: Incoming, limit: usize) -> Result<Bytes, 
                 ErrorKind::Transport(error_chain(e.as_ref()))
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// Connections opened and closed by a test engine.
+    #[derive(Default)]
+    struct Counts {
+        opened: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    /// An engine answering every request with `size` bytes; `keep_alive:
+    /// false` makes it close each connection after one response.
+    async fn engine(size: usize, keep_alive: bool) -> (String, Arc<Counts>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counts = Arc::new(Counts::default());
+        let c = Arc::clone(&counts);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                c.opened.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            vec![b'x'; size],
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    c.closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (url, counts)
+    }
+
+    fn ids() -> CallIds<'static> {
+        CallIds {
+            upstream: "u",
+            request: "r",
+        }
+    }
+
+    async fn post(up: &Upstream, url: &str) -> Response<UpstreamBody> {
+        up.post(
+            Leg::Worker,
+            url,
+            "/v1/completions",
+            ids(),
+            &HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_is_reused() {
+        let (url, counts) = engine(100, true).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let origin = url.trim_start_matches("http://");
+        for _ in 0..3 {
+            let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 1 << 20);
+            assert_eq!(body.await.unwrap().len(), 100);
+            assert_eq!(up.pool().idle_count(origin), 1);
+        }
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+        let (status, body) = up.get(&url, "/health").await.unwrap();
+        assert_eq!((status, body.len()), (200, 100));
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_body_closes_its_connection() {
+        let (url, counts) = engine(4 << 20, true).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let mut body = post(&up, &url).await.into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        drop(body);
+        // The engine sees the disconnect; nothing went back to the pool.
+        eventually("engine saw the close", || {
+            counts.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
+        let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 8 << 20);
+        assert_eq!(body.await.unwrap().len(), 4 << 20);
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_the_engine_closes_are_not_reused() {
+        let (url, counts) = engine(10, false).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let origin = url.trim_start_matches("http://");
+        for n in 1..=2 {
+            let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 1 << 20);
+            assert_eq!(body.await.unwrap().len(), 10);
+            assert_eq!(up.pool().idle_count(origin), 0);
+            assert_eq!(counts.opened.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_engine_closes_are_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers one request per connection, keep-alive, then hangs up
+        // while the connection is idle (as engines do after their
+        // keep-alive timeout).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&closed);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    stream.write_all(reply).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    drop(stream);
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let up = Upstream::new(Duration::from_secs(1));
+        let origin = url.trim_start_matches("http://");
+        for n in 1..=2 {
+            let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 1 << 20);
+            assert_eq!(&body.await.unwrap()[..], b"ok");
+            assert_eq!(up.pool().idle_count(origin), 1);
+            eventually("engine hung up", || closed.load(Ordering::SeqCst) == n).await;
+            // Time for the runtime to read the FIN.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The next request notices the close and connects afresh.
+        }
+        eventually("sweep drops the closed connection", || {
+            up.pool().sweep();
+            up.pool().idle_count(origin) == 0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn connect_failures_are_connect_errors() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let up = Upstream::new(Duration::from_secs(1));
+        let e = up
+            .post(
+                Leg::Decode,
+                &url,
+                "/v1/completions",
+                ids(),
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Connect(_)), "{e:?}");
+        assert_eq!(e.leg, Leg::Decode);
     }
 }

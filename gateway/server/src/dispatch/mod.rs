@@ -28,6 +28,7 @@ use crate::respond::error_response;
 use crate::slo::classify::SloTarget;
 use crate::slo::{Admission, Forced};
 use crate::state::AppState;
+use crate::upstream::UpstreamBody;
 use crate::worker::Worker;
 
 /// One client request, validated.
@@ -243,8 +244,8 @@ pub async fn first_byte(
     state: &AppState,
     leg: Leg,
     worker: &Arc<Worker>,
-    send: impl std::future::Future<Output = Result<Response<hyper::body::Incoming>, GatewayError>>,
-) -> Result<Response<hyper::body::Incoming>, AttemptError> {
+    send: impl std::future::Future<Output = Result<Response<UpstreamBody>, GatewayError>>,
+) -> Result<Response<UpstreamBody>, AttemptError> {
     tokio::time::timeout(state.first_byte_timeout(), send)
         .await
         .unwrap_or_else(|_| Err(GatewayError::new(leg, ErrorKind::Timeout("first_byte"))))

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::{AttemptError, Ctx};
@@ -14,7 +13,7 @@ use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::relay::{self, AbortOnDrop, LegResult, Observer, Outcome, RelayBody, StreamLimits};
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::state::AppState;
-use crate::upstream::read_body;
+use crate::upstream::{read_body, UpstreamBody};
 use crate::worker::{LoadGuard, Worker};
 
 /// Largest error or non-streaming reply body the gateway buffers.
@@ -22,7 +21,7 @@ const MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// What keeps an answering leg company until the response ends.
 pub struct Answer {
-    pub head: Response<Incoming>,
+    pub head: Response<UpstreamBody>,
     pub leg: Leg,
     pub worker: Arc<Worker>,
     pub guards: Vec<LoadGuard>,
