@@ -18,7 +18,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Same order as KERNEL_SOURCES in native-decode/src/cuda/device.rs.
-SOURCES = ["kernels/common.cu", "kernels/layers.cu", "kernels/attention.cu", "kernels/gemv.cu"]
+SOURCES = ["kernels/common.cu", "kernels/layers.cu", "kernels/attention.cu"]
 
 
 def main() -> int:

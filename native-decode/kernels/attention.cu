@@ -2,10 +2,13 @@
 //
 // Decode (one new token per sequence): `attn_decode_<HD>_<G>` is split-K ("flash-decoding"): grid
 // (kv heads, sequences, splits); each CTA reads one KV head's keys/values for one slice of the context once and
-// serves the G query heads that share that KV head (GQA). K/V tiles of 8 KiB each stream into shared memory
-// through a 3-stage cp.async pipeline, so two tiles are in flight while the warps compute on the third: the
-// kernel is bound by HBM bandwidth, not by load latency. Each CTA writes an unnormalized partial
-// (max, sum, acc[HD]) per head; `attn_combine` merges the splits.
+// serves the G query heads that share that KV head (GQA). K/V tiles stream into shared memory through a 3-stage
+// cp.async pipeline, and both products run on tensor cores (mma.sync bf16, f32 accumulate): the G query heads
+// are the rows of the A operand, so a warp handles 8 tokens of a tile with 8 (QK^T) + HD/8 (PV) mma
+// instructions instead of ~G * HD FMAs per lane — few enough instructions that the kernel is bound by HBM
+// bandwidth. The probabilities go from the QK^T accumulator straight into the PV A operand (same fragment
+// layout), rounded to bf16 as flash-attention does. Each CTA writes an unnormalized partial (max, sum, acc[HD])
+// per head; `attn_combine` merges the splits.
 //
 // Prefill (several new tokens of one sequence): `gather_kv` copies the sequence's K/V out of the pages
 // (so chunked prefill and prefix-cache hits just work), cuBLAS computes S = QK^T and O = PV on tensor cores, and
@@ -29,33 +32,60 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Block ids of the tokens this thread copies for the tile starting at t0 (looked up one tile ahead, so the
-// copies never wait on a block-table load).
-template <int HD, int TILE>
-__device__ __forceinline__ void decode_tile_blocks(const int* bt, int t0, int end, int block_size, int* blk) {
-    constexpr int CPT = HD / 8;
-    constexpr int LOADS = TILE * CPT / (DECODE_WARPS * 32);
-#pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        const int t = t0 + (threadIdx.x + i * DECODE_WARPS * 32) / CPT;
-        blk[i] = t < end ? bt[t / block_size] : -1;
-    }
+// d = A(16x16, rows 8-15 zero) * B(16x8) + d, bf16 in, f32 out; only d[0..1] (rows 0-7) are kept.
+__device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a2, u32 b0, u32 b1) {
+    float z0 = 0.f, z1 = 0.f;
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(z0), "+f"(z1)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// Queues the copy of tokens [t0, t0 + TILE) of KV head g into one pipeline stage, `[token][HD]` bf16 each.
-template <int HD, int TILE>
+// d = A(16x8, rows 8-15 zero) * B(8x8) + d; only d[0..1] are kept.
+__device__ __forceinline__ void mma_1688(float* d, u32 a0, u32 b0) {
+    float z0 = 0.f, z1 = 0.f;
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(z0), "+f"(z1)
+        : "r"(a0), "r"(0u), "r"(b0));
+}
+
+// Four 8x8 bf16 matrices, transposed: the B operands of PV for 8 tokens x 32 dims.
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Shared-memory rows are padded by 16 bytes so the 8 rows an mma fragment or ldmatrix touches hit distinct banks.
+template <int HD> struct DecodeTile {
+    static constexpr int NT = 128 / HD;                   // 8-token groups per warp per tile
+    static constexpr int TOKENS = DECODE_WARPS * 8 * NT;  // 32 at HD 128, 64 at HD 64
+    static constexpr int ROW = HD + 8;
+};
+
+// Queues the copy of tokens [t0, t0 + TOKENS) of KV head g into one pipeline stage.
+template <int HD>
 __device__ __forceinline__ void decode_issue_tile(bf16_t* sk, bf16_t* sv, const bf16_t* kc, const bf16_t* vc,
-                                                  const int* blk, int t0, int g, int n_kv, int block_size) {
-    constexpr int CPT = HD / 8;
-    constexpr int LOADS = TILE * CPT / (DECODE_WARPS * 32);
+                                                  const int* bt, int t0, int end, int g, int n_kv, int block_size) {
+    constexpr int CPT = HD / 8, ROW = DecodeTile<HD>::ROW;
+    constexpr int LOADS = DecodeTile<HD>::TOKENS * CPT / (DECODE_WARPS * 32);
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
         const int idx = threadIdx.x + i * DECODE_WARPS * 32;
         const int tok = idx / CPT, c = idx % CPT;
-        const bool ok = blk[i] >= 0;
-        const u64 off = ok ? kv_index(blk[i], g, (t0 + tok) % block_size, n_kv, block_size, HD) + c * 8 : 0;
-        cp_async16(sk + tok * HD + c * 8, kc + off, ok ? 16 : 0);
-        cp_async16(sv + tok * HD + c * 8, vc + off, ok ? 16 : 0);
+        const int t = t0 + tok;
+        const bool ok = t < end;
+        const u64 off = ok ? kv_index(bt[t / block_size], g, t % block_size, n_kv, block_size, HD) + c * 8 : 0;
+        cp_async16(sk + tok * ROW + c * 8, kc + off, ok ? 16 : 0);
+        cp_async16(sv + tok * ROW + c * 8, vc + off, ok ? 16 : 0);
     }
 }
 
@@ -66,23 +96,17 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
                                                  const int* __restrict__ ctx_lens, float* __restrict__ part_acc,
                                                  float* __restrict__ part_ml, int n_kv, int block_size,
                                                  int bt_stride, float scale) {
-    // LPT lanes share one token, each owning DPL dims (whole 16-byte chunks, so a quarter-warp reads 128
-    // contiguous bytes of shared memory: no bank conflicts). Wide GQA groups use more lanes per token to keep
-    // q and the accumulators (G * DPL floats each) in registers.
-    constexpr int LPT = (HD == 128 && G > 2) ? 16 : 8;
-    constexpr int DPL = HD / LPT, CPL = DPL / 8, TPP = 32 / LPT;
-    constexpr int TILE = 4096 / HD;  // tokens per stage: 8 KiB of K and 8 KiB of V
-    constexpr int TPW = TILE / DECODE_WARPS, PASSES = TPW / TPP;
-    __shared__ __align__(16) bf16_t sk[DECODE_STAGES][TILE * HD];
-    __shared__ __align__(16) bf16_t sv[DECODE_STAGES][TILE * HD];
+    constexpr int NT = DecodeTile<HD>::NT, TILE = DecodeTile<HD>::TOKENS, ROW = DecodeTile<HD>::ROW;
+    constexpr int KS = HD / 16, DT = HD / 8;
+    extern __shared__ __align__(16) unsigned char attn_smem[];
+    bf16_t* sk = reinterpret_cast<bf16_t*>(attn_smem);  // [STAGES][TILE][ROW]
+    bf16_t* sv = sk + DECODE_STAGES * TILE * ROW;
 
-    constexpr int LOADS = TILE * (HD / 8) / (DECODE_WARPS * 32);
-    pdl_wait();
-    pdl_launch();
     const int g = blockIdx.x, b = blockIdx.y, z = blockIdx.z, splits = gridDim.z;
     const int n_heads = n_kv * G;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int grp = lane / LPT, sub = lane % LPT;
+    // mma fragment coordinates: `row` = query head of the group (rows >= G are padding), `quad` picks columns.
+    const int row = lane >> 2, quad = lane & 3;
     const int ctx = ctx_lens[b];
     const int part = ((ctx + splits - 1) / splits + TILE - 1) / TILE * TILE;
     const int start = z * part;
@@ -98,35 +122,28 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
     }
     const int* bt = block_tables + (u64)b * bt_stride;
     const int n_tiles = (end - start + TILE - 1) / TILE;
-    int blk[LOADS];
 #pragma unroll
     for (int s = 0; s < DECODE_STAGES - 1; ++s) {
-        if (s < n_tiles) {
-            decode_tile_blocks<HD, TILE>(bt, start + s * TILE, end, block_size, blk);
-            decode_issue_tile<HD, TILE>(sk[s], sv[s], kc, vc, blk, start + s * TILE, g, n_kv, block_size);
-        }
+        if (s < n_tiles)
+            decode_issue_tile<HD>(sk + s * TILE * ROW, sv + s * TILE * ROW, kc, vc, bt, start + s * TILE, end, g,
+                                  n_kv, block_size);
         cp_async_commit();
     }
-    decode_tile_blocks<HD, TILE>(bt, start + (DECODE_STAGES - 1) * TILE, end, block_size, blk);
 
-    // Scores live in the log2 domain (q pre-scaled by log2 e) so the softmax uses exp2.
-    const bf16_t* qb = q + (u64)q_rows[b] * n_heads * HD + (u64)g * G * HD;
-    float qr[G][DPL];
+    // A operand of QK^T: q of head `row` (zero for padding rows), dims quad*2.. of each 16-dim step.
+    const bf16_t* qb = q + (u64)q_rows[b] * n_heads * HD + (u64)g * G * HD + (u64)row * HD + quad * 2;
+    u32 qa[KS][2];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-#pragma unroll
-        for (int j = 0; j < CPL; ++j) load_bf16<8>(qb + h * HD + (sub + j * LPT) * 8, qr[h] + j * 8);
-#pragma unroll
-        for (int e = 0; e < DPL; ++e) qr[h][e] *= scale * LOG2E;
+    for (int k = 0; k < KS; ++k) {
+        qa[k][0] = row < G ? *reinterpret_cast<const u32*>(qb + k * 16) : 0u;
+        qa[k][1] = row < G ? *reinterpret_cast<const u32*>(qb + k * 16 + 8) : 0u;
     }
-    float m[G], l[G], acc[G][DPL];
+    // Scores in the log2 domain so the softmax uses exp2; m and l are per row, the same on the 4 lanes of a quad.
+    const float sc = scale * LOG2E;
+    float m = NEG_INF, l = 0.f;
+    float o[DT][2];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-        m[h] = NEG_INF;
-        l[h] = 0.f;
-#pragma unroll
-        for (int e = 0; e < DPL; ++e) acc[h][e] = 0.f;
-    }
+    for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = 0.f;
 
     for (int it = 0; it < n_tiles; ++it) {
         cp_async_wait<DECODE_STAGES - 2>();
@@ -134,90 +151,76 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
         __syncthreads();
         {
             const int nt = it + DECODE_STAGES - 1;
-            if (nt < n_tiles) {
-                decode_issue_tile<HD, TILE>(sk[nt % DECODE_STAGES], sv[nt % DECODE_STAGES], kc, vc, blk,
-                                            start + nt * TILE, g, n_kv, block_size);
-                decode_tile_blocks<HD, TILE>(bt, start + (nt + 1) * TILE, end, block_size, blk);
-            }
+            if (nt < n_tiles)
+                decode_issue_tile<HD>(sk + (nt % DECODE_STAGES) * TILE * ROW, sv + (nt % DECODE_STAGES) * TILE * ROW,
+                                      kc, vc, bt, start + nt * TILE, end, g, n_kv, block_size);
             cp_async_commit();
         }
-        const bf16_t* ks = sk[it % DECODE_STAGES];
-        const bf16_t* vs = sv[it % DECODE_STAGES];
-        const int t0 = start + it * TILE;
-        float s[PASSES][G];
+        const bf16_t* ks = sk + (it % DECODE_STAGES) * TILE * ROW;
+        const bf16_t* vs = sv + (it % DECODE_STAGES) * TILE * ROW;
 #pragma unroll
-        for (int p = 0; p < PASSES; ++p) {
-            const int tok = w * TPW + p * TPP + grp;
-            float kf[DPL];
+        for (int n8 = 0; n8 < NT; ++n8) {
+            const int tok0 = (w * NT + n8) * 8;
+            // S[row][tok0 + quad*2 + {0,1}]; B = K^T: token = lane/4, dims quad*2.. (one 32-bit load each).
+            float sacc[2] = {0.f, 0.f};
+            const bf16_t* kr = ks + (tok0 + row) * ROW + quad * 2;
 #pragma unroll
-            for (int j = 0; j < CPL; ++j) load_bf16<8>(ks + tok * HD + (sub + j * LPT) * 8, kf + j * 8);
+            for (int k = 0; k < KS; ++k)
+                mma_16816(sacc, qa[k][0], qa[k][1], *reinterpret_cast<const u32*>(kr + k * 16),
+                          *reinterpret_cast<const u32*>(kr + k * 16 + 8));
+            const int ta = start + it * TILE + tok0 + quad * 2;
+            const float s0 = ta < end ? sacc[0] * sc : NEG_INF;
+            const float s1 = ta + 1 < end ? sacc[1] * sc : NEG_INF;
+            float cm = fmaxf(s0, s1);
+            cm = fmaxf(cm, __shfl_xor_sync(FULL_MASK, cm, 1));
+            cm = fmaxf(cm, __shfl_xor_sync(FULL_MASK, cm, 2));
+            const float nm = fmaxf(m, cm);
+            // Rescale only when some row's max grew (rare after the first tiles).
+            if (__any_sync(FULL_MASK, nm > m)) {
+                const float alpha = nm == NEG_INF ? 1.f : exp2f(m - nm);
+                l *= alpha;
 #pragma unroll
-            for (int h = 0; h < G; ++h) {
-                float d = 0.f;
-#pragma unroll
-                for (int e = 0; e < DPL; ++e) d += qr[h][e] * kf[e];
-#pragma unroll
-                for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(FULL_MASK, d, o);
-                s[p][h] = (t0 + tok < end) ? d : NEG_INF;
+                for (int j = 0; j < DT; ++j) {
+                    o[j][0] *= alpha;
+                    o[j][1] *= alpha;
+                }
             }
-        }
-        // One running-max update per tile; the max is reduced over the whole warp, so the branch is uniform.
+            m = nm;
+            // Masked tokens add nothing (their V was zero-filled, and -inf - -inf must not become NaN).
+            const float p0 = s0 == NEG_INF ? 0.f : exp2f(s0 - m);
+            const float p1 = s1 == NEG_INF ? 0.f : exp2f(s1 - m);
+            l += p0 + p1;
+            const u32 pa = pack_bf16x2(p0, p1);
+            // B = V: ldmatrix.trans of rows tok0..tok0+7, 32 dims per instruction.
+            const bf16_t* vr = vs + (tok0 + (lane & 7)) * ROW + (lane >> 3) * 8;
 #pragma unroll
-        for (int h = 0; h < G; ++h) {
-            float cm = s[0][h];
+            for (int d4 = 0; d4 < DT / 4; ++d4) {
+                u32 vb[4];
+                ldsm_x4_trans(vb, vr + d4 * 32);
 #pragma unroll
-            for (int p = 1; p < PASSES; ++p) cm = fmaxf(cm, s[p][h]);
-#pragma unroll
-            for (int o = LPT; o < 32; o <<= 1) cm = fmaxf(cm, __shfl_xor_sync(FULL_MASK, cm, o));
-            if (cm > m[h]) {
-                const float alpha = exp2f(m[h] - cm);
-                m[h] = cm;
-                l[h] *= alpha;
-#pragma unroll
-                for (int e = 0; e < DPL; ++e) acc[h][e] *= alpha;
-            }
-        }
-#pragma unroll
-        for (int p = 0; p < PASSES; ++p) {
-            const int tok = w * TPW + p * TPP + grp;
-            float vf[DPL];
-#pragma unroll
-            for (int j = 0; j < CPL; ++j) load_bf16<8>(vs + tok * HD + (sub + j * LPT) * 8, vf + j * 8);
-#pragma unroll
-            for (int h = 0; h < G; ++h) {
-                // Masked tokens add nothing (their V was zero-filled, and -inf - -inf must not become NaN).
-                const float pr = s[p][h] == NEG_INF ? 0.f : exp2f(s[p][h] - m[h]);
-                l[h] += pr;
-#pragma unroll
-                for (int e = 0; e < DPL; ++e) acc[h][e] += pr * vf[e];
+                for (int j = 0; j < 4; ++j) mma_1688(o[d4 * 4 + j], pa, vb[j]);
             }
         }
     }
 
-    // The lane groups of a warp share the running max: sum them, then merge the warps through shared memory
-    // (the pipeline stages are free now).
+    // Sum l over the quad, then merge the warps through shared memory (the pipeline stages are free now; every
+    // configuration has room for WARPS * G * (HD + 2) floats).
     cp_async_wait<0>();
     __syncthreads();
-    float* sm_m = reinterpret_cast<float*>(&sk[0][0]);
+    l += __shfl_xor_sync(FULL_MASK, l, 1);
+    l += __shfl_xor_sync(FULL_MASK, l, 2);
+    float* sm_acc = reinterpret_cast<float*>(attn_smem);  // [WARPS][G][HD]
+    float* sm_m = sm_acc + DECODE_WARPS * G * HD;
     float* sm_l = sm_m + DECODE_WARPS * G;
-    float* sm_acc = reinterpret_cast<float*>(&sv[0][0]);
+    if (row < G) {
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-#pragma unroll
-        for (int o = LPT; o < 32; o <<= 1) {
-            l[h] += __shfl_xor_sync(FULL_MASK, l[h], o);
-#pragma unroll
-            for (int e = 0; e < DPL; ++e) acc[h][e] += __shfl_xor_sync(FULL_MASK, acc[h][e], o);
+        for (int j = 0; j < DT; ++j) {
+            sm_acc[(w * G + row) * HD + j * 8 + quad * 2] = o[j][0];
+            sm_acc[(w * G + row) * HD + j * 8 + quad * 2 + 1] = o[j][1];
         }
-        if (lane == 0) {
-            sm_m[w * G + h] = m[h];
-            sm_l[w * G + h] = l[h];
-        }
-        if (grp == 0) {
-#pragma unroll
-            for (int j = 0; j < CPL; ++j)
-#pragma unroll
-                for (int e = 0; e < 8; ++e) sm_acc[(w * G + h) * HD + (sub + j * LPT) * 8 + e] = acc[h][j * 8 + e];
+        if (quad == 0) {
+            sm_m[w * G + row] = m;
+            sm_l[w * G + row] = l;
         }
     }
     __syncthreads();
@@ -244,8 +247,9 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
     }
 }
 
+// Dynamic shared memory: DECODE_STAGES * TOKENS * (HD + 8) * 2 (K and V) * 2 bytes (`decode_smem` in kernels.rs).
 #define DECODE_KERNEL(HD, G)                                                                                      \
-    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32, G <= 4 ? 4 : 2) attn_decode_##HD##_##G(                     \
+    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) attn_decode_##HD##_##G(                       \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, const int* q_rows, const int* block_tables,          \
         const int* ctx_lens, float* part_acc, float* part_ml, int n_kv, int block_size, int bt_stride,            \
         float scale) {                                                                                            \
@@ -274,8 +278,6 @@ DECODE_KERNEL(128, 8)
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                         const int* __restrict__ q_rows, bf16_t* __restrict__ out, int n_heads,
                                         int splits) {
-    pdl_wait();
-    pdl_launch();
     const int head = blockIdx.x, b = blockIdx.y, hd = blockDim.x, d = threadIdx.x;
     const u64 base = ((u64)b * n_heads + head) * splits;
     float mx = NEG_INF;

@@ -8,21 +8,6 @@ typedef unsigned long long u64;
 #define NEG_INF (__int_as_float(0xff800000))
 #define FULL_MASK 0xffffffffu
 
-// Programmatic dependent launch (sm_90+). A kernel launched with it may start while the previous kernel of the
-// stream is still finishing: `pdl_wait` blocks until that kernel's writes are visible, `pdl_launch` lets the next
-// kernel start. Before `pdl_wait` a kernel may only touch data no kernel writes (weights). Both are no-ops before
-// sm_90 and for a normal launch, so every kernel that calls them also works unfused.
-__device__ __forceinline__ void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ float bf2f(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
 
 // Round to nearest even, NaN kept quiet.

@@ -29,8 +29,6 @@ extern "C" __global__ void copy_u4(const uint4* __restrict__ src, uint4* __restr
 // x[t, :] = table[tokens[t], :] (grid: one block per token).
 extern "C" __global__ void embed(const int* __restrict__ tokens, const bf16_t* __restrict__ table,
                                  float* __restrict__ x, int hidden) {
-    pdl_wait();
-    pdl_launch();
     const bf16_t* row = table + (u64)tokens[blockIdx.x] * hidden;
     float* o = x + (u64)blockIdx.x * hidden;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf2f(row[i]);
@@ -60,8 +58,6 @@ extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const int* __r
                                    const int* __restrict__ slot, const float* __restrict__ inv_freq,
                                    bf16_t* __restrict__ q_out, bf16_t* __restrict__ kc, bf16_t* __restrict__ vc,
                                    int n_heads, int n_kv, int hd, int block_size, int half_split) {
-    pdl_wait();
-    pdl_launch();
     const int t = blockIdx.x;
     const int p = pos[t], s = slot[t];
     const int qd = n_heads * hd, kvd = n_kv * hd, half = hd / 2;
@@ -108,8 +104,6 @@ extern "C" __global__ void swiglu(const bf16_t* __restrict__ gu, bf16_t* __restr
 // Greedy token and its log-probability for each logits row (grid: one block of 1024 threads per row).
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int vocab, int* __restrict__ tok,
                                           float* __restrict__ lp) {
-    pdl_wait();
-    pdl_launch();
     __shared__ float shv[32];
     __shared__ int shi[32];
     __shared__ float sh[32];

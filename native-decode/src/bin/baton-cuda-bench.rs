@@ -44,9 +44,6 @@ enum Cmd {
         case: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Steps of at most this many tokens use the small-batch projection kernels (0 = cuBLAS only).
-        #[arg(long, default_value_t = 4)]
-        gemv_max_rows: usize,
     },
     Perf {
         #[arg(long)]
@@ -73,12 +70,7 @@ fn main() {
     let args = Args::parse();
     let r = match args.cmd {
         Cmd::Info => info(),
-        Cmd::Check {
-            model,
-            case,
-            out,
-            gemv_max_rows,
-        } => check(&model, &case, &out, gemv_max_rows),
+        Cmd::Check { model, case, out } => check(&model, &case, &out),
         Cmd::Perf { out, quick } => perf(&out, quick),
         Cmd::Handoff { out } => handoff(&out),
     };
@@ -123,12 +115,7 @@ fn info() -> Res<()> {
 
 // ---------------------------------------------------------------------------------------------------- check
 
-fn check(
-    model: &std::path::Path,
-    case: &std::path::Path,
-    out: &std::path::Path,
-    gemv_max_rows: usize,
-) -> Res<()> {
+fn check(model: &std::path::Path, case: &std::path::Path, out: &std::path::Path) -> Res<()> {
     let dev = open()?;
     let case: Value = serde_json::from_str(&std::fs::read_to_string(case)?)?;
     let seqs: Vec<Vec<u32>> = serde_json::from_value(case["seqs"].clone())?;
@@ -151,8 +138,6 @@ fn check(
         max_context: max_len,
         attn_workspace_bytes: 64 << 20,
         cuda_graphs: true,
-        gemv_max_rows,
-        pdl: true,
     };
     let mut m = CudaModel::new(dev.clone(), cfg.clone(), weights, opts)?;
     let mut bm = BlockManager::new(blocks, bs, false);
@@ -335,29 +320,6 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
     res.insert("decode_attention".into(), Value::Array(attn));
     emit(&res)?;
 
-    // The four projections of a layer and the LM head at decode batch sizes: cuBLAS vs the small-batch kernel.
-    let mut proj = Vec::new();
-    let shapes = [
-        ("qkv", cfg.q_dim() + 2 * cfg.kv_dim(), cfg.hidden),
-        ("o", cfg.hidden, cfg.q_dim()),
-        ("gate_up", 2 * cfg.ffn, cfg.hidden),
-        ("down", cfg.hidden, cfg.ffn),
-        ("lm_head", cfg.vocab, cfg.hidden),
-    ];
-    for rows in [1, 4] {
-        for (name, n_out, k) in shapes {
-            let (blas, gemv) = bench::projection(&dev, rows, n_out, k)?;
-            eprintln!(
-                "projection {name:8} rows={rows}: cuBLAS {blas:5.0} GB/s, gemv {gemv:5.0} GB/s ({:.0}% of copy)",
-                100.0 * gemv / copy_gbs
-            );
-            proj.push(json!({"name": name, "rows": rows, "n_out": n_out, "k": k,
-                "cublas_gbs": blas, "gemv_gbs": gemv, "gemv_pct_copy": 100.0 * gemv / copy_gbs}));
-        }
-    }
-    res.insert("projections".into(), Value::Array(proj));
-    emit(&res)?;
-
     // The model, random weights generated on the GPU.
     let ctx0: usize = 1024;
     let b64 = if quick { 16 } else { 64 };
@@ -387,8 +349,6 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
             max_context: cfg.context_length,
             attn_workspace_bytes: 1 << 30,
             cuda_graphs: true,
-            gemv_max_rows: 4,
-            pdl: true,
         },
     )?;
     m.kv.fill_random(&dev, 99)?;
@@ -398,22 +358,8 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
     let kv_per_token = 2 * cfg.n_layers * cfg.kv_dim() * 2;
 
     let mut decode = Vec::new();
-    // (batch, CUDA graphs, small-batch projection kernels): the fused kernels A/B'd against cuBLAS in one process.
-    // (batch, CUDA graphs, small-batch kernels, programmatic launches): the fused kernels and programmatic
-    // dependent launches A/B'd against cuBLAS in one process.
-    for (batch, graphs, gemv, pdl) in [
-        (1, true, true, true),
-        (1, true, true, false),
-        (1, true, false, false),
-        (1, false, true, true),
-        (2, true, true, true),
-        (2, true, false, false),
-        (4, true, true, true),
-        (4, true, false, false),
-        (b64, true, true, true),
-    ] {
+    for (batch, graphs) in [(1, true), (1, false), (b64, true)] {
         m.opts.cuda_graphs = graphs;
-        m.set_small_batch(if gemv { 4 } else { 0 }, pdl);
         let tok: Vec<u32> = (0..batch as u32).map(|i| 1000 + i).collect();
         let run = |m: &mut CudaModel, k: usize| -> Res<()> {
             let inputs: Vec<SeqInput> = (0..batch)
@@ -441,11 +387,11 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
         let bound_ms = bytes as f64 / (copy_gbs * 1e9) * 1e3;
         let tps = (batch * steps) as f64 / secs;
         eprintln!(
-            "decode batch {batch:3} graphs={graphs} gemv={gemv} pdl={pdl}: {step_ms:.3} ms/step, {tps:.1} tok/s, bound {bound_ms:.3} ms \
+            "decode batch {batch:3} graphs={graphs}: {step_ms:.3} ms/step, {tps:.1} tok/s, bound {bound_ms:.3} ms \
              ({:.0}% of bound)",
             100.0 * bound_ms / step_ms
         );
-        decode.push(json!({"batch": batch, "cuda_graphs": graphs, "gemv": gemv, "pdl": pdl, "ctx": avg_ctx, "step_ms": step_ms,
+        decode.push(json!({"batch": batch, "cuda_graphs": graphs, "ctx": avg_ctx, "step_ms": step_ms,
             "tok_s": tps, "bytes_per_step": bytes, "bound_ms": bound_ms,
             "bound_tok_s": batch as f64 * 1e3 / bound_ms, "pct_of_bound": 100.0 * bound_ms / step_ms}));
         emit(&{
@@ -456,7 +402,6 @@ fn perf(out: &std::path::Path, quick: bool) -> Res<()> {
     }
     res.insert("decode".into(), Value::Array(decode));
     m.opts.cuda_graphs = true;
-    m.set_small_batch(4, true);
 
     // Prefill of one long prompt in one step.
     let mut prefill = Vec::new();

@@ -7,8 +7,7 @@ use super::blas::Ty;
 use super::buffer::DevBuf;
 use super::device::GpuDevice;
 use super::kernels::{launch, Arg};
-use super::kernels::GemvOut;
-use super::model::{decode_attention_raw, gemv_raw, DecodeArgs, GemvArgs, GemvIn};
+use super::model::{decode_attention_raw, DecodeArgs};
 use super::CudaResult;
 
 /// Median milliseconds per call of `f` over `reps` timed batches of `iters` calls (after two warm-up calls).
@@ -85,58 +84,6 @@ pub fn gemm_tflops(dev: &GpuDevice, n: usize, m: usize, k: usize) -> CudaResult<
             .linear(x.ptr(), w.ptr(), y.ptr(), Ty::Bf16, n, m, k, 0.0)
     })?;
     Ok(2.0 * (n * m * k) as f64 / (ms * 1e-3) / 1e12)
-}
-
-/// Weight-read bandwidth (GB/s) of one projection `y[rows, n_out] = x[rows, k] · W^T` through cuBLAS and
-/// through the small-batch kernel (`gemv.cu`), weight copies cycled so they do not sit in L2.
-pub fn projection(
-    dev: &GpuDevice,
-    rows: usize,
-    n_out: usize,
-    k: usize,
-) -> CudaResult<(f64, f64)> {
-    let s = &dev.stream;
-    let w_bytes = n_out * k * 2;
-    let copies = (256usize << 20).div_ceil(w_bytes).clamp(2, 16);
-    let w = DevBuf::<u16>::zeros(s, copies * n_out * k)?;
-    let x = DevBuf::<u16>::zeros(s, rows * k)?;
-    let y = DevBuf::<f32>::zeros(s, rows * n_out)?;
-    for (i, b) in [&w, &x].into_iter().enumerate() {
-        super::kernels::launch_1d(
-            s,
-            &dev.k.fill_random_bf16,
-            b.len(),
-            &[
-                Arg::Ptr(b.ptr()),
-                Arg::U64(b.len() as u64),
-                Arg::U64(i as u64 + 11),
-                Arg::F32(0.05),
-            ],
-        )?;
-    }
-    let wp = |i: usize| w.ptr() + ((i % copies) * w_bytes) as u64;
-    let blas_ms = time_ms(dev, 7, 20, |i| {
-        dev.blas
-            .linear(x.ptr(), wp(i), y.ptr(), Ty::F32, rows, n_out, k, 0.0)
-    })?;
-    let gemv_ms = time_ms(dev, 7, 20, |i| {
-        gemv_raw(
-            dev,
-            &GemvArgs {
-                n: rows,
-                w: wp(i),
-                n_out,
-                k,
-                input: GemvIn::Bf16(x.ptr()),
-                out: y.ptr(),
-                mode: GemvOut::Store,
-                eps: 0.0,
-                pdl: false,
-            },
-        )
-    })?;
-    let gbs = |ms: f64| w_bytes as f64 / (ms * 1e-3) / 1e9;
-    Ok((gbs(blas_ms), gbs(gemv_ms)))
 }
 
 /// One decode-attention measurement.
@@ -227,7 +174,6 @@ pub fn decode_attention(
                 part_ml: part_ml.ptr(),
                 out: out.ptr(),
                 scale: 1.0 / (head_dim as f32).sqrt(),
-                pdl: false,
             },
         )
     })?;

@@ -12,11 +12,10 @@ use super::kernels::Kernels;
 use super::{CudaError, CudaResult};
 
 /// The CUDA sources, concatenated into one NVRTC program (no `#include`, so no header path is needed).
-const KERNEL_SOURCES: [&str; 4] = [
+const KERNEL_SOURCES: [&str; 3] = [
     include_str!("../../kernels/common.cu"),
     include_str!("../../kernels/layers.cu"),
     include_str!("../../kernels/attention.cu"),
-    include_str!("../../kernels/gemv.cu"),
 ];
 
 /// One CUDA library: whether the dynamic loader finds it and which file got mapped.
@@ -39,8 +38,6 @@ pub struct GpuDevice {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub sm_count: usize,
-    /// Dynamic shared memory the small-batch projection kernels may use (bytes).
-    pub gemv_smem: usize,
     pub total_mem: usize,
     pub libraries: Vec<LibraryReport>,
     pub compile_ms: f64,
@@ -129,9 +126,6 @@ impl GpuDevice {
         let cc = ctx.compute_capability()?;
         let sm_count =
             ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-        let smem_optin = ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-            as usize;
         let total_mem = ctx.total_mem()?;
 
         let t = Instant::now();
@@ -150,9 +144,6 @@ impl GpuDevice {
         let module = ctx.load_module(ptx)?;
         let compile_ms = t.elapsed().as_secs_f64() * 1e3;
         let k = Kernels::load(&module)?;
-        // The opt-in limit covers static + dynamic shared memory; the kernels' own static part is < 1 KiB.
-        let gemv_smem = smem_optin.saturating_sub(1024);
-        k.allow_gemv_smem(gemv_smem)?;
         let blas = Blas::new(&stream)?;
 
         for (lib, (_, fragment, _)) in libraries.iter_mut().zip(LIBRARIES) {
@@ -168,7 +159,6 @@ impl GpuDevice {
             name,
             compute_capability: cc,
             sm_count,
-            gemv_smem,
             total_mem,
             libraries,
             compile_ms,

@@ -20,15 +20,10 @@ pub(crate) enum Arg {
 pub(crate) const DECODE_HEAD_DIMS: [usize; 2] = [64, 128];
 pub(crate) const DECODE_MAX_GROUP: usize = 8;
 pub(crate) const DECODE_THREADS: u32 = 128;
-/// Rows (batch sizes) the small-batch projection kernel is instantiated for (`gemv_<n>`), and its block size.
-pub(crate) const GEMV_MAX_ROWS: usize = 4;
-pub(crate) const GEMV_THREADS: u32 = 256;
-/// Its epilogues (`GEMV_STORE`, `GEMV_ADD`, `GEMV_SWIGLU` in `gemv.cu`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GemvOut {
-    Store = 0,
-    Add = 1,
-    SwiGlu = 2,
+/// Dynamic shared memory of the decode kernel for `head_dim`: 3 pipeline stages of K and V tiles of
+/// 4096 / head_dim tokens, rows padded by 8 elements (see `DecodeTile` in `attention.cu`).
+pub(crate) fn decode_smem(head_dim: usize) -> u32 {
+    (3 * (4096 / head_dim) * (head_dim + 8) * 2 * 2) as u32
 }
 
 pub(crate) struct Kernels {
@@ -46,8 +41,6 @@ pub(crate) struct Kernels {
     pub kv_import: CudaFunction,
     /// `[head-dim index][group - 1]`
     attn_decode: Vec<Vec<CudaFunction>>,
-    /// `[rows - 1]`
-    gemv: Vec<CudaFunction>,
 }
 
 impl Kernels {
@@ -61,9 +54,15 @@ impl Kernels {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let gemv = (1..=GEMV_MAX_ROWS)
-            .map(|n| f(&format!("gemv_{n}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        // The decode kernels use more than the default 48 KiB of dynamic shared memory.
+        for (hd, fs) in DECODE_HEAD_DIMS.iter().zip(&attn_decode) {
+            for f in fs {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    decode_smem(*hd) as i32,
+                )?;
+            }
+        }
         Ok(Self {
             fill_random_bf16: f("fill_random_bf16")?,
             fill_const_bf16: f("fill_const_bf16")?,
@@ -78,24 +77,7 @@ impl Kernels {
             causal_softmax: f("causal_softmax")?,
             kv_import: f("kv_import")?,
             attn_decode,
-            gemv,
         })
-    }
-
-    /// The small-batch projection kernel for `rows` rows (1..=[`GEMV_MAX_ROWS`]).
-    pub(crate) fn gemv(&self, rows: usize) -> Option<&CudaFunction> {
-        rows.checked_sub(1).and_then(|i| self.gemv.get(i))
-    }
-
-    /// Lets every `gemv_<n>` kernel use up to `bytes` of dynamic shared memory (the default cap is 48 KiB).
-    pub(crate) fn allow_gemv_smem(&self, bytes: usize) -> CudaResult<()> {
-        for f in &self.gemv {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
-            )?;
-        }
-        Ok(())
     }
 
     /// The decode-attention kernel for this head dimension and group size.
@@ -119,19 +101,16 @@ pub(crate) fn launch(
     block: u32,
     args: &[Arg],
 ) -> CudaResult<()> {
-    launch_ex(stream, f, grid, block, 0, false, args)
+    launch_smem(stream, f, grid, block, 0, args)
 }
 
-/// Launches `f` on `stream` with `smem` bytes of dynamic shared memory; with `pdl` as a programmatic dependent
-/// launch (it may start while the stream's previous kernel finishes: only for kernels that call `pdl_wait`
-/// before reading anything an earlier kernel writes).
-pub(crate) fn launch_ex(
+/// Launches `f` on `stream` with `smem` bytes of dynamic shared memory.
+pub(crate) fn launch_smem(
     stream: &CudaStream,
     f: &CudaFunction,
     grid: (u32, u32, u32),
     block: u32,
     smem: u32,
-    pdl: bool,
     args: &[Arg],
 ) -> CudaResult<()> {
     // Every parameter is at most 8 bytes; a scalar sits in the low bytes of its slot (little-endian), which is
@@ -151,46 +130,17 @@ pub(crate) fn launch_ex(
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
-    if !pdl {
-        // SAFETY: `params` points at `slots`, alive until the call returns (the driver copies parameters at
-        // launch); callers pass arguments matching the kernel's signature and addresses of live device buffers.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                grid,
-                (block, 1, 1),
-                smem,
-                stream.cu_stream(),
-                &mut params,
-            )
-        }?;
-        return Ok(());
-    }
-    // SAFETY: an all-zero launch attribute is a valid C value (id 0 = ignore); both fields are set below.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    let config = sys::CUlaunchConfig {
-        gridDimX: grid.0,
-        gridDimY: grid.1,
-        gridDimZ: grid.2,
-        blockDimX: block,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: smem,
-        hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    // SAFETY: as above for `params`; `config` and `attr` live until the call returns.
+    // SAFETY: `params` points at `slots`, alive until the call returns (the driver copies parameters at launch);
+    // callers pass arguments matching the kernel's signature and addresses of live device buffers.
     unsafe {
-        sys::cuLaunchKernelEx(
-            &config,
+        result::launch_kernel(
             f.cu_function(),
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
+            grid,
+            (block, 1, 1),
+            smem,
+            stream.cu_stream(),
+            &mut params,
         )
-        .result()
     }?;
     Ok(())
 }

@@ -16,9 +16,7 @@ use crate::model::{ModelConfig, RopeStyle, SeqInput};
 use super::blas::{Gemm, Ty};
 use super::buffer::DevBuf;
 use super::device::GpuDevice;
-use super::kernels::{
-    launch, launch_1d, launch_ex, Arg, GemvOut, DECODE_THREADS, GEMV_MAX_ROWS, GEMV_THREADS,
-};
+use super::kernels::{decode_smem, launch, launch_1d, launch_smem, Arg, DECODE_THREADS};
 use super::kv::GpuKvPool;
 use super::weights::GpuWeights;
 use super::{CudaError, CudaResult};
@@ -37,12 +35,6 @@ pub struct CudaModelOptions {
     /// Scratch for prefill attention scores (f32 S + bf16 P); long prompts are processed in row slices of it.
     pub attn_workspace_bytes: usize,
     pub cuda_graphs: bool,
-    /// Steps of at most this many tokens (≤ 4) use the fused small-batch projection kernels instead of cuBLAS
-    /// (`kernels/gemv.cu`); 0 turns them off.
-    pub gemv_max_rows: usize,
-    /// On sm_90+, launch the small-step kernels as programmatic dependent launches (each may start, and pull
-    /// its weights into L2, while the previous one finishes).
-    pub pdl: bool,
 }
 
 impl Default for CudaModelOptions {
@@ -55,8 +47,6 @@ impl Default for CudaModelOptions {
             max_context: 0,
             attn_workspace_bytes: 512 << 20,
             cuda_graphs: true,
-            gemv_max_rows: 0,
-            pdl: false,
         }
     }
 }
@@ -134,19 +124,7 @@ pub struct CudaModel {
     pub kv: GpuKvPool,
     b: Buffers,
     bt_stride: usize,
-    /// Largest step (tokens) the small-batch projection kernels take: `gemv_max_rows` within `gemv_limit`.
-    gemv_rows: usize,
-    /// What this model and GPU allow (the input rows must fit in shared memory).
-    gemv_limit: usize,
     graphs: HashMap<usize, CudaGraph>,
-}
-
-/// Input of a small-batch projection: bf16 rows as they are, or the f32 residual stream RMS-normalized on the
-/// way in (`rows` picks rows of it, 0 = the first n).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum GemvIn {
-    Bf16(u64),
-    Norm { x: u64, rows: u64, weight: u64 },
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -220,14 +198,6 @@ impl CudaModel {
             p: DevBuf::zeros(s, ws)?,
             inv_freq: DevBuf::from_host(s, &inv_freq)?,
         };
-        // The kernel stages n input rows of K bf16 values in shared memory and reads weights 8 at a time.
-        let max_k = h.max(qd).max(f);
-        let gemv_limit = if [h, qd, f].iter().all(|k| k.is_multiple_of(8)) {
-            GEMV_MAX_ROWS.min(dev.gemv_smem / (2 * max_k))
-        } else {
-            0
-        };
-        let gemv_rows = opts.gemv_max_rows.min(gemv_limit);
         dev.synchronize()?;
         Ok(Self {
             cfg,
@@ -237,8 +207,6 @@ impl CudaModel {
             kv,
             b,
             bt_stride,
-            gemv_rows,
-            gemv_limit,
             graphs: HashMap::new(),
         })
     }
@@ -453,16 +421,12 @@ impl CudaModel {
         let norm_threads = if h >= 4096 { 1024 } else { 256 };
         let scale = 1.0 / (hd as f32).sqrt();
         let half_split = i(usize::from(cfg.rope_style == RopeStyle::HalfSplit));
-        let small = n <= self.gemv_rows;
 
-        let pdl = small && self.pdl_on();
-        launch_ex(
+        launch(
             s,
             &dev.k.embed,
             (n as u32, 1, 1),
             256,
-            0,
-            pdl,
             &[
                 Arg::Ptr(b.tokens.ptr()),
                 Arg::Ptr(w.embed.ptr()),
@@ -472,47 +436,35 @@ impl CudaModel {
         )?;
         for (l, lw) in w.layers.iter().enumerate() {
             let (kc, vc) = (self.kv.k_layer(l), self.kv.v_layer(l));
-            if small {
-                let input = GemvIn::Norm {
-                    x: b.x.ptr(),
-                    rows: 0,
-                    weight: lw.attn_norm.ptr(),
-                };
-                let qkv_out = qd + 2 * kvd;
-                self.gemv(n, lw.wqkv.ptr(), qkv_out, h, input, b.qkv.ptr(), GemvOut::Store)?;
-            } else {
-                launch(
-                    s,
-                    &dev.k.rmsnorm,
-                    (n as u32, 1, 1),
-                    norm_threads,
-                    &[
-                        Arg::Ptr(b.x.ptr()),
-                        Arg::Ptr(0),
-                        Arg::Ptr(lw.attn_norm.ptr()),
-                        Arg::Ptr(b.hn.ptr()),
-                        i(h),
-                        eps,
-                    ],
-                )?;
-                dev.blas.linear(
-                    b.hn.ptr(),
-                    lw.wqkv.ptr(),
-                    b.qkv.ptr(),
-                    Ty::F32,
-                    n,
-                    qd + 2 * kvd,
-                    h,
-                    0.0,
-                )?;
-            }
-            launch_ex(
+            launch(
+                s,
+                &dev.k.rmsnorm,
+                (n as u32, 1, 1),
+                norm_threads,
+                &[
+                    Arg::Ptr(b.x.ptr()),
+                    Arg::Ptr(0),
+                    Arg::Ptr(lw.attn_norm.ptr()),
+                    Arg::Ptr(b.hn.ptr()),
+                    i(h),
+                    eps,
+                ],
+            )?;
+            dev.blas.linear(
+                b.hn.ptr(),
+                lw.wqkv.ptr(),
+                b.qkv.ptr(),
+                Ty::F32,
+                n,
+                qd + 2 * kvd,
+                h,
+                0.0,
+            )?;
+            launch(
                 s,
                 &dev.k.rope_kv,
                 (n as u32, 1, 1),
                 256,
-                0,
-                pdl,
                 &[
                     Arg::Ptr(b.qkv.ptr()),
                     Arg::Ptr(b.pos.ptr()),
@@ -529,25 +481,10 @@ impl CudaModel {
                 ],
             )?;
             if nd > 0 {
-                let (q, attn, tables) = (b.q.ptr(), b.attn.ptr(), b.tables.ptr());
-                self.decode_attention(nd, kc, vc, q, attn, tables, scale, pdl)?;
+                self.decode_attention(nd, kc, vc, b.q.ptr(), b.attn.ptr(), b.tables.ptr(), scale)?;
             }
             for pf in prefills {
                 self.prefill_attention(pf, kc, vc, scale)?;
-            }
-            if small {
-                let attn = GemvIn::Bf16(b.attn.ptr());
-                self.gemv(n, lw.wo.ptr(), h, qd, attn, b.x.ptr(), GemvOut::Add)?;
-                let input = GemvIn::Norm {
-                    x: b.x.ptr(),
-                    rows: 0,
-                    weight: lw.ffn_norm.ptr(),
-                };
-                let (wgu, act) = (lw.w_gate_up.ptr(), b.act.ptr());
-                self.gemv(n, wgu, 2 * f, h, input, act, GemvOut::SwiGlu)?;
-                let act_in = GemvIn::Bf16(b.act.ptr());
-                self.gemv(n, lw.w_down.ptr(), h, f, act_in, b.x.ptr(), GemvOut::Add)?;
-                continue;
             }
             dev.blas
                 .linear(b.attn.ptr(), lw.wo.ptr(), b.x.ptr(), Ty::F32, n, h, qd, 1.0)?;
@@ -600,48 +537,36 @@ impl CudaModel {
         if n_logits == 0 {
             return Ok(());
         }
-        if n_logits <= self.gemv_rows {
-            let input = GemvIn::Norm {
-                x: b.x.ptr(),
-                rows: b.logit_rows.ptr(),
-                weight: w.output_norm.ptr(),
-            };
-            let (head, logits) = (w.lm_head_ptr(), b.logits.ptr());
-            self.gemv(n_logits, head, cfg.vocab, h, input, logits, GemvOut::Store)?;
-        } else {
-            launch(
-                s,
-                &dev.k.rmsnorm,
-                (n_logits as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(b.x.ptr()),
-                    Arg::Ptr(b.logit_rows.ptr()),
-                    Arg::Ptr(w.output_norm.ptr()),
-                    Arg::Ptr(b.head_in.ptr()),
-                    i(h),
-                    eps,
-                ],
-            )?;
-            dev.blas.linear(
-                b.head_in.ptr(),
-                w.lm_head_ptr(),
-                b.logits.ptr(),
-                Ty::F32,
-                n_logits,
-                cfg.vocab,
-                h,
-                0.0,
-            )?;
-        }
+        launch(
+            s,
+            &dev.k.rmsnorm,
+            (n_logits as u32, 1, 1),
+            norm_threads,
+            &[
+                Arg::Ptr(b.x.ptr()),
+                Arg::Ptr(b.logit_rows.ptr()),
+                Arg::Ptr(w.output_norm.ptr()),
+                Arg::Ptr(b.head_in.ptr()),
+                i(h),
+                eps,
+            ],
+        )?;
+        dev.blas.linear(
+            b.head_in.ptr(),
+            w.lm_head_ptr(),
+            b.logits.ptr(),
+            Ty::F32,
+            n_logits,
+            cfg.vocab,
+            h,
+            0.0,
+        )?;
         if greedy {
-            launch_ex(
+            launch(
                 s,
                 &dev.k.argmax_logprob,
                 (n_logits as u32, 1, 1),
                 1024,
-                0,
-                pdl,
                 &[
                     Arg::Ptr(b.logits.ptr()),
                     i(cfg.vocab),
@@ -651,37 +576,6 @@ impl CudaModel {
             )?;
         }
         Ok(())
-    }
-
-    /// `out = W · input` for the `n` (≤ `gemv_rows`) rows of a small step, `W` bf16 `[n_out][k]`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv(
-        &self,
-        n: usize,
-        w: u64,
-        n_out: usize,
-        k: usize,
-        input: GemvIn,
-        out: u64,
-        mode: GemvOut,
-    ) -> CudaResult<()> {
-        let pdl = self.pdl_on();
-        let g = GemvArgs { n, w, n_out, k, input, out, mode, eps: self.cfg.rms_eps, pdl };
-        gemv_raw(&self.dev, &g)
-    }
-
-    /// Whether small steps' kernels go out as programmatic dependent launches.
-    fn pdl_on(&self) -> bool {
-        self.opts.pdl && self.dev.compute_capability.0 >= 9
-    }
-
-    /// Changes the small-batch projection limit and programmatic launches (for A/B measurements); decode
-    /// graphs are captured again.
-    pub fn set_small_batch(&mut self, rows: usize, pdl: bool) {
-        self.opts.gemv_max_rows = rows;
-        self.opts.pdl = pdl;
-        self.gemv_rows = rows.min(self.gemv_limit);
-        self.graphs.clear();
     }
 
     /// Split-K paged decode attention for `nd` rows described by `q_rows`, `ctx_lens` and `tables`.
@@ -695,7 +589,6 @@ impl CudaModel {
         out: u64,
         tables: u64,
         scale: f32,
-        pdl: bool,
     ) -> CudaResult<()> {
         let cfg = &self.cfg;
         let (dev, b) = (&*self.dev, &self.b);
@@ -720,7 +613,6 @@ impl CudaModel {
                 part_ml: b.part_ml.ptr(),
                 out,
                 scale,
-                pdl,
             },
         )
     }
@@ -855,21 +747,19 @@ pub(crate) struct DecodeArgs {
     pub part_ml: u64,
     pub out: u64,
     pub scale: f32,
-    /// Programmatic dependent launches (see `launch_ex`).
-    pub pdl: bool,
 }
 
 pub(crate) fn decode_attention_raw(dev: &GpuDevice, a: &DecodeArgs) -> CudaResult<()> {
     let s = &dev.stream;
     let i = |v: usize| Arg::I32(v as i32);
     let f = dev.k.attn_decode(a.head_dim, a.n_heads / a.n_kv)?;
-    launch_ex(
+    let smem = decode_smem(a.head_dim);
+    launch_smem(
         s,
         f,
         (a.n_kv as u32, a.rows as u32, a.splits as u32),
         DECODE_THREADS,
-        0,
-        a.pdl,
+        smem,
         &[
             Arg::Ptr(a.q),
             Arg::Ptr(a.kc),
@@ -885,13 +775,11 @@ pub(crate) fn decode_attention_raw(dev: &GpuDevice, a: &DecodeArgs) -> CudaResul
             Arg::F32(a.scale),
         ],
     )?;
-    launch_ex(
+    launch(
         s,
         &dev.k.attn_combine,
         (a.n_heads as u32, a.rows as u32, 1),
         a.head_dim as u32,
-        0,
-        a.pdl,
         &[
             Arg::Ptr(a.part_acc),
             Arg::Ptr(a.part_ml),
@@ -899,67 +787,6 @@ pub(crate) fn decode_attention_raw(dev: &GpuDevice, a: &DecodeArgs) -> CudaResul
             Arg::Ptr(a.out),
             i(a.n_heads),
             i(a.splits),
-        ],
-    )
-}
-
-/// One small-batch projection (`kernels/gemv.cu`), as raw addresses (also used by the projection benchmark).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GemvArgs {
-    pub n: usize,
-    pub w: u64,
-    pub n_out: usize,
-    pub k: usize,
-    pub input: GemvIn,
-    pub out: u64,
-    pub mode: GemvOut,
-    pub eps: f32,
-    pub pdl: bool,
-}
-
-pub(crate) fn gemv_raw(dev: &GpuDevice, a: &GemvArgs) -> CudaResult<()> {
-    let f = dev
-        .k
-        .gemv(a.n)
-        .ok_or_else(|| CudaError::InvalidStep(format!("no projection kernel for {} rows", a.n)))?;
-    let (xb, xf, rows, nw) = match a.input {
-        GemvIn::Bf16(x) => (x, 0, 0, 0),
-        GemvIn::Norm { x, rows, weight } => (0, x, rows, weight),
-    };
-    let (yf, yb) = if a.mode == GemvOut::SwiGlu {
-        (0, a.out)
-    } else {
-        (a.out, 0)
-    };
-    // Each warp takes pairs of rows; a grid of at most 4 CTAs per SM loops over them with the same number of
-    // pairs per warp everywhere (no tail of half-empty CTAs), and each CTA stages its input once.
-    let groups = if a.mode == GemvOut::SwiGlu {
-        a.n_out / 2
-    } else {
-        a.n_out.div_ceil(2)
-    };
-    let warps = (GEMV_THREADS / 32) as usize;
-    let per_warp = groups.div_ceil(dev.sm_count * 4 * warps).max(1);
-    let ctas = groups.div_ceil(warps * per_warp).max(1);
-    launch_ex(
-        &dev.stream,
-        f,
-        (ctas as u32, 1, 1),
-        GEMV_THREADS,
-        (a.n * a.k * 2) as u32,
-        a.pdl,
-        &[
-            Arg::Ptr(a.w),
-            Arg::I32(a.n_out as i32),
-            Arg::I32(a.k as i32),
-            Arg::Ptr(xb),
-            Arg::Ptr(xf),
-            Arg::Ptr(rows),
-            Arg::Ptr(nw),
-            Arg::F32(a.eps),
-            Arg::Ptr(yf),
-            Arg::Ptr(yb),
-            Arg::I32(a.mode as i32),
         ],
     )
 }
