@@ -183,7 +183,9 @@ async fn accept_loop(
             state: Arc::clone(&state),
             metrics_only,
         });
-        let stop = stop.clone();
+        // A token of its own: the select below polls it on every turn of the
+        // connection, and the shared root's waiter list is one lock for all.
+        let stop = stop.child_token();
         tasks.spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
