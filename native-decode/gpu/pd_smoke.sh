@@ -19,5 +19,6 @@ eng decode 41002 --role decode
 for p in 41000 41001 41002 41010; do for _ in $(seq 1 180); do curl -sf http://127.0.0.1:$p/health >/dev/null && break; sleep 0.5; done; done
 grep -h "device" "$out"/single.log | head -3
 python3 "$here/pd_identical.py" 41000 41010
+python3 "$here/sampling_smoke.py" 41000
 curl -s http://127.0.0.1:41010/metrics | grep -E "^baton_pd_local_prefills_total|^baton_prefill_leg_duration_seconds_count"
 tail -3 "$out/decode.log"

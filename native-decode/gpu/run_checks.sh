@@ -22,6 +22,9 @@ if [[ $MODE == full || $MODE == check || $MODE == quick ]]; then
     echo "$c: $(python3 -c "import json,sys; d=json.load(open('$RES/compare-$c.json')); print('pass' if d['pass'] else 'FAIL', d['engine_vs_hf_bf16'], 'hf_bf16_vs_f32', d['hf_bf16_vs_hf_f32'])" 2>&1)"
   done
 fi
+if [[ $MODE == full || $MODE == check || $MODE == quick ]]; then
+  "$BIN" sample-check --out "$RES/sample.json" 2> "$RES/sample.log"; echo "sample-check rc=$?"; grep -v INFO "$RES/sample.log" | tail -8
+fi
 if [[ $MODE == full || $MODE == perf || $MODE == quick ]]; then
   Q=""; [[ $MODE == quick ]] && Q="--quick"
   "$BIN" perf --out "$RES/perf.json" $Q 2> "$RES/perf.log"; echo "perf rc=$?"; grep -v INFO "$RES/perf.log" | tail -30

@@ -164,3 +164,142 @@ extern "C" __global__ void kv_import(const bf16_t* __restrict__ src_k, const bf1
         *t = *s;
     }
 }
+
+// Order-preserving map of a float to an unsigned key (larger float, larger key).
+__device__ __forceinline__ u32 order_key(float f) {
+    const u32 b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Tokens of `row` whose key is >= t: how many, and their mass exp2((l - mx) * c).
+__device__ __forceinline__ float count_at_least(const float* row, int vocab, u32 t, float* sh) {
+    float n = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) n += order_key(row[i]) >= t ? 1.f : 0.f;
+    return block_sum(n, sh);
+}
+__device__ __forceinline__ float mass_at_least(const float* row, int vocab, u32 t, float mx, float c, float* sh) {
+    float m = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float l = row[i];
+        if (order_key(l) >= t) m += exp2f((l - mx) * c);
+    }
+    return block_sum(m, sh);
+}
+
+// Picks one token per logits row on the device, so only 8 bytes a sequence leave the GPU: greedy when temp[r]
+// is 0, else sampled with temperature, top-k (0 = off) and top-p (1 = off) using the uniform draw u[r] of the
+// request's seeded generator on the host. The kept set is the CPU sampler's: the top-k logits, then the smallest
+// most-likely prefix whose mass reaches top-p (both thresholds found by bisection on the logits' order keys, so
+// no sort). The draw walks the kept tokens in index order: the same distribution as the CPU sampler, not
+// necessarily the same token for the same u. lp[r] is the token's log-probability under the raw logits.
+// Grid: one block of 1024 threads per row.
+extern "C" __global__ void sample_token(const float* __restrict__ logits, int vocab, const float* __restrict__ temp,
+                                        const int* __restrict__ top_k, const float* __restrict__ top_p,
+                                        const float* __restrict__ unif, int* __restrict__ tok, float* __restrict__ lp) {
+    __shared__ float sh[32];
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    __shared__ int win_lo, win_last;
+    const float* row = logits + (u64)blockIdx.x * vocab;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+    float best = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best) { best = v; bi = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
+    __syncthreads();
+    best = lane < nw ? shv[lane] : NEG_INF;
+    bi = lane < nw ? shi[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    float z = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(row[i] - best);
+    const float log_z = logf(block_sum(z, sh));
+
+    int chosen = bi;
+    const float T = temp[blockIdx.x];
+    if (T > 1e-5f) {
+        const float c = 1.4426950408889634f / T;  // p_i = exp2((l_i - best) * c), up to normalization
+        const int k = top_k[blockIdx.x];
+        u32 cut = 0;
+        if (k > 0 && k < vocab) {
+            // The largest key with at least k tokens at or above it: the k-th largest logit.
+            u32 lo = 0, hi = order_key(best);
+            while (lo < hi) {
+                const u32 mid = lo + (hi - lo + 1) / 2;
+                if (count_at_least(row, vocab, mid, sh) >= (float)k) lo = mid; else hi = mid - 1;
+            }
+            cut = lo;
+        }
+        const float P = top_p[blockIdx.x];
+        if (P < 1.f) {
+            const float need = P * mass_at_least(row, vocab, cut, best, c, sh);
+            u32 lo = cut, hi = order_key(best);
+            while (lo < hi) {
+                const u32 mid = lo + (hi - lo + 1) / 2;
+                if (mass_at_least(row, vocab, mid, best, c, sh) >= need) lo = mid; else hi = mid - 1;
+            }
+            cut = lo;
+        }
+        // Each thread owns a contiguous chunk; a block scan of the chunks' kept mass finds the chunk where the
+        // draw lands, and that thread walks it.
+        const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
+        const int beg = min(vocab, (int)threadIdx.x * chunk), fin = min(vocab, beg + chunk);
+        float mine = 0.f;
+        int last = -1;
+        for (int i = beg; i < fin; ++i) {
+            const float l = row[i];
+            if (order_key(l) >= cut) { mine += exp2f((l - best) * c); last = i; }
+        }
+        float incl = mine;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const float v = __shfl_up_sync(FULL_MASK, incl, o);
+            if (lane >= o) incl += v;
+        }
+        if (threadIdx.x == 0) { win_lo = 0x7fffffff; win_last = -1; }
+        __syncthreads();
+        if (lane == 31) shv[wid] = incl;
+        __syncthreads();
+        float before = 0.f, total = 0.f;
+        for (int ww = 0; ww < nw; ++ww) {
+            if (ww < wid) before += shv[ww];
+            total += shv[ww];
+        }
+        const float excl = before + incl - mine;
+        const float target = unif[blockIdx.x] * total;
+        if (mine > 0.f && excl <= target && target < excl + mine) {
+            float acc = excl;
+            int pickd = last;
+            for (int i = beg; i < fin; ++i) {
+                const float l = row[i];
+                if (order_key(l) >= cut) {
+                    acc += exp2f((l - best) * c);
+                    if (acc > target) { pickd = i; break; }
+                }
+            }
+            atomicMin(&win_lo, pickd);
+        }
+        if (last >= 0) atomicMax(&win_last, last);
+        __syncthreads();
+        // Rounding can leave the draw past the last chunk's end: take the last kept token then.
+        chosen = win_lo != 0x7fffffff ? win_lo : win_last;
+    }
+    if (threadIdx.x == 0) {
+        tok[blockIdx.x] = chosen;
+        lp[blockIdx.x] = row[chosen] - best - log_z;
+    }
+}

@@ -56,6 +56,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sampling on the GPU (`sample_token`) against the CPU sampler's exact distribution, and its speed.
+    SampleCheck {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -73,6 +78,7 @@ fn main() {
         Cmd::Check { model, case, out } => check(&model, &case, &out),
         Cmd::Perf { out, quick } => perf(&out, quick),
         Cmd::Handoff { out } => handoff(&out),
+        Cmd::SampleCheck { out } => sample_check(&out),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
@@ -464,5 +470,108 @@ fn handoff(out: &std::path::Path) -> Res<()> {
     let res = json!({"src": device_json(&src), "dst": device_json(&dst), "model": "llama-3-8b shape, bf16 KV",
                      "handoff": rows});
     std::fs::write(out, serde_json::to_string_pretty(&res)?)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------- sampling
+
+/// Draws many tokens on the GPU from fixed logits and compares them with the CPU sampler's kept distribution:
+/// every token must be in the kept set, the empirical distribution within sampling noise of the exact one
+/// (total-variation distance), the log-probabilities equal the host's log-softmax. Then the cost at a 128k
+/// vocabulary and batch 64 against copying the logits out.
+fn sample_check(out: &std::path::Path) -> Res<()> {
+    use baton_native::sampling::{kept_distribution, rng::SplitMix64};
+    let dev = open()?;
+    let mut rng = SplitMix64::new(7);
+    let normal = |rng: &mut SplitMix64| {
+        let (a, b) = (rng.next_f64().max(1e-12), rng.next_f64());
+        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
+    };
+    let vocab = 2000;
+    let logits: Vec<f32> = (0..vocab).map(|_| 2.5 * normal(&mut rng)).collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = logits
+        .iter()
+        .map(|&l| f64::from(l - max).exp())
+        .sum::<f64>()
+        .ln();
+    let n = 32_768;
+    let draws: Vec<f32> = (0..n).map(|_| rng.next_f32()).collect();
+    let mut cases = Vec::new();
+    let mut pass = true;
+    for (t, k, p) in [
+        (0.0, 0, 1.0),
+        (0.7, 0, 0.9),
+        (1.0, 50, 1.0),
+        (1.3, 20, 0.8),
+        (0.5, 0, 1.0),
+    ] {
+        let (tokens, lps, _) = bench::sample_draws(&dev, &logits, (t, k, p), &draws, 4096)?;
+        let exact: Vec<(u32, f64)> = if t == 0.0 {
+            let best = (0..vocab).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)));
+            vec![(best.unwrap_or(0) as u32, 1.0)]
+        } else {
+            kept_distribution(&logits, t, k, p)
+        };
+        let kept: std::collections::HashMap<u32, f64> = exact.iter().copied().collect();
+        let mut counts: std::collections::HashMap<u32, usize> = Default::default();
+        for &tok in &tokens {
+            *counts.entry(tok).or_default() += 1;
+        }
+        let outside = counts.keys().filter(|t| !kept.contains_key(t)).count();
+        let mut tv = 0.0;
+        for (&tok, &pr) in &kept {
+            tv += (counts.get(&tok).copied().unwrap_or(0) as f64 / n as f64 - pr).abs();
+        }
+        tv += counts
+            .iter()
+            .filter(|(t, _)| !kept.contains_key(t))
+            .map(|(_, &c)| c as f64 / n as f64)
+            .sum::<f64>();
+        tv *= 0.5;
+        let lp_err = tokens
+            .iter()
+            .zip(&lps)
+            .map(|(&tok, &lp)| {
+                (f64::from(lp) - (f64::from(logits[tok as usize] - max) - log_z)).abs()
+            })
+            .fold(0.0, f64::max);
+        // Sampling noise of a TV estimate over K outcomes is about sqrt(K / n) / 2; allow 3x that.
+        let bound = 3.0 * 0.5 * (kept.len() as f64 / n as f64).sqrt() + 1e-9;
+        let ok = outside == 0 && tv <= bound.max(1e-6) && lp_err < 1e-3;
+        pass &= ok;
+        eprintln!(
+            "T={t} top_k={k} top_p={p}: kept {} tokens, {outside} draws outside, TV {tv:.4} (bound {bound:.4}), \
+             max |logprob err| {lp_err:.2e} -> {}",
+            kept.len(),
+            if ok { "ok" } else { "FAIL" }
+        );
+        cases.push(
+            json!({"temperature": t, "top_k": k, "top_p": p, "kept": kept.len(), "draws": n,
+            "outside": outside, "tv": tv, "tv_bound": bound, "max_logprob_err": lp_err, "ok": ok}),
+        );
+    }
+    // Speed at the Llama-3 vocabulary, 64 rows: the kernel vs copying the logits to the host.
+    let big: Vec<f32> = (0..128_256).map(|_| 2.5 * normal(&mut rng)).collect();
+    let u64s: Vec<f32> = (0..64).map(|_| rng.next_f32()).collect();
+    let (_, _, kernel_ms) = bench::sample_draws(&dev, &big, (0.7, 0, 0.9), &u64s, 64)?;
+    let (_, _, greedy_ms) = bench::sample_draws(&dev, &big, (0.0, 0, 1.0), &u64s, 64)?;
+    let t0 = Instant::now();
+    let mut host = Vec::new();
+    for _ in 0..64 {
+        host.push(kept_distribution(&big, 0.7, 0, 0.9).len());
+    }
+    let host_ms = t0.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "128k vocabulary, 64 rows: GPU sampling {kernel_ms:.3} ms (greedy {greedy_ms:.3} ms); the host sampler alone \
+         takes {host_ms:.1} ms for the same rows (before copying 32 MiB of logits out)"
+    );
+    let res = json!({"device": device_json(&dev), "cases": cases, "pass": pass,
+        "vocab_128k_rows_64": {"gpu_sample_ms": kernel_ms, "gpu_greedy_ms": greedy_ms, "host_sampler_ms": host_ms,
+            "kept_tokens": host.first()}});
+    std::fs::write(out, serde_json::to_string_pretty(&res)?)?;
+    if !pass {
+        return Err("GPU sampling does not match the CPU sampler's distribution".into());
+    }
     Ok(())
 }

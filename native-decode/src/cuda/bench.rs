@@ -247,3 +247,59 @@ pub fn kv_handoff(
     let gbps = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
     Ok((gbps(ms), gbps(link_ms), bytes))
 }
+
+/// Tokens (and log-probabilities) `sample_token` picks from `logits` (one row, repeated) for each uniform draw
+/// in `draws`, with the given temperature / top-k / top-p; plus the kernel's time for one launch of `rows_per_launch` rows.
+pub fn sample_draws(
+    dev: &GpuDevice,
+    logits: &[f32],
+    (temperature, top_k, top_p): (f32, usize, f32),
+    draws: &[f32],
+    rows_per_launch: usize,
+) -> CudaResult<(Vec<u32>, Vec<f32>, f64)> {
+    let s = &dev.stream;
+    let v = logits.len();
+    let rows = rows_per_launch.max(1);
+    let mut all = Vec::with_capacity(rows * v);
+    for _ in 0..rows {
+        all.extend_from_slice(logits);
+    }
+    let l = DevBuf::from_host(s, &all)?;
+    let t = DevBuf::from_host(s, &vec![temperature; rows])?;
+    let k = DevBuf::from_host(s, &vec![top_k as i32; rows])?;
+    let p = DevBuf::from_host(s, &vec![top_p; rows])?;
+    let u = DevBuf::<f32>::zeros(s, rows)?;
+    let tok = DevBuf::<i32>::zeros(s, rows)?;
+    let lp = DevBuf::<f32>::zeros(s, rows)?;
+    let run = |n: usize| {
+        launch(
+            s,
+            &dev.k.sample_token,
+            (n as u32, 1, 1),
+            1024,
+            &[
+                Arg::Ptr(l.ptr()),
+                Arg::I32(v as i32),
+                Arg::Ptr(t.ptr()),
+                Arg::Ptr(k.ptr()),
+                Arg::Ptr(p.ptr()),
+                Arg::Ptr(u.ptr()),
+                Arg::Ptr(tok.ptr()),
+                Arg::Ptr(lp.ptr()),
+            ],
+        )
+    };
+    let (mut tokens, mut lps) = (Vec::new(), Vec::new());
+    for batch in draws.chunks(rows) {
+        u.upload(s, 0, batch)?;
+        run(batch.len())?;
+        let mut tb = vec![0i32; batch.len()];
+        let mut lb = vec![0f32; batch.len()];
+        tok.download(s, 0, &mut tb)?;
+        lp.download(s, 0, &mut lb)?;
+        tokens.extend(tb.into_iter().map(|x| x as u32));
+        lps.extend(lb);
+    }
+    let ms = time_ms(dev, 5, 5, |_| run(rows))?;
+    Ok((tokens, lps, ms))
+}

@@ -12,6 +12,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
 use crate::model::{ModelConfig, RopeStyle, SeqInput};
+use crate::sampling::Pick;
 
 use super::blas::{Gemm, Ty};
 use super::buffer::DevBuf;
@@ -82,6 +83,11 @@ struct Buffers {
     logits: DevBuf<f32>,
     out_tok: DevBuf<i32>,
     out_lp: DevBuf<f32>,
+    /// Per logit row: temperature, top-k, top-p and the uniform draw for `sample_token`.
+    pick_t: DevBuf<f32>,
+    pick_k: DevBuf<i32>,
+    pick_p: DevBuf<f32>,
+    pick_u: DevBuf<f32>,
     part_acc: DevBuf<f32>,
     part_ml: DevBuf<f32>,
     kg: DevBuf<u16>,
@@ -190,6 +196,10 @@ impl CudaModel {
             logits: DevBuf::zeros(s, r * cfg.vocab)?,
             out_tok: DevBuf::zeros(s, r)?,
             out_lp: DevBuf::zeros(s, r)?,
+            pick_t: DevBuf::zeros(s, r)?,
+            pick_k: DevBuf::zeros(s, r)?,
+            pick_p: DevBuf::zeros(s, r)?,
+            pick_u: DevBuf::zeros(s, r)?,
             part_acc: DevBuf::zeros(s, splits_rows * cfg.n_heads * cfg.head_dim)?,
             part_ml: DevBuf::zeros(s, splits_rows * cfg.n_heads * 2)?,
             kg: DevBuf::zeros(s, opts.max_context * kvd)?,
@@ -232,9 +242,56 @@ impl CudaModel {
         &mut self,
         seqs: &[SeqInput<'_>],
     ) -> CudaResult<Vec<Option<GreedyToken>>> {
+        self.forward_pick(seqs, &[])
+    }
+
+    /// Like [`CudaModel::forward_greedy`], with each sequence's token chosen by its [`Pick`] (greedy or sampled
+    /// with temperature / top-k / top-p) on the GPU; `picks[i]` belongs to `seqs[i]` (missing = greedy).
+    pub fn forward_pick(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        picks: &[Pick],
+    ) -> CudaResult<Vec<Option<GreedyToken>>> {
         let plan = self.plan(seqs)?;
         self.run(&plan, true)?;
         let n = plan.logit_rows.len();
+        let rows: Vec<Pick> = plan
+            .logit_seq
+            .iter()
+            .map(|&s| picks.get(s).copied().unwrap_or(Pick::GREEDY))
+            .collect();
+        if !rows.iter().all(Pick::is_greedy) {
+            // The step already picked greedily (inside the decode graph); sampled rows need this pass too.
+            let s = &self.dev.stream;
+            let b = &self.b;
+            let t: Vec<f32> = rows.iter().map(|p| p.temperature).collect();
+            let k: Vec<i32> = rows
+                .iter()
+                .map(|p| p.top_k.min(i32::MAX as usize) as i32)
+                .collect();
+            let tp: Vec<f32> = rows.iter().map(|p| p.top_p).collect();
+            let u: Vec<f32> = rows.iter().map(|p| p.u as f32).collect();
+            b.pick_t.upload(s, 0, &t)?;
+            b.pick_k.upload(s, 0, &k)?;
+            b.pick_p.upload(s, 0, &tp)?;
+            b.pick_u.upload(s, 0, &u)?;
+            launch(
+                s,
+                &self.dev.k.sample_token,
+                (n as u32, 1, 1),
+                1024,
+                &[
+                    Arg::Ptr(b.logits.ptr()),
+                    Arg::I32(self.cfg.vocab as i32),
+                    Arg::Ptr(b.pick_t.ptr()),
+                    Arg::Ptr(b.pick_k.ptr()),
+                    Arg::Ptr(b.pick_p.ptr()),
+                    Arg::Ptr(b.pick_u.ptr()),
+                    Arg::Ptr(b.out_tok.ptr()),
+                    Arg::Ptr(b.out_lp.ptr()),
+                ],
+            )?;
+        }
         let mut tok = vec![0i32; n];
         let mut lp = vec![0f32; n];
         self.b.out_tok.download(&self.dev.stream, 0, &mut tok)?;

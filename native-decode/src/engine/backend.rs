@@ -9,6 +9,7 @@ use crate::engine::types::{DevicePool, ImportedKv, KvPayload};
 use crate::error::{Error, Result};
 use crate::kv::store::{BlockId, KvStore};
 use crate::model::{Model, ModelConfig, SeqInput};
+use crate::sampling::Pick;
 
 /// The model and KV cache the scheduler drives. One long-lived value per engine, so variant sizes don't matter.
 #[derive(Debug)]
@@ -102,19 +103,24 @@ impl Backend {
         }
     }
 
-    /// Runs one step and returns the greedy token and its log-probability for every sequence with
-    /// `want_logits` (`None` for the others). The GPU picks them on the device, so only a few bytes per sequence
-    /// come back instead of a vocabulary of logits.
-    pub fn forward_greedy(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Option<(u32, f32)>>> {
+    /// Runs one step and returns the token each sequence with `want_logits` picks by its [`Pick`] (greedy or
+    /// sampled; `picks[i]` belongs to `seqs[i]`) with its log-probability (`None` for the others). The GPU picks
+    /// on the device, so only a few bytes per sequence come back instead of a vocabulary of logits.
+    pub fn forward_pick(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        picks: &[Pick],
+    ) -> Result<Vec<Option<(u32, f32)>>> {
         match self {
             Self::Cpu { model, kv } => Ok(model
                 .forward(kv, seqs)
                 .into_iter()
-                .map(|l| (!l.is_empty()).then(|| crate::sampling::greedy(&l)))
+                .zip(picks)
+                .map(|(l, p)| (!l.is_empty()).then(|| crate::sampling::pick(&l, p)))
                 .collect()),
             #[cfg(feature = "cuda")]
             Self::Cuda(m) => m
-                .forward_greedy(seqs)
+                .forward_pick(seqs, picks)
                 .map(|v| {
                     v.into_iter()
                         .map(|g| g.map(|g| (g.token, g.logprob)))

@@ -15,6 +15,7 @@ use crate::kv::block_manager::{block_hash, BlockManager};
 use crate::kv::store::BlockId;
 use crate::metrics::Stats;
 use crate::model::SeqInput;
+use crate::sampling::Pick;
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Scheduler {
@@ -28,10 +29,10 @@ pub(super) struct Scheduler {
     leases: HashMap<String, Lease>,
 }
 
-/// What a step gives one sequence: its logits, or (all greedy) the chosen token and its log-probability.
+/// What a step gives one sequence: its logits, or the token the backend picked and its log-probability.
 enum StepOut {
     Logits(Vec<f32>),
-    Greedy(Option<(u32, f32)>),
+    Picked(Option<(u32, f32)>),
 }
 
 struct Planned {
@@ -420,6 +421,25 @@ impl Scheduler {
         }
         // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
         self.publish();
+        // No sequence that samples this step wants alternatives' log-probabilities: the backend picks the
+        // tokens (on a GPU, without copying the logits out). Draws happen only then, as `sample` would draw.
+        let samples = |s: &Seq, p: &Planned| s.num_computed + p.n == s.tokens.len();
+        let pickable = plan.iter().all(|p| {
+            let s = &self.running[p.idx];
+            !samples(s, p) || s.sampler.can_pick()
+        });
+        let picks: Option<Vec<Pick>> = pickable.then(|| {
+            plan.iter()
+                .map(|p| {
+                    let s = &mut self.running[p.idx];
+                    if samples(s, p) {
+                        s.sampler.next_pick()
+                    } else {
+                        Pick::GREEDY
+                    }
+                })
+                .collect()
+        });
         let inputs: Vec<SeqInput<'_>> = plan
             .iter()
             .map(|p| {
@@ -432,15 +452,10 @@ impl Scheduler {
                 }
             })
             .collect();
-        // Every sequence that samples this step is plain greedy: let the backend pick the tokens.
-        let greedy = plan
-            .iter()
-            .zip(&inputs)
-            .all(|(p, i)| !i.want_logits || self.running[p.idx].sampler.is_plain_greedy());
-        let out = if greedy {
+        let out = if let Some(picks) = picks {
             self.backend
-                .forward_greedy(&inputs)
-                .map(|v| v.into_iter().map(StepOut::Greedy).collect::<Vec<_>>())
+                .forward_pick(&inputs, &picks)
+                .map(|v| v.into_iter().map(StepOut::Picked).collect::<Vec<_>>())
         } else {
             self.backend
                 .forward(&inputs)
@@ -490,7 +505,7 @@ impl Scheduler {
                 StepOut::Logits(l) if !l.is_empty() => {
                     seq.accept(&self.tokenizer, &self.stats, ctx, &l)
                 }
-                StepOut::Greedy(Some(t)) => seq.accept_greedy(&self.tokenizer, &self.stats, ctx, t),
+                StepOut::Picked(Some(t)) => seq.accept_picked(&self.tokenizer, &self.stats, ctx, t),
                 _ => None,
             };
             if let Some(done) = done {

@@ -99,8 +99,8 @@ impl Seq {
         self.accept_sampled(tok, stats, context_length, s)
     }
 
-    /// Takes a token chosen elsewhere (greedy on the GPU; see [`Sampler::is_plain_greedy`]).
-    pub(super) fn accept_greedy(
+    /// Takes a token the backend picked (see [`Sampler::next_pick`]).
+    pub(super) fn accept_picked(
         &mut self,
         tok: &Tokenizer,
         stats: &Stats,

@@ -38,6 +38,101 @@ pub struct Sampled {
     pub top: Vec<(u32, f32)>,
 }
 
+/// One step's token choice handed to the backend, so that a GPU can pick on the device: the sampling
+/// parameters and the uniform number the request's seeded generator drew for this step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    /// 0 means greedy (then `u` is unused).
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    /// Uniform in [0, 1).
+    pub u: f64,
+}
+
+impl Pick {
+    pub const GREEDY: Pick = Pick {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        u: 0.0,
+    };
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= GREEDY_TEMPERATURE
+    }
+}
+
+/// Temperatures at or below this are greedy.
+const GREEDY_TEMPERATURE: f32 = 1e-5;
+
+/// The token [`Pick`] selects from `logits` and its log-probability (from the raw logits) — exactly what
+/// [`Sampler::sample`] returns for the same parameters and random draw.
+pub fn pick(logits: &[f32], p: &Pick) -> (u32, f32) {
+    let token = if p.is_greedy() {
+        argmax(logits)
+    } else {
+        sample_with(logits, p.temperature, p.top_k, p.top_p, p.u)
+    };
+    let (max, log_z) = log_softmax_norm(logits);
+    (
+        token,
+        (f64::from(logits[token as usize] - max) - log_z) as f32,
+    )
+}
+
+/// Probabilities over the candidates temperature, top-k and top-p keep (descending logit order).
+pub fn kept_distribution(
+    logits: &[f32],
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+) -> Vec<(u32, f64)> {
+    let k = if top_k == 0 {
+        logits.len()
+    } else {
+        top_k.min(logits.len())
+    };
+    let cand = top_k_indices(logits, k);
+    let t = f64::from(temperature);
+    let max = f64::from(logits[cand[0] as usize]);
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|&i| ((f64::from(logits[i as usize]) - max) / t).exp())
+        .collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= z);
+    let mut keep = probs.len();
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, x) in probs.iter().enumerate() {
+            acc += x;
+            if acc >= f64::from(top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let total: f64 = probs[..keep].iter().sum();
+    cand.into_iter()
+        .zip(probs)
+        .take(keep)
+        .map(|(i, x)| (i, x / total))
+        .collect()
+}
+
+fn sample_with(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u: f64) -> u32 {
+    let kept = kept_distribution(logits, temperature, top_k, top_p);
+    let mut r = u;
+    for &(i, x) in &kept {
+        r -= x;
+        if r <= 0.0 {
+            return i;
+        }
+    }
+    kept[kept.len() - 1].0
+}
+
 /// Per-request sampler state.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -102,17 +197,33 @@ impl Sampler {
         &self.params
     }
 
-    /// Greedy with no alternatives to report: the token and its log-probability are all a step needs from the
-    /// logits, so a GPU backend can pick them on the device instead of copying every logit out.
-    pub fn is_plain_greedy(&self) -> bool {
-        self.params.temperature <= 1e-5 && self.params.logprobs.is_none_or(|n| n == 0)
+    /// No alternatives to report: the token and its log-probability are all a step needs from the logits, so
+    /// a GPU backend can pick them on the device instead of copying every logit out.
+    pub fn can_pick(&self) -> bool {
+        self.params.logprobs.is_none_or(|n| n == 0)
+    }
+
+    /// This step's [`Pick`] (draws from the generator exactly as [`Sampler::sample`] would).
+    pub fn next_pick(&mut self) -> Pick {
+        let p = &self.params;
+        if p.temperature <= GREEDY_TEMPERATURE {
+            return Pick::GREEDY;
+        }
+        Pick {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            u: self.rng.next_f64(),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        let token = if self.params.temperature <= 1e-5 {
+        let token = if self.params.temperature <= GREEDY_TEMPERATURE {
             argmax(logits)
         } else {
-            self.sample_random(logits)
+            let p = &self.params;
+            let (t, k, tp) = (p.temperature, p.top_k, p.top_p);
+            sample_with(logits, t, k, tp, self.rng.next_f64())
         };
         let (max, log_z) = log_softmax_norm(logits);
         let lp = |i: u32| (f64::from(logits[i as usize] - max) - log_z) as f32;
@@ -128,45 +239,6 @@ impl Sampler {
             logprob: lp(token),
             top,
         }
-    }
-
-    fn sample_random(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        let k = if p.top_k == 0 {
-            logits.len()
-        } else {
-            p.top_k.min(logits.len())
-        };
-        // Candidates sorted by logit, descending.
-        let cand = top_k_indices(logits, k);
-        let t = f64::from(p.temperature);
-        let max = f64::from(logits[cand[0] as usize]);
-        let mut probs: Vec<f64> = cand
-            .iter()
-            .map(|&i| ((f64::from(logits[i as usize]) - max) / t).exp())
-            .collect();
-        let z: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= z);
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, x) in probs.iter().enumerate() {
-                acc += x;
-                if acc >= f64::from(p.top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.next_f64() * total;
-        for (i, x) in probs[..keep].iter().enumerate() {
-            r -= x;
-            if r <= 0.0 {
-                return cand[i];
-            }
-        }
-        cand[keep - 1]
     }
 }
 
@@ -208,6 +280,39 @@ mod tests {
         let a = run();
         assert_eq!(a, run());
         assert!(a.iter().all(|t| allowed.contains(t)));
+    }
+
+    #[test]
+    fn a_pick_chooses_what_the_sampler_would() {
+        let logits: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 / 9.0).collect();
+        for (temperature, top_k, top_p) in
+            [(0.0, 0, 1.0), (0.7, 0, 0.9), (1.0, 40, 1.0), (1.3, 20, 0.8)]
+        {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed: Some(5),
+                ..Default::default()
+            };
+            let (mut a, mut b) = (Sampler::new(params.clone(), 0), Sampler::new(params, 0));
+            assert!(a.can_pick());
+            for _ in 0..50 {
+                let want = b.sample(&logits);
+                let (token, logprob) = pick(&logits, &a.next_pick());
+                assert_eq!((token, logprob), (want.token, want.logprob));
+            }
+        }
+    }
+
+    #[test]
+    fn kept_distribution_applies_top_k_then_top_p() {
+        let logits = [0.0f32, 3.0, 2.0, 1.0];
+        let d = kept_distribution(&logits, 1.0, 3, 0.7);
+        // top-3 = {1, 2, 3}; their softmax is 0.665, 0.245, 0.090: 1 alone misses 0.7, so {1, 2} are kept.
+        assert_eq!(d.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((d.iter().map(|x| x.1).sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((d[0].1 - 3f64.exp() / (3f64.exp() + 2f64.exp())).abs() < 1e-12);
     }
 
     #[test]
