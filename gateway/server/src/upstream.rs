@@ -50,8 +50,10 @@ pub struct Upstream {
 
 /// Where a request goes: the connection's origin and the request target.
 struct Target {
-    /// `host:port`, the pool key and the `Host` header.
+    /// `host:port` (port 80 when the URL has none): the pool key.
     origin: String,
+    /// The URL's authority, as the `Host` header.
+    host: HeaderValue,
     /// Origin-form (`/path?query`): what HTTP/1 sends to a server directly.
     path: Uri,
 }
@@ -67,12 +69,15 @@ impl Target {
             .host()
             .ok_or_else(|| format!("invalid URL {url}: no host"))?;
         let origin = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let authority = uri.authority().map_or(host, |a| a.as_str());
+        let host =
+            HeaderValue::from_str(authority).map_err(|e| format!("invalid URL {url}: {e}"))?;
         let path = uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
             .map_err(|e| format!("invalid URL {url}: {e}"))?;
-        Ok(Self { origin, path })
+        Ok(Self { origin, host, path })
     }
 }
 
@@ -154,9 +159,7 @@ impl Upstream {
         mut req: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         *req.uri_mut() = target.path;
-        if let Ok(v) = HeaderValue::from_str(&target.origin) {
-            req.headers_mut().insert(header::HOST, v);
-        }
+        req.headers_mut().insert(header::HOST, target.host);
         loop {
             let mut conn = match self.pool.checkout(&target.origin) {
                 Some(c) => c,
@@ -385,6 +388,20 @@ mod tests {
             up.pool().idle_count(origin) == 0
         })
         .await;
+    }
+
+    #[test]
+    fn targets_split_into_origin_host_and_path() {
+        let t = Target::parse("http://[::1]:8000/prefix", "/v1/completions").unwrap();
+        assert_eq!(t.origin, "[::1]:8000");
+        assert_eq!(t.host, "[::1]:8000");
+        assert_eq!(t.path, "/prefix/v1/completions");
+        let t = Target::parse("http://engine", "/health").unwrap();
+        assert_eq!(
+            (t.origin.as_str(), t.host.to_str().unwrap()),
+            ("engine:80", "engine")
+        );
+        assert!(Target::parse("https://engine", "/health").is_err());
     }
 
     #[tokio::test]
