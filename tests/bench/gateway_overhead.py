@@ -53,8 +53,9 @@ VENV = REPO / ".cache" / "bench-venv"
 SGLANG_ROUTER_VERSION = "0.3.2"
 ALL_SETUPS = ["direct", "baton", "nginx", "sglang"]
 PD_SETUPS = ["baton-pd", "sglang-pd"]
-# Extra setups, opt-in through --setups: baton on a one-thread tokio runtime (TOKIO_WORKER_THREADS=1).
-EXTRA_SETUPS = ["baton-1t"]
+# Extra setups, opt-in through --setups: baton on a one-thread tokio runtime (TOKIO_WORKER_THREADS=1);
+# baton-ref, another baton-gateway binary (--baton-ref), to compare two builds interleaved.
+EXTRA_SETUPS = ["baton-1t", "baton-ref"]
 
 CHILDREN: list[subprocess.Popen] = []
 
@@ -474,6 +475,12 @@ def start_setups(args, tools, tmp: Path) -> dict[str, int]:
                                "--port", str(p), "--log-level", "warn"], tmp, quiet)
         wait_ready("baton", p, args.tokens, [proc])
         ports["baton"] = p
+    if "baton-ref" in args.setups:
+        p = free_port()
+        proc = spawn("baton-ref", [str(args.baton_ref), "--worker-urls", engine, "--host", "127.0.0.1",
+                                   "--port", str(p), "--log-level", "warn"], tmp, quiet)
+        wait_ready("baton-ref", p, args.tokens, [proc])
+        ports["baton-ref"] = p
     if "baton-1t" in args.setups:
         p = free_port()
         proc = spawn("baton-1t", [tools["baton"], "--worker-urls", engine, "--host", "127.0.0.1",
@@ -634,6 +641,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per req/s run")
     ap.add_argument("--tokens", type=int, default=64, help="max_tokens per request")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    ap.add_argument("--baton-ref", type=Path,
+                    help="baton-gateway binary for the baton-ref setup (say, a build of an earlier commit)")
     ap.add_argument("--no-quickack", action="store_true",
                     help="skip the second latency run whose client sets TCP_QUICKACK (no delayed ACKs)")
     ap.add_argument("--no-throughput", action="store_true", help="skip the wrk req/s runs")
@@ -646,6 +655,8 @@ def main() -> None:
     bad = [s for s in args.setups if s not in ALL_SETUPS + PD_SETUPS + EXTRA_SETUPS]
     if bad:
         ap.error(f"unknown setups {bad}")
+    if "baton-ref" in args.setups and not args.baton_ref:
+        ap.error("the baton-ref setup needs --baton-ref PATH")
 
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, on_signal)
