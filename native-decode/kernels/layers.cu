@@ -101,43 +101,49 @@ extern "C" __global__ void swiglu(const bf16_t* __restrict__ gu, bf16_t* __restr
     }
 }
 
+// Argmax of a logits row (lowest index on ties) and log of the softmax normalizer, sum(exp(l - max)), for the
+// whole block; `sh*` hold >= 32 entries.
+__device__ __forceinline__ void row_argmax_logz(const float* row, int vocab, float* shv, int* shi, float* sh,
+                                                float& best, int& bi, float& log_z) {
+    best = NEG_INF;
+    bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best) { best = v; bi = i; }
+    }
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int round = 0; round < 2; ++round) {
+        if (round == 1) {
+            // Second round: across the warps' winners.
+            if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
+            __syncthreads();
+            best = lane < nw ? shv[lane] : NEG_INF;
+            bi = lane < nw ? shi[lane] : 0x7fffffff;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(FULL_MASK, best, o);
+            const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        }
+    }
+    float s = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(row[i] - best);
+    log_z = logf(block_sum(s, sh));
+}
+
 // Greedy token and its log-probability for each logits row (grid: one block of 1024 threads per row).
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int vocab, int* __restrict__ tok,
                                           float* __restrict__ lp) {
     __shared__ float shv[32];
     __shared__ int shi[32];
     __shared__ float sh[32];
-    const float* row = logits + (u64)blockIdx.x * vocab;
-    float best = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = row[i];
-        if (v > best) { best = v; bi = i; }
-    }
-    // warp argmax (lowest index on ties)
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
-    __syncthreads();
-    best = lane < nw ? shv[lane] : NEG_INF;
-    bi = lane < nw ? shi[lane] : 0x7fffffff;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    float s = 0.f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += expf(row[i] - best);
-    s = block_sum(s, sh);
+    float best, log_z;
+    int bi;
+    row_argmax_logz(logits + (u64)blockIdx.x * vocab, vocab, shv, shi, sh, best, bi, log_z);
     if (threadIdx.x == 0) {
         tok[blockIdx.x] = bi;
-        lp[blockIdx.x] = -logf(s);
+        lp[blockIdx.x] = -log_z;
     }
 }
 
@@ -202,32 +208,9 @@ extern "C" __global__ void sample_token(const float* __restrict__ logits, int vo
     __shared__ int win_lo, win_last;
     const float* row = logits + (u64)blockIdx.x * vocab;
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-
-    float best = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = row[i];
-        if (v > best) { best = v; bi = i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    if (lane == 0) { shv[wid] = best; shi[wid] = bi; }
-    __syncthreads();
-    best = lane < nw ? shv[lane] : NEG_INF;
-    bi = lane < nw ? shi[lane] : 0x7fffffff;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, best, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
-    float z = 0.f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(row[i] - best);
-    const float log_z = logf(block_sum(z, sh));
+    float best, log_z;
+    int bi;
+    row_argmax_logz(row, vocab, shv, shi, sh, best, bi, log_z);
 
     int chosen = bi;
     const float T = temp[blockIdx.x];
