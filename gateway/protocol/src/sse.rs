@@ -68,6 +68,56 @@ impl SseDecoder {
             self.scanned = 0;
         }
         self.scanned = self.buf.len();
+        self.bound();
+    }
+
+    /// Feeds bytes once the first token was seen: only events that might
+    /// carry metadata (a superset of those [`may_carry_metadata`] accepts)
+    /// are handed to `on_data`; the others are counted, and the count of
+    /// those whose data starts with `{` (token chunks) is returned.
+    ///
+    /// This is [`push_with`](Self::push_with) for a whole batch of token
+    /// chunks: the metadata keys are searched once over the batch instead of
+    /// once per event, and a plain token event is neither joined nor
+    /// UTF-8-checked, only told apart by its first data byte.
+    pub fn push_counting(&mut self, chunk: &[u8], mut on_data: impl FnMut(&str)) -> u64 {
+        let mut count = 0;
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            // Finish the buffered event first, as `push_with` would.
+            let before = self.buf.len();
+            self.buf.extend_from_slice(rest);
+            let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) else {
+                self.scanned = self.buf.len();
+                self.bound();
+                return 0;
+            };
+            count += count_or_hand(&self.buf[..end], true, &mut on_data);
+            // The old bytes held no event end, so this one ends in `chunk`.
+            rest = &rest[end + sep - before..];
+            self.buf.clear();
+            self.scanned = 0;
+        }
+        let mut hit = metadata_hit(rest, 0);
+        let mut at = 0;
+        while let Some((end, sep)) = find_event_end(rest, at) {
+            if hit < end {
+                count += count_or_hand(&rest[at..end], true, &mut on_data);
+                hit = metadata_hit(rest, end + sep);
+            } else {
+                count += count_or_hand(&rest[at..end], false, &mut on_data);
+            }
+            at = end + sep;
+        }
+        if at < rest.len() {
+            self.buf.extend_from_slice(&rest[at..]);
+            self.scanned = self.buf.len();
+            self.bound();
+        }
+        count
+    }
+
+    fn bound(&mut self) {
         if self.buf.len() > MAX_EVENT_BYTES {
             self.buf.clear();
             self.scanned = 0;
@@ -127,14 +177,83 @@ fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
     }
 }
 
+/// One event of [`SseDecoder::push_counting`]: handed over (`suspect`, or
+/// when its first data character is not ASCII), else counted if it is a
+/// token chunk. Returns the count (0 or 1).
+fn count_or_hand(raw: &[u8], suspect: bool, on_data: &mut impl FnMut(&str)) -> u64 {
+    if !suspect {
+        match first_data_byte(raw) {
+            Some(b) if b.is_ascii() => return u64::from(b == b'{'),
+            Some(_) => {}
+            None => return 0,
+        }
+    }
+    emit(raw, on_data);
+    0
+}
+
+/// The first byte of an event's data (its `data:` lines joined with `\n`)
+/// that `str::trim_start` keeps; `None` if the data is empty or all
+/// whitespace, or if there is no data line.
+fn first_data_byte(raw: &[u8]) -> Option<u8> {
+    // The ASCII characters `char::is_whitespace` accepts.
+    let ws = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let mut line = raw;
+    loop {
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            // A line feed ends the line; the joined `\n` is whitespace too.
+            match value.iter().position(|&b| b == b'\n' || !ws(b)) {
+                Some(i) if value[i] != b'\n' => return Some(value[i]),
+                Some(i) => {
+                    line = &value[i + 1..];
+                    continue;
+                }
+                None => return None,
+            }
+        }
+        line = &line[memchr::memchr(b'\n', line)? + 1..];
+    }
+}
+
+/// Where in `b`, from `from` on, the first metadata key starts that
+/// [`may_carry_metadata`] might accept in the event holding it; `usize::MAX`
+/// if none. Scans raw event bytes, so it only ever finds more: a `null`
+/// value is believed only when key, colon and `null` share one line.
+fn metadata_hit(b: &[u8], from: usize) -> usize {
+    let from = from.min(b.len());
+    let b = &b[from..];
+    let first_non_null = |key: &Finder<'_>| {
+        key.find_iter(b).find(|&at| {
+            let skip = |s: &[u8]| {
+                s.iter()
+                    .take_while(|&&c| matches!(c, b' ' | b'\t' | 0x0c))
+                    .count()
+            };
+            let rest = &b[at + key.needle().len()..];
+            let rest = &rest[skip(rest)..];
+            match rest.strip_prefix(b":") {
+                Some(v) => !v[skip(v)..].starts_with(b"null"),
+                None => true,
+            }
+        })
+    };
+    let hits = [first_non_null(&USAGE), META.find(b), first_non_null(&ERROR)];
+    hits.into_iter()
+        .flatten()
+        .min()
+        .map_or(usize::MAX, |at| at + from)
+}
+
+// Built once: building a searcher costs more than running it on a chunk.
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static META: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"meta_info\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+
 /// Might this event carry something beyond output text (usage, SGLang
 /// meta_info, an error)? A byte scan, far cheaper than parsing. `"usage":
 /// null`, which vLLM-style engines put on every chunk, carries nothing.
 pub fn may_carry_metadata(data: &str) -> bool {
-    // Built once: building a searcher costs more than running it on a chunk.
-    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-    static META: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"meta_info\""));
-    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
     let b = data.as_bytes();
     has_non_null(b, &USAGE) || META.find(b).is_some() || has_non_null(b, &ERROR)
 }
@@ -309,6 +428,103 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the relay does with each event once the first token was seen:
+    /// a parse for what may carry metadata, a count for token chunks.
+    fn watch(data: &str, count: &mut u64, parsed: &mut Vec<String>) {
+        if may_carry_metadata(data) {
+            parsed.push(data.to_owned());
+        } else if data.trim_start().starts_with('{') {
+            *count += 1;
+        }
+    }
+
+    #[test]
+    fn push_counting_agrees_with_push_with() {
+        const PIECES: &[&[u8]] = &[
+            b"data: ",
+            b"data:",
+            b"data: {\"choices\":[{\"text\":\"hi\"}]}\n\n",
+            b"data: {\"choices\":[],\"usage\":null}\n\n",
+            b"{",
+            b"}",
+            b"\"usage\"",
+            b"\"error\"",
+            b"\"meta_info\"",
+            b":",
+            b" ",
+            b"\t",
+            b"\x0b",
+            b"\x0c",
+            b"null",
+            b"nul",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"\n\n",
+            b"\r\n\r\n",
+            b": comment",
+            b"event: x",
+            b"\xc2\xa0",
+            b"\xe2\x80\xa8",
+            b"\xff",
+            b"[DONE]",
+            b"{\"text\":\"usage\"}",
+            b"data: \"usage\"",
+            b"\"usage\":null",
+            b"\"error\" :\tnull",
+            b"\n:null",
+            b"\ndata: :null",
+        ];
+        // A fixed-seed generator: the same cases on every run.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for case in 0..20_000 {
+            let stream: Vec<u8> = (0..next(40))
+                .flat_map(|_| PIECES[next(PIECES.len())].iter().copied())
+                .collect();
+            let mut cuts: Vec<usize> = (0..next(5)).map(|_| next(stream.len() + 1)).collect();
+            cuts.push(0);
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut old, mut new) = (SseDecoder::new(), SseDecoder::new());
+            let (mut old_count, mut old_parsed) = (0, Vec::new());
+            let (mut new_count, mut new_parsed) = (0, Vec::new());
+            for w in cuts.windows(2) {
+                let chunk = &stream[w[0]..w[1]];
+                old.push_with(chunk, |d| watch(d, &mut old_count, &mut old_parsed));
+                new_count +=
+                    new.push_counting(chunk, |d| watch(d, &mut new_count, &mut new_parsed));
+            }
+            let shown = String::from_utf8_lossy(&stream);
+            assert_eq!(
+                new_count, old_count,
+                "case {case}: {shown:?} cut at {cuts:?}"
+            );
+            assert_eq!(
+                new_parsed, old_parsed,
+                "case {case}: {shown:?} cut at {cuts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn push_counting_hands_over_usage_and_counts_tokens() {
+        let token = "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n";
+        let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":3}}\n\n";
+        let batch = format!("{token}{token}{usage}data: [DONE]\n\n");
+        let mut d = SseDecoder::new();
+        let mut handed = Vec::new();
+        let n = d.push_counting(batch.as_bytes(), |data| handed.push(data.to_owned()));
+        assert_eq!(n, 2);
+        assert_eq!(handed.len(), 1);
+        assert_eq!(inspect(&handed[0]).completion_tokens, Some(3));
     }
 
     #[test]

@@ -171,11 +171,20 @@ impl Observer {
         self
     }
 
+    /// Whether the first output was seen: from then on, bytes need no
+    /// time stamp and may be watched a batch at a time.
+    pub fn seen_output(&self) -> bool {
+        self.first_output.is_some()
+    }
+
     /// Watches streamed bytes.
     pub fn observe(&mut self, bytes: &[u8]) {
-        let had_output = self.first_output.is_some();
+        if self.first_output.is_some() {
+            self.observe_tokens(bytes);
+            return;
+        }
         self.observe_events(bytes);
-        if !had_output && self.first_output.is_some() {
+        if self.first_output.is_some() {
             if let Some(t) = self.prefill_ticket.take() {
                 t.finish();
             }
@@ -210,6 +219,34 @@ impl Observer {
                 *usage_tokens = Some(t);
             }
         });
+    }
+
+    /// After the first token: token chunks are only counted, found by one
+    /// scan of the whole batch; what may carry usage or an error is parsed.
+    fn observe_tokens(&mut self, bytes: &[u8]) {
+        let Self {
+            decoder,
+            output_chunks,
+            usage_tokens,
+            ..
+        } = self;
+        let mut parsed_output = 0;
+        let counted = decoder.push_counting(bytes, |data| {
+            if !may_carry_metadata(data) {
+                if data.trim_start().starts_with('{') {
+                    parsed_output += 1;
+                }
+                return;
+            }
+            let info = inspect(data);
+            if info.has_output {
+                parsed_output += 1;
+            }
+            if let Some(t) = info.completion_tokens {
+                *usage_tokens = Some(t);
+            }
+        });
+        *output_chunks += counted + parsed_output;
     }
 
     /// A non-streaming reply: the first (and last) output is now.
@@ -311,6 +348,9 @@ pub struct RelayBody {
     stashed: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
     /// Upstream bytes read but not yet handed to the client connection.
     batch: Coalescer,
+    /// How many bytes at the end of `batch` the observer has not seen yet
+    /// (after the first token they are watched when the batch leaves).
+    unobserved: usize,
     /// Whether a batch may wait for more chunks (not while priming: the
     /// first token goes out at once).
     gather: bool,
@@ -337,6 +377,7 @@ impl RelayBody {
             primed: None,
             stashed: None,
             batch: Coalescer::default(),
+            unobserved: 0,
             gather: true,
             done: false,
             observer,
@@ -357,6 +398,11 @@ impl RelayBody {
 
     /// Hands gathered bytes to the client connection.
     fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.unobserved > 0 {
+            self.observer
+                .observe(&bytes[bytes.len() - self.unobserved..]);
+            self.unobserved = 0;
+        }
         let next = tokio::time::Instant::now() + self.limits.idle;
         self.idle.as_mut().reset(next);
         Poll::Ready(Some(Ok(Frame::data(bytes))))
@@ -421,7 +467,12 @@ impl Body for RelayBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers from the engine are dropped; only data is relayed.
                     if let Ok(data) = frame.into_data() {
-                        this.observer.observe(&data);
+                        if this.observer.seen_output() {
+                            this.unobserved += data.len();
+                        } else {
+                            // The first token is stamped as it arrives.
+                            this.observer.observe(&data);
+                        }
                         this.batch.push(data);
                         if this.batch.is_full() {
                             let bytes = this.batch.take();
@@ -476,6 +527,17 @@ impl Body for RelayBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        // A client gone mid-batch: the observer still sees what the engine sent.
+        if self.unobserved > 0 {
+            let bytes = self.batch.take();
+            self.observer
+                .observe(&bytes[bytes.len() - self.unobserved..]);
+        }
     }
 }
 
