@@ -337,6 +337,9 @@ impl SloEngine {
                 result,
             })
             .inc();
+        if !self.shared.is_shared() {
+            return v;
+        }
         self.shared.write_outcome(baton_slo::OutcomeRecord {
             request_id: store_key(request_id, target),
             class: target.class.clone(),
@@ -361,6 +364,9 @@ impl SloEngine {
         ttl: Duration,
         forced: Option<&Forced>,
     ) {
+        if !self.shared.is_shared() {
+            return;
+        }
         let now = shared::now_ms();
         self.shared.write_admission(baton_slo::AdmissionRecord {
             request_id: store_key(request_id, target),

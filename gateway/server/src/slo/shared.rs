@@ -77,11 +77,13 @@ impl Shared {
         self.resilient.is_some()
     }
 
-    /// Spawns a store write; the request never waits for it. The embedded
-    /// store completes at once, so it is written inline instead.
+    /// Spawns a store write; the request never waits for it. Only a shared
+    /// store is written: nothing reads the embedded store's admissions and
+    /// outcomes (this replica's counts are its accounting window), and
+    /// writing them cost a lock, map entries and a 5-minute dedup entry per
+    /// request.
     pub fn write_outcome(&self, o: OutcomeRecord) {
         if !self.is_shared() {
-            let _ = futures_util::FutureExt::now_or_never(self.store.record_outcome(&o));
             return;
         }
         if let Ok(h) = tokio::runtime::Handle::try_current() {
@@ -96,7 +98,6 @@ impl Shared {
 
     pub fn write_admission(&self, a: baton_slo::AdmissionRecord) {
         if !self.is_shared() {
-            let _ = futures_util::FutureExt::now_or_never(self.store.record_admission(&a));
             return;
         }
         if let Ok(h) = tokio::runtime::Handle::try_current() {
