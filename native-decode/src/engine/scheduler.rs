@@ -448,7 +448,7 @@ impl Scheduler {
                     tokens: &s.tokens[s.num_computed..s.num_computed + p.n],
                     start_pos: s.num_computed,
                     block_table: &s.blocks,
-                    want_logits: s.num_computed + p.n == s.tokens.len(),
+                    want_logits: samples(s, p),
                 }
             })
             .collect();

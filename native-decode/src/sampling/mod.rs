@@ -69,16 +69,20 @@ const GREEDY_TEMPERATURE: f32 = 1e-5;
 /// The token [`Pick`] selects from `logits` and its log-probability (from the raw logits) — exactly what
 /// [`Sampler::sample`] returns for the same parameters and random draw.
 pub fn pick(logits: &[f32], p: &Pick) -> (u32, f32) {
-    let token = if p.is_greedy() {
-        argmax(logits)
-    } else {
-        sample_with(logits, p.temperature, p.top_k, p.top_p, p.u)
-    };
+    let token = pick_token(logits, p);
     let (max, log_z) = log_softmax_norm(logits);
     (
         token,
         (f64::from(logits[token as usize] - max) - log_z) as f32,
     )
+}
+
+fn pick_token(logits: &[f32], p: &Pick) -> u32 {
+    if p.is_greedy() {
+        argmax(logits)
+    } else {
+        sample_with(logits, p.temperature, p.top_k, p.top_p, p.u)
+    }
 }
 
 /// Probabilities over the candidates temperature, top-k and top-p keep (descending logit order).
@@ -158,12 +162,7 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// The greedy token and its log-probability, computed exactly as [`Sampler::sample`] does for greedy requests.
 pub fn greedy(logits: &[f32]) -> (u32, f32) {
-    let token = argmax(logits);
-    let (max, log_z) = log_softmax_norm(logits);
-    (
-        token,
-        (f64::from(logits[token as usize] - max) - log_z) as f32,
-    )
+    pick(logits, &Pick::GREEDY)
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -218,13 +217,7 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        let token = if self.params.temperature <= GREEDY_TEMPERATURE {
-            argmax(logits)
-        } else {
-            let p = &self.params;
-            let (t, k, tp) = (p.temperature, p.top_k, p.top_p);
-            sample_with(logits, t, k, tp, self.rng.next_f64())
-        };
+        let token = pick_token(logits, &self.next_pick());
         let (max, log_z) = log_softmax_norm(logits);
         let lp = |i: u32| (f64::from(logits[i as usize] - max) - log_z) as f32;
         let top = match self.params.logprobs {
