@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds a random-weight Llama with transformers, saves it (safetensors + config.json), writes a test case for
-`baton-cuda-bench check` and the reference logits (transformers in bf16, and in f32 on the same bf16 weights)
-at every position the engine will report."""
+`baton-cuda-bench check` and the reference logits at every position the engine will report: transformers in bf16
+(SDPA attention, its default), in bf16 with eager attention (a second bf16 implementation: how far two bf16
+computations of the same model are apart), and in f32 on the same bf16 weights (the exact math)."""
 import argparse, json, os
 import numpy as np
 import torch
@@ -43,21 +44,24 @@ def main():
     seqs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lens]
     case = {"seqs": seqs, "prefill": prefill, "chunk": chunk, "block_size": 16, "prefix_reuse": True}
     json.dump(case, open(os.path.join(a.out, "case.json"), "w"))
-    f32 = LlamaForCausalLM(cfg).cuda().eval()
-    f32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
-    refs = {}
-    for s, (toks, p) in enumerate(zip(seqs, prefill)):
-        pos = sorted({min(c + chunk, p) - 1 for c in range(0, p, chunk)} | set(range(p, len(toks))))
-        ids = torch.tensor([toks], device="cuda")
-        with torch.no_grad():
-            lb = model(ids).logits[0].float()
-            lf = f32(ids).logits[0].float()
-        idx = torch.tensor(pos, device="cuda")
-        refs[f"pos_{s}"] = np.array(pos)
-        refs[f"bf16_{s}"] = lb[idx].cpu().numpy()
-        refs[f"f32_{s}"] = lf[idx].cpu().numpy()
+    # References load the saved folder the way users load a model. `model.to(torch.bfloat16)` would also round
+    # the RoPE `inv_freq` buffer to bf16 (5-7% logit error at 1-4k positions on its own: an artefact of building
+    # the model in memory, which the first references here had); `from_pretrained(dtype=...)` keeps it in f32.
+    del model
+    refs, meta = {}, {}
+    for tag, dtype, impl in (("bf16", torch.bfloat16, "sdpa"), ("bf16e", torch.bfloat16, "eager"),
+                             ("f32", torch.float32, "sdpa")):
+        m = LlamaForCausalLM.from_pretrained(a.out, dtype=dtype, attn_implementation=impl).cuda().eval()
+        meta[tag] = {"dtype": str(dtype), "attn": impl, "inv_freq": str(m.model.rotary_emb.inv_freq.dtype)}
+        for s, (toks, p) in enumerate(zip(seqs, prefill)):
+            pos = sorted({min(c + chunk, p) - 1 for c in range(0, p, chunk)} | set(range(p, len(toks))))
+            with torch.no_grad():
+                lg = m(torch.tensor([toks], device="cuda")).logits[0].float()
+            refs[f"pos_{s}"] = np.array(pos)
+            refs[f"{tag}_{s}"] = lg[torch.tensor(pos, device="cuda")].cpu().numpy()
+        del m
     np.savez(os.path.join(a.out, "ref.npz"), **refs)
-    print(json.dumps({"preset": a.preset, "config": cfg.to_dict().get("rope_parameters"), "lens": lens}))
+    print(json.dumps({"preset": a.preset, "config": cfg.to_dict().get("rope_parameters"), "lens": lens, "refs": meta}))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ if [[ $MODE == full || $MODE == check || $MODE == quick ]]; then
     python3 "$HERE/make_case.py" --preset "$c" --out "$MODELS/$c" > "$RES/make-$c.log" 2>&1 || { echo "make $c failed"; tail -5 "$RES/make-$c.log"; continue; }
     "$BIN" check --model "$MODELS/$c" --case "$MODELS/$c/case.json" --out "$MODELS/check-$c" 2> "$RES/check-$c.log" || { echo "check $c failed"; tail -5 "$RES/check-$c.log"; continue; }
     python3 "$HERE/compare.py" --model "$MODELS/$c" --engine "$MODELS/check-$c" > "$RES/compare-$c.json" 2>&1
-    echo "$c: $(python3 -c "import json,sys; d=json.load(open('$RES/compare-$c.json')); print('pass' if d['pass'] else 'FAIL', d['engine_vs_hf_bf16'], 'hf_bf16_vs_f32', d['hf_bf16_vs_hf_f32'])" 2>&1)"
+    echo "$c: $(python3 -c "import json,sys; d=json.load(open('$RES/compare-$c.json')); r=lambda s: '%.4f/%.4f/%.3f' % (s['rel_err_mean'], s['rel_err_max'], s['top1_agree']); print('pass' if d['pass'] else 'FAIL', d['checks'], 'eng-f32', r(d['engine_vs_hf_f32']), 'eng-bf16', r(d['engine_vs_hf_bf16']), 'hfbf16-f32', r(d['hf_bf16_vs_hf_f32']), 'hfeager-hfsdpa', r(d['hf_bf16_eager_vs_hf_bf16']), 'stated', d['stated_bar'], d['hf_eager_meets_stated_bar'])" 2>&1)"
   done
+fi
+if [[ -d $MODELS/mha64 && ($MODE == full || $MODE == check) ]]; then
+  # Which of transformers' bf16 rounding points make up its distance from f32 (see numerics_probe.py).
+  python3 "$HERE/numerics_probe.py" --model "$MODELS/mha64" > "$RES/probe-mha64.json" 2> "$RES/probe-mha64.log"; echo "probe rc=$?"
 fi
 if [[ $MODE == full || $MODE == check || $MODE == quick ]]; then
   "$BIN" sample-check --out "$RES/sample.json" 2> "$RES/sample.log"; echo "sample-check rc=$?"; grep -v INFO "$RES/sample.log" | tail -8
