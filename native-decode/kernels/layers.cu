@@ -54,6 +54,8 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const int* __res
 
 // RoPE on q and k of each token (row layout [q | k | v] in f32, straight from the fused QKV GEMM), q written as bf16
 // for attention, k and v written into the paged cache at slot[t] (skipped when slot < 0: padding rows).
+// Grid (tokens, y): the y blocks of a token share its pairs, so a one-token decode step is not one block's serial
+// loop of sincosf and loads.
 extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const int* __restrict__ pos,
                                    const int* __restrict__ slot, const float* __restrict__ inv_freq,
                                    bf16_t* __restrict__ q_out, bf16_t* __restrict__ kc, bf16_t* __restrict__ vc,
@@ -64,7 +66,8 @@ extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const int* __r
     const float* row = qkv + (u64)t * (qd + 2 * kvd);
     const int blk = s >= 0 ? s / block_size : 0, off = s >= 0 ? s % block_size : 0;
     const int npairs = (n_heads + n_kv) * half;
-    for (int idx = threadIdx.x; idx < npairs; idx += blockDim.x) {
+    const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
+    for (int idx = first; idx < npairs; idx += stride) {
         const int head = idx / half, i = idx % half;
         float sn, c;
         sincosf((float)p * inv_freq[i], &sn, &c);
@@ -84,7 +87,7 @@ extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const int* __r
         }
     }
     if (s >= 0) {
-        for (int idx = threadIdx.x; idx < kvd; idx += blockDim.x) {
+        for (int idx = first; idx < kvd; idx += stride) {
             const int g = idx / hd, d = idx % hd;
             vc[kv_index(blk, g, off, n_kv, block_size, hd) + d] = f2bf(row[qd + kvd + idx]);
         }

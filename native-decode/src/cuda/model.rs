@@ -90,6 +90,8 @@ struct Buffers {
     pick_u: DevBuf<f32>,
     part_acc: DevBuf<f32>,
     part_ml: DevBuf<f32>,
+    /// Finished split CTAs per (decode row, KV head): the last one merges (kept at 0 between launches).
+    attn_count: DevBuf<i32>,
     kg: DevBuf<u16>,
     vg: DevBuf<u16>,
     s: DevBuf<f32>,
@@ -202,6 +204,7 @@ impl CudaModel {
             pick_u: DevBuf::zeros(s, r)?,
             part_acc: DevBuf::zeros(s, splits_rows * cfg.n_heads * cfg.head_dim)?,
             part_ml: DevBuf::zeros(s, splits_rows * cfg.n_heads * 2)?,
+            attn_count: DevBuf::zeros(s, r * cfg.n_kv_heads)?,
             kg: DevBuf::zeros(s, opts.max_context * kvd)?,
             vg: DevBuf::zeros(s, opts.max_context * kvd)?,
             s: DevBuf::zeros(s, ws)?,
@@ -478,6 +481,8 @@ impl CudaModel {
         let norm_threads = if h >= 4096 { 1024 } else { 256 };
         let scale = 1.0 / (hd as f32).sqrt();
         let half_split = i(usize::from(cfg.rope_style == RopeStyle::HalfSplit));
+        // Blocks per token for RoPE: one pair per thread at most (a decode step has few tokens).
+        let rope_blocks = ((cfg.n_heads + cfg.n_kv_heads) * hd / 2).div_ceil(256) as u32;
 
         launch(
             s,
@@ -520,7 +525,7 @@ impl CudaModel {
             launch(
                 s,
                 &dev.k.rope_kv,
-                (n as u32, 1, 1),
+                (n as u32, rope_blocks, 1),
                 256,
                 &[
                     Arg::Ptr(b.qkv.ptr()),
@@ -668,6 +673,7 @@ impl CudaModel {
                 ctx_lens: b.ctx_lens.ptr(),
                 part_acc: b.part_acc.ptr(),
                 part_ml: b.part_ml.ptr(),
+                counters: b.attn_count.ptr(),
                 out,
                 scale,
             },
@@ -802,6 +808,8 @@ pub(crate) struct DecodeArgs {
     pub ctx_lens: u64,
     pub part_acc: u64,
     pub part_ml: u64,
+    /// `rows * n_kv` zeroed i32s (see `decode_merge_if_last` in attention.cu).
+    pub counters: u64,
     pub out: u64,
     pub scale: f32,
 }
@@ -826,24 +834,12 @@ pub(crate) fn decode_attention_raw(dev: &GpuDevice, a: &DecodeArgs) -> CudaResul
             Arg::Ptr(a.ctx_lens),
             Arg::Ptr(a.part_acc),
             Arg::Ptr(a.part_ml),
+            Arg::Ptr(a.counters),
+            Arg::Ptr(a.out),
             i(a.n_kv),
             i(a.block_size),
             i(a.bt_stride),
             Arg::F32(a.scale),
-        ],
-    )?;
-    launch(
-        s,
-        &dev.k.attn_combine,
-        (a.n_heads as u32, a.rows as u32, 1),
-        a.head_dim as u32,
-        &[
-            Arg::Ptr(a.part_acc),
-            Arg::Ptr(a.part_ml),
-            Arg::Ptr(a.q_rows),
-            Arg::Ptr(a.out),
-            i(a.n_heads),
-            i(a.splits),
         ],
     )
 }
