@@ -8,8 +8,7 @@
 // instructions instead of ~G * HD FMAs per lane — few enough instructions that the kernel is bound by HBM
 // bandwidth. The probabilities go from the QK^T accumulator straight into the PV A operand (same fragment
 // layout), rounded to bf16 as flash-attention does. Each CTA writes an unnormalized partial (max, sum, acc[HD])
-// per head; the last CTA of a (sequence, KV head) to finish merges the splits and writes the output, so a decode
-// step needs one launch per layer for attention, not two.
+// per head; `attn_combine` merges the splits.
 //
 // Prefill (several new tokens of one sequence): `gather_kv` copies the sequence's K/V out of the pages
 // (so chunked prefill and prefix-cache hits just work), cuBLAS computes S = QK^T and O = PV on tensor cores, and
@@ -90,65 +89,12 @@ __device__ __forceinline__ void decode_issue_tile(bf16_t* sk, bf16_t* sv, const 
     }
 }
 
-// Called by every CTA after it wrote its partials. The last of the `splits` CTAs of (sequence b, KV head g) merges
-// them into the bf16 output; `counters[b * n_kv + g]` counts finished CTAs and is left at 0 for the next launch.
-// `sm` is the (now idle) pipeline shared memory: G * splits weights + G normalizers.
-template <int HD, int G>
-__device__ __forceinline__ void decode_merge_if_last(const float* part_acc, const float* part_ml, int* counters,
-                                                     const int* q_rows, bf16_t* out, int b, int g, int n_kv,
-                                                     int splits, float* sm) {
-    __shared__ int last;
-    const int n_heads = n_kv * G;
-    __threadfence();  // this CTA's partials are visible device-wide before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* c = counters + (u64)b * n_kv + g;
-        last = atomicAdd(c, 1) == splits - 1;
-        if (last) *c = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    // Other CTAs wrote the partials: read them through L2 (__ldcg), never a stale L1 line.
-    const u64 base0 = ((u64)b * n_heads + g * G) * splits;
-    float* wt = sm;                 // [G][splits]: exp(m_z - max) per split
-    float* inv_l = sm + G * splits; // [G]
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    for (int h = w; h < G; h += DECODE_WARPS) {
-        float mx = NEG_INF;
-        for (int z = lane; z < splits; z += 32)
-            if (__ldcg(part_ml + 2 * (base0 + h * splits + z) + 1) > 0.f)
-                mx = fmaxf(mx, __ldcg(part_ml + 2 * (base0 + h * splits + z)));
-        mx = warp_max(mx);
-        float L = 0.f;
-        for (int z = lane; z < splits; z += 32) {
-            const float lz = __ldcg(part_ml + 2 * (base0 + h * splits + z) + 1);
-            const float f = lz > 0.f ? __expf(__ldcg(part_ml + 2 * (base0 + h * splits + z)) - mx) : 0.f;
-            wt[h * splits + z] = f;
-            L += lz * f;
-        }
-        L = warp_sum(L);
-        if (lane == 0) inv_l[h] = L > 0.f ? 1.f / L : 0.f;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-        const int h = i / HD, d = i % HD;
-        const float* pa = part_acc + (base0 + h * splits) * HD + d;
-        const float* f = wt + h * splits;
-        float A = 0.f;
-#pragma unroll 8
-        for (int z = 0; z < splits; ++z) A += __ldcg(pa + (u64)z * HD) * f[z];
-        out[(u64)q_rows[b] * n_heads * HD + (u64)(g * G + h) * HD + d] = f2bf(A * inv_l[h]);
-    }
-}
-
 template <int HD, int G>
 __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
                                                  const bf16_t* __restrict__ vc, const int* __restrict__ q_rows,
                                                  const int* __restrict__ block_tables,
                                                  const int* __restrict__ ctx_lens, float* __restrict__ part_acc,
-                                                 float* __restrict__ part_ml, int* __restrict__ counters,
-                                                 bf16_t* __restrict__ out, int n_kv, int block_size,
+                                                 float* __restrict__ part_ml, int n_kv, int block_size,
                                                  int bt_stride, float scale) {
     constexpr int NT = DecodeTile<HD>::NT, TILE = DecodeTile<HD>::TOKENS, ROW = DecodeTile<HD>::ROW;
     constexpr int KS = HD / 16, DT = HD / 8;
@@ -172,8 +118,6 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
             part_ml[2 * pi] = NEG_INF;
             part_ml[2 * pi + 1] = 0.f;
         }
-        decode_merge_if_last<HD, G>(part_acc, part_ml, counters, q_rows, out, b, g, n_kv, splits,
-                                    reinterpret_cast<float*>(attn_smem));
         return;
     }
     const int* bt = block_tables + (u64)b * bt_stride;
@@ -296,23 +240,21 @@ __device__ __forceinline__ void attn_decode_impl(const bf16_t* __restrict__ q, c
         const u64 pi = ((u64)b * n_heads + g * G + h) * splits + z;
         part_acc[pi * HD + d] = A;
         if (d == 0) {
-            // Back to natural-log units for the merge.
+            // Back to natural-log units for `attn_combine`.
             part_ml[2 * pi] = mx * LN2;
             part_ml[2 * pi + 1] = L;
         }
     }
-    decode_merge_if_last<HD, G>(part_acc, part_ml, counters, q_rows, out, b, g, n_kv, splits,
-                                    reinterpret_cast<float*>(attn_smem));
 }
 
 // Dynamic shared memory: DECODE_STAGES * TOKENS * (HD + 8) * 2 (K and V) * 2 bytes (`decode_smem` in kernels.rs).
 #define DECODE_KERNEL(HD, G)                                                                                      \
     extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) attn_decode_##HD##_##G(                       \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, const int* q_rows, const int* block_tables,          \
-        const int* ctx_lens, float* part_acc, float* part_ml, int* counters, bf16_t* out, int n_kv,              \
-        int block_size, int bt_stride, float scale) {                                                             \
-        attn_decode_impl<HD, G>(q, kc, vc, q_rows, block_tables, ctx_lens, part_acc, part_ml, counters, out,     \
-                                n_kv, block_size, bt_stride, scale);                                              \
+        const int* ctx_lens, float* part_acc, float* part_ml, int n_kv, int block_size, int bt_stride,            \
+        float scale) {                                                                                            \
+        attn_decode_impl<HD, G>(q, kc, vc, q_rows, block_tables, ctx_lens, part_acc, part_ml, n_kv, block_size,  \
+                                bt_stride, scale);                                                                \
     }
 
 DECODE_KERNEL(64, 1)
@@ -331,6 +273,27 @@ DECODE_KERNEL(128, 5)
 DECODE_KERNEL(128, 6)
 DECODE_KERNEL(128, 7)
 DECODE_KERNEL(128, 8)
+
+// Merges the split partials: grid (n_heads, rows), block = head_dim threads. Rows with an empty context get 0.
+extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                        const int* __restrict__ q_rows, bf16_t* __restrict__ out, int n_heads,
+                                        int splits) {
+    const int head = blockIdx.x, b = blockIdx.y, hd = blockDim.x, d = threadIdx.x;
+    const u64 base = ((u64)b * n_heads + head) * splits;
+    float mx = NEG_INF;
+    for (int z = 0; z < splits; ++z)
+        if (part_ml[2 * (base + z) + 1] > 0.f) mx = fmaxf(mx, part_ml[2 * (base + z)]);
+    float L = 0.f, A = 0.f;
+    for (int z = 0; z < splits; ++z) {
+        const float lz = part_ml[2 * (base + z) + 1];
+        if (lz > 0.f) {
+            const float f = __expf(part_ml[2 * (base + z)] - mx);
+            L += lz * f;
+            A += part_acc[(base + z) * hd + d] * f;
+        }
+    }
+    out[(u64)q_rows[b] * n_heads * hd + (u64)head * hd + d] = f2bf(L > 0.f ? A / L : 0.f);
+}
 
 // Copies positions [0, ctx) of one sequence out of the pages into contiguous [n_kv][ctx][hd] K and V.
 extern "C" __global__ void gather_kv(const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,

@@ -95,7 +95,7 @@ pub struct AttentionTiming {
     pub splits: usize,
 }
 
-/// Times paged decode attention alone (one launch: the splits and their merge) for `batch` sequences of `ctx` tokens, blocks
+/// Times paged decode attention alone (kernel + split combine) for `batch` sequences of `ctx` tokens, blocks
 /// of 16 scattered over the pool; several pool copies are cycled so the KV does not sit in L2.
 pub fn decode_attention(
     dev: &GpuDevice,
@@ -151,7 +151,6 @@ pub fn decode_attention(
         .min(ctx.div_ceil(32));
     let part_acc = DevBuf::<f32>::zeros(s, batch * splits * n_heads * head_dim)?;
     let part_ml = DevBuf::<f32>::zeros(s, batch * splits * n_heads * 2)?;
-    let counters = DevBuf::<i32>::zeros(s, batch * n_kv)?;
     let out = DevBuf::<u16>::zeros(s, batch * n_heads * head_dim)?;
     let ms = time_ms(dev, 7, 10, |it| {
         let c = it % copies;
@@ -173,7 +172,6 @@ pub fn decode_attention(
                 ctx_lens: ctx_lens.ptr(),
                 part_acc: part_acc.ptr(),
                 part_ml: part_ml.ptr(),
-                counters: counters.ptr(),
                 out: out.ptr(),
                 scale: 1.0 / (head_dim as f32).sqrt(),
             },

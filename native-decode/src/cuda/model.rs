@@ -90,8 +90,6 @@ struct Buffers {
     pick_u: DevBuf<f32>,
     part_acc: DevBuf<f32>,
     part_ml: DevBuf<f32>,
-    /// Finished split CTAs per (decode row, KV head): the last one merges (kept at 0 between launches).
-    attn_count: DevBuf<i32>,
     kg: DevBuf<u16>,
     vg: DevBuf<u16>,
     s: DevBuf<f32>,
@@ -204,7 +202,6 @@ impl CudaModel {
             pick_u: DevBuf::zeros(s, r)?,
             part_acc: DevBuf::zeros(s, splits_rows * cfg.n_heads * cfg.head_dim)?,
             part_ml: DevBuf::zeros(s, splits_rows * cfg.n_heads * 2)?,
-            attn_count: DevBuf::zeros(s, r * cfg.n_kv_heads)?,
             kg: DevBuf::zeros(s, opts.max_context * kvd)?,
             vg: DevBuf::zeros(s, opts.max_context * kvd)?,
             s: DevBuf::zeros(s, ws)?,
@@ -673,7 +670,6 @@ impl CudaModel {
                 ctx_lens: b.ctx_lens.ptr(),
                 part_acc: b.part_acc.ptr(),
                 part_ml: b.part_ml.ptr(),
-                counters: b.attn_count.ptr(),
                 out,
                 scale,
             },
@@ -808,8 +804,6 @@ pub(crate) struct DecodeArgs {
     pub ctx_lens: u64,
     pub part_acc: u64,
     pub part_ml: u64,
-    /// `rows * n_kv` zeroed i32s (see `decode_merge_if_last` in attention.cu).
-    pub counters: u64,
     pub out: u64,
     pub scale: f32,
 }
@@ -834,12 +828,24 @@ pub(crate) fn decode_attention_raw(dev: &GpuDevice, a: &DecodeArgs) -> CudaResul
             Arg::Ptr(a.ctx_lens),
             Arg::Ptr(a.part_acc),
             Arg::Ptr(a.part_ml),
-            Arg::Ptr(a.counters),
-            Arg::Ptr(a.out),
             i(a.n_kv),
             i(a.block_size),
             i(a.bt_stride),
             Arg::F32(a.scale),
+        ],
+    )?;
+    launch(
+        s,
+        &dev.k.attn_combine,
+        (a.n_heads as u32, a.rows as u32, 1),
+        a.head_dim as u32,
+        &[
+            Arg::Ptr(a.part_acc),
+            Arg::Ptr(a.part_ml),
+            Arg::Ptr(a.q_rows),
+            Arg::Ptr(a.out),
+            i(a.n_heads),
+            i(a.splits),
         ],
     )
 }
