@@ -30,6 +30,7 @@ use crate::respond::openai_error;
 use crate::slo::classify::SloTarget;
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::slo::SloEngine;
+use crate::upstream::body::BodyError;
 use crate::upstream::{error_chain, UpstreamBody};
 use crate::worker::{LoadGuard, Worker};
 
@@ -345,7 +346,7 @@ pub struct RelayBody {
     /// The first frame, read before the response head was sent.
     primed: Option<Frame<Bytes>>,
     /// An upstream result read ahead while coalescing, handled next poll.
-    stashed: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    stashed: Option<Option<Result<Frame<Bytes>, BodyError>>>,
     /// Upstream bytes read but not yet handed to the client connection.
     batch: Coalescer,
     /// How many bytes at the end of `batch` the observer has not seen yet

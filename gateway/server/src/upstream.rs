@@ -1,24 +1,24 @@
 //! The HTTP client for engine calls.
 //!
 //! Requests go out on keep-alive HTTP/1 connections from [`pool::ConnPool`],
-//! driven by the calling task itself: awaiting the head polls the
-//! connection, and so does reading the [`UpstreamBody`]. Dropping a pending
-//! call or an unfinished body closes that connection, which is how
-//! cancellation reaches the engine.
+//! read by the calling task itself: awaiting the head reads the socket, and
+//! so does reading the [`UpstreamBody`]. Dropping a pending call or an
+//! unfinished body closes that connection, which is how cancellation
+//! reaches the engine. The HTTP/1 codec is [`http1`].
 
 pub mod body;
+pub mod http1;
 pub mod pool;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, HeaderValue, Response, Uri};
+use http_body_util::BodyExt;
 
 pub use self::body::UpstreamBody;
-use self::pool::ConnPool;
+use self::pool::{ConnPool, ExchangeError};
 use crate::error::{ErrorKind, GatewayError, Leg};
 
 /// Client headers forwarded to engines (auth, tracing context, tenancy).
@@ -55,7 +55,7 @@ struct Target {
     /// The URL's authority, as the `Host` header.
     host: HeaderValue,
     /// Origin-form (`/path?query`): what HTTP/1 sends to a server directly.
-    path: Uri,
+    path: String,
 }
 
 impl Target {
@@ -72,14 +72,13 @@ impl Target {
         let authority = uri.authority().map_or(host, |a| a.as_str());
         let host =
             HeaderValue::from_str(authority).map_err(|e| format!("invalid URL {url}: {e}"))?;
-        let path = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|e| format!("invalid URL {url}: {e}"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         Ok(Self { origin, host, path })
     }
 }
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static ACCEPT: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
@@ -107,37 +106,33 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let target = Target::parse(base_url, path)
             .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(e)))?;
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        let headers = req.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        if let Ok(v) = HeaderValue::from_str(ids.upstream) {
-            headers.insert("x-request-id", v);
+        let upstream_id = HeaderValue::from_str(ids.upstream).ok();
+        let request_id = HeaderValue::from_str(ids.request).ok();
+        let mut headers: Vec<(&str, &HeaderValue)> = Vec::with_capacity(12);
+        headers.push(("host", &target.host));
+        headers.push(("content-type", &JSON));
+        headers.push(("accept", &ACCEPT));
+        if let Some(v) = &upstream_id {
+            headers.push(("x-request-id", v));
         }
-        if let Ok(v) = HeaderValue::from_str(ids.request) {
-            headers.insert("x-baton-request-id", v);
+        if let Some(v) = &request_id {
+            headers.push(("x-baton-request-id", v));
         }
         for name in FORWARDED {
             if let Some(v) = client_headers.get(*name) {
-                headers.insert(*name, v.clone());
+                headers.push((name, v));
             }
         }
-        self.send(leg, target, req).await
+        let request = http1::encode_request("POST", &target.path, &headers, &body);
+        self.send(leg, &target.origin, &request).await
     }
 
     /// GETs `base_url + path`, returning status and body.
     pub async fn get(&self, base_url: &str, path: &str) -> Result<(u16, Bytes), String> {
         let target = Target::parse(base_url, path)?;
-        let req = Request::new(Full::new(Bytes::new()));
+        let request = http1::encode_request("GET", &target.path, &[("host", &target.host)], b"");
         let resp = self
-            .send(Leg::Gateway, target, req)
+            .send(Leg::Gateway, &target.origin, &request)
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -150,47 +145,38 @@ impl Upstream {
         Ok((status, body))
     }
 
-    /// Sends `req` on an idle connection to the target's origin, or a new
-    /// one, and drives that connection until the response head is in.
+    /// Sends `request` on an idle connection to `origin`, or a new one, and
+    /// reads until the response head is in.
     async fn send(
         &self,
         leg: Leg,
-        target: Target,
-        mut req: Request<Full<Bytes>>,
+        origin: &str,
+        request: &[u8],
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        *req.uri_mut() = target.path;
-        req.headers_mut().insert(header::HOST, target.host);
         loop {
-            let mut conn = match self.pool.checkout(&target.origin) {
+            let mut conn = match self.pool.checkout(origin) {
                 Some(c) => c,
                 None => self
                     .pool
-                    .connect(&target.origin, self.connect_timeout)
+                    .connect(origin, self.connect_timeout)
                     .await
-                    .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(error_chain(&*e))))?,
+                    .map_err(|e| GatewayError::new(leg, ErrorKind::Connect(e)))?,
             };
-            let reply = conn.sender.try_send_request(req);
-            let mut reply = std::pin::pin!(reply);
-            let result = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                reply.as_mut().poll(cx)
-            })
-            .await;
-            match result {
+            match conn.exchange(request).await {
                 Ok(head) => {
-                    let pool = Arc::clone(&self.pool);
-                    return Ok(head.map(|incoming| UpstreamBody::new(incoming, conn, pool)));
+                    let body = UpstreamBody::new(&head, conn, Arc::clone(&self.pool));
+                    let mut resp = Response::new(body);
+                    *resp.status_mut() = head.status;
+                    *resp.version_mut() = head.version;
+                    *resp.headers_mut() = head.headers;
+                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // An idle connection the engine closed as we picked it:
-                    // the request never left, so it goes out on a new one.
-                    Some(unsent) if conn.reused => req = unsent,
-                    _ => {
-                        let e = e.into_error();
-                        let kind = ErrorKind::Transport(error_chain(&e));
-                        return Err(GatewayError::new(leg, kind));
-                    }
-                },
+                // An idle connection the engine closed as we picked it: the
+                // request never left, so it goes out on a new one.
+                Err(ExchangeError::Unsent(_)) if conn.reused => {}
+                Err(e) => {
+                    return Err(GatewayError::new(leg, ErrorKind::Transport(e.to_string())));
+                }
             }
         }
     }
@@ -229,7 +215,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use http_body::Body;
+    use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
@@ -388,6 +375,131 @@ mod tests {
             up.pool().idle_count(origin) == 0
         })
         .await;
+    }
+
+    /// An engine that answers every request on a connection with `pieces`,
+    /// written one by one with a pause between them (so they arrive in
+    /// separate reads), then hangs up if `hang_up`. Counts connections.
+    async fn raw_engine(pieces: &'static [&'static [u8]], hang_up: bool) -> (String, Arc<Counts>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counts = Arc::new(Counts::default());
+        let c = Arc::clone(&counts);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                c.opened.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    // One read is one request: the client writes it at once.
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        for piece in pieces {
+                            if stream.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                        }
+                        if hang_up {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, counts)
+    }
+
+    async fn body_of(up: &Upstream, url: &str) -> Result<Bytes, GatewayError> {
+        let resp = up
+            .post(
+                Leg::Worker,
+                url,
+                "/v1/completions",
+                ids(),
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await?;
+        read_body(Leg::Worker, resp.into_body(), 1 << 20).await
+    }
+
+    #[tokio::test]
+    async fn chunks_split_across_reads_are_reassembled_and_the_connection_reused() {
+        static REPLY: &[&[u8]] = &[
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-enc",
+            b"oding: chunked\r\ncontent-type: text/event-stream\r\n\r\n5\r\nhel",
+            b"lo\r",
+            b"\n6;ext=1\r\n world\r\n",
+            b"0\r\ntrailer: x\r\n",
+            b"\r\n",
+        ];
+        let (url, counts) = raw_engine(REPLY, false).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        for _ in 0..3 {
+            let resp = post(&up, &url).await;
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            while let Some(frame) = body.frame().await {
+                got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            }
+            assert_eq!(got, b"hello world");
+            assert!(body.is_end_stream());
+            assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 1);
+        }
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        static REPLY: &[&[u8]] =
+            &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"];
+        let (url, counts) = raw_engine(REPLY, true).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        for n in 1..=2 {
+            assert_eq!(&body_of(&up, &url).await.unwrap()[..], b"ok");
+            assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
+            assert_eq!(counts.opened.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        static REPLY: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\n\r\npart one, ", b"part two"];
+        let (url, _) = raw_engine(REPLY, true).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        assert_eq!(
+            &body_of(&up, &url).await.unwrap()[..],
+            b"part one, part two"
+        );
+        assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
+    }
+
+    #[tokio::test]
+    async fn early_closes_and_garbage_are_transport_errors() {
+        static CUT_CHUNKED: &[&[u8]] =
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel"];
+        static CUT_LENGTH: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhel"];
+        static CUT_HEAD: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-le"];
+        static GARBAGE: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP"];
+        static BAD_CHUNK: &[&[u8]] =
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"];
+        static BAD_HEAD: &[&[u8]] = &[b"SSH-2.0-OpenSSH\r\n\r\n"];
+        for reply in [CUT_CHUNKED, CUT_LENGTH, CUT_HEAD, BAD_CHUNK, BAD_HEAD] {
+            let (url, _) = raw_engine(reply, true).await;
+            let up = Upstream::new(Duration::from_secs(1));
+            let e = body_of(&up, &url).await.unwrap_err();
+            assert!(matches!(e.kind, ErrorKind::Transport(_)), "{e:?}");
+            assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
+        }
+        // More than the response: the body is fine, the connection is not
+        // trusted again.
+        let (url, counts) = raw_engine(GARBAGE, false).await;
+        let up = Upstream::new(Duration::from_secs(1));
+        assert_eq!(&body_of(&up, &url).await.unwrap()[..], b"ok");
+        assert_eq!(&body_of(&up, &url).await.unwrap()[..], b"ok");
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
     }
 
     #[test]

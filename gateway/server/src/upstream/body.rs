@@ -1,73 +1,60 @@
-//! An engine's response body that drives its own connection.
+//! An engine's response body, read from its connection by the caller's task.
 //!
-//! Polling [`UpstreamBody`] runs the connection's I/O first and then takes
-//! the chunk it decoded, all in the caller's task; at the end of a complete
-//! response the connection goes back to the pool. Dropping the body before
-//! that closes the connection, which is how the engine hears of a
-//! cancellation.
+//! Polling [`UpstreamBody`] decodes what the connection's buffer holds and
+//! reads the socket when it needs more; everything one read brought comes
+//! out as one frame. At the end of a complete response the connection goes
+//! back to the pool. Dropping the body before that closes the connection,
+//! which is how the engine hears of a cancellation.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use super::http1::{Decoder, Head};
 use super::pool::{Conn, ConnPool};
 
+/// Why a body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the response body: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad response body: {0}")]
+    Protocol(#[from] super::http1::ProtocolError),
+}
+
 pub struct UpstreamBody {
-    incoming: Incoming,
+    decoder: Decoder,
     /// `None` once the response ended (the connection was handed back or
     /// closed).
     conn: Option<Conn>,
+    keep_alive: bool,
     pool: Arc<ConnPool>,
-    gate: Arc<Gate>,
-    /// `gate` as a waker, for the connection.
-    gated: Waker,
-}
-
-/// The connection's waker. Taking a chunk wakes the connection, and the
-/// connection queuing one wakes the body: both happen inside `poll_frame`,
-/// which drives the two in turn anyway, so waking the task for them would
-/// only poll it again for nothing (and rouse an idle runtime thread). Wakes
-/// while `poll_frame` runs are noted instead and answered by another round
-/// before it returns `Pending`, so one from the socket is never lost.
-#[derive(Default)]
-struct Gate {
-    task: AtomicWaker,
-    polling: AtomicBool,
-    missed: AtomicBool,
-}
-
-impl Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(SeqCst) {
-            self.missed.store(true, SeqCst);
-            // `poll_frame` may have finished meanwhile without seeing it.
-            if self.polling.load(SeqCst) {
-                return;
-            }
-        }
-        self.task.wake();
-    }
 }
 
 impl UpstreamBody {
-    pub(super) fn new(incoming: Incoming, conn: Conn, pool: Arc<ConnPool>) -> Self {
-        let gate = Arc::new(Gate::default());
-        Self {
-            incoming,
+    pub(super) fn new(head: &Head, conn: Conn, pool: Arc<ConnPool>) -> Self {
+        let mut body = Self {
+            decoder: Decoder::new(head.framing),
             conn: Some(conn),
+            keep_alive: head.keep_alive,
             pool,
-            gated: Waker::from(Arc::clone(&gate)),
-            gate,
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        body
+    }
+
+    /// The response was read to its end: a connection that may carry
+    /// another request, with nothing unread, goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                self.pool.checkin(conn);
+            }
         }
     }
 }
@@ -80,58 +67,64 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let Some(conn) = &mut this.conn else {
-            return Pin::new(&mut this.incoming).poll_frame(cx);
-        };
-        let gate = &this.gate;
-        gate.task.register(cx.waker());
-        gate.polling.store(true, SeqCst);
-        let mut gated = Context::from_waker(&this.gated);
-        // Every change to `incoming` is made by driving the connection, just
-        // above: it needs no waker of its own.
-        let mut unwoken = Context::from_waker(Waker::noop());
-        let polled = loop {
-            let open = conn.drive(&mut gated);
-            match Pin::new(&mut this.incoming).poll_frame(&mut unwoken) {
-                Poll::Pending if open => {
-                    gate.polling.store(false, SeqCst);
-                    if !gate.missed.swap(false, SeqCst) {
-                        break Poll::Pending;
+        loop {
+            let Some(conn) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            if !conn.buf.is_empty() {
+                let data = match this.decoder.decode(&mut conn.buf) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
                     }
-                    gate.polling.store(true, SeqCst);
+                };
+                if this.decoder.is_done() {
+                    this.finish();
                 }
-                // Closed: the body has its verdict, or gets it at once.
-                Poll::Pending => break Pin::new(&mut this.incoming).poll_frame(cx),
-                ready => break ready,
-            }
-        };
-        gate.polling.store(false, SeqCst);
-        gate.missed.store(false, SeqCst);
-        match polled {
-            Poll::Ready(None) => {
-                // Read to the end: the connection may serve another request.
-                if let Some(conn) = this.conn.take() {
-                    this.pool.checkin(conn, &mut gated);
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if this.conn.is_none() {
+                    return Poll::Ready(None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+            let Some(conn) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            match conn.poll_read(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return match this.decoder.eof() {
+                        Ok(()) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(e.into()))),
+                    };
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() && self.incoming.is_end_stream()
+        self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

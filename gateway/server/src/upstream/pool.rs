@@ -1,26 +1,24 @@
 //! Keep-alive HTTP/1 connections to engines, driven by the task that uses
 //! them.
 //!
-//! hyper's pooled client spawns a task per connection and passes each
-//! response chunk from it to the caller's task: two task polls per streamed
-//! token. Here a connection is a plain value ([`Conn`]) that the request
-//! future and the response body poll themselves, so a burst of chunks is
-//! decoded and relayed within one poll of the relay's task. Idle connections
-//! wait in a stack per origin; only one whose response was read to the end
-//! comes back (see [`super::body::UpstreamBody`]).
+//! A connection is a plain value ([`Conn`]): the request future writes the
+//! request and reads the head from its socket, and the response body reads
+//! the rest, all in the caller's task, so a burst of chunks is decoded and
+//! relayed within one poll of the relay. Idle connections wait in a stack
+//! per origin; only one whose response was read to the end comes back (see
+//! [`super::body::UpstreamBody`]).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+use std::io;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::http1::{self, Head, ProtocolError};
 
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,54 +29,99 @@ const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// their sockets do not linger when traffic stops.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// One HTTP/1 connection: the request side and the future that does its
-/// I/O, which whoever holds the connection must poll.
+/// One HTTP/1 connection to an engine.
 pub struct Conn {
-    pub(super) sender: Sender,
-    /// `None` once the connection has closed.
-    driver: Option<Driver>,
+    stream: TcpStream,
+    /// Bytes read from the socket and not yet consumed.
+    pub(super) buf: BytesMut,
     origin: Arc<str>,
     /// Came from the pool (an earlier request used it).
     pub(super) reused: bool,
 }
 
+/// Why an exchange failed.
+pub enum ExchangeError {
+    /// The request could not be written: it never reached the engine.
+    Unsent(io::Error),
+    Io(io::Error),
+    Protocol(ProtocolError),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsent(e) => write!(f, "sending the request: {e}"),
+            Self::Io(e) => write!(f, "reading the response: {e}"),
+            Self::Protocol(e) => write!(f, "bad response: {e}"),
+        }
+    }
+}
+
 impl Conn {
-    /// Runs the connection's I/O as far as it goes now; `false` once it has
-    /// closed (the pending request or body then sees why).
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = &mut self.driver else {
-            return false;
-        };
-        match Pin::new(driver).poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(origin = %self.origin, error = %e, "engine connection closed");
+    /// Writes `request` and reads the response head (skipping interim 1xx
+    /// heads). What follows the head stays in `buf` for the body.
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Head, ExchangeError> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(ExchangeError::Unsent)?;
+        loop {
+            if !self.buf.is_empty() {
+                match http1::parse_head(&self.buf).map_err(ExchangeError::Protocol)? {
+                    Some((head, len)) if head.status.is_informational() => {
+                        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(ExchangeError::Protocol(ProtocolError(
+                                "unrequested protocol switch".into(),
+                            )));
+                        }
+                        let _ = self.buf.split_to(len);
+                        continue;
+                    }
+                    Some((head, len)) => {
+                        let _ = self.buf.split_to(len);
+                        return Ok(head);
+                    }
+                    None => {}
                 }
-                self.driver = None;
-                false
+            }
+            let n = std::future::poll_fn(|cx| self.poll_read(cx))
+                .await
+                .map_err(ExchangeError::Io)?;
+            if n == 0 {
+                return Err(ExchangeError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before the response head",
+                )));
             }
         }
     }
 
-    /// Whether a new request may be sent now (the previous exchange is
-    /// over and the connection still open), driving it to find out.
-    fn ready(&mut self, cx: &mut Context<'_>) -> bool {
-        // Driving first reads a close the engine sent while we were away.
-        for _ in 0..2 {
-            if !self.drive(cx) {
-                return false;
+    /// Reads what the socket holds into `buf`: the byte count, 0 at the
+    /// engine's close.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            http1::reserve_read(&mut self.buf);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
             }
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return true,
-                Poll::Ready(Err(_)) => return false,
-                Poll::Pending => {}
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        false
+    }
+
+    /// Whether the idle connection can take a request: the engine neither
+    /// closed it nor sent anything unasked. Reads only what the runtime has
+    /// already seen arrive, never waits.
+    fn ready(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -103,7 +146,6 @@ impl ConnPool {
     /// The most recently used idle connection to `origin` that is still
     /// open, if any.
     pub fn checkout(&self, origin: &str) -> Option<Conn> {
-        let mut noop = Context::from_waker(Waker::noop());
         loop {
             let idle = self.idle.lock().ok()?.get_mut(origin)?.pop()?;
             if idle.since.elapsed() > IDLE_TIMEOUT {
@@ -115,7 +157,7 @@ impl ConnPool {
             let mut conn = idle.conn;
             // An engine that closed the connection meanwhile is noticed
             // here (its FIN is read), not by the request.
-            if conn.ready(&mut noop) {
+            if conn.ready() {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -123,20 +165,17 @@ impl ConnPool {
     }
 
     /// Opens a new connection to `origin` (`host:port`).
-    pub async fn connect(
-        &self,
-        origin: &str,
-        timeout: Duration,
-    ) -> Result<Conn, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn connect(&self, origin: &str, timeout: Duration) -> Result<Conn, String> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(origin))
             .await
             .map_err(|_| format!("tcp connect to {origin} timed out after {timeout:?}"))?
             .map_err(|e| format!("tcp connect to {origin}: {e}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("tcp connect to {origin}: {e}"))?;
         Ok(Conn {
-            sender,
-            driver: Some(driver),
+            stream,
+            buf: BytesMut::new(),
             origin: Arc::from(origin),
             reused: false,
         })
@@ -144,8 +183,8 @@ impl ConnPool {
 
     /// Takes back a connection whose exchange is complete; one that cannot
     /// take another request is closed instead.
-    pub fn checkin(&self, mut conn: Conn, cx: &mut Context<'_>) {
-        if !conn.ready(cx) {
+    pub fn checkin(&self, conn: Conn) {
+        if !conn.ready() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -163,14 +202,13 @@ impl ConnPool {
 
     /// Closes idle connections that expired or that the engine closed.
     pub fn sweep(&self) {
-        let mut noop = Context::from_waker(Waker::noop());
         let mut closed = Vec::new();
         if let Ok(mut idle) = self.idle.lock() {
             for stack in idle.values_mut() {
                 let mut i = 0;
                 while i < stack.len() {
-                    let entry = &mut stack[i];
-                    if entry.since.elapsed() > IDLE_TIMEOUT || !entry.conn.ready(&mut noop) {
+                    let entry = &stack[i];
+                    if entry.since.elapsed() > IDLE_TIMEOUT || !entry.conn.ready() {
                         closed.push(stack.remove(i));
                     } else {
                         i += 1;
