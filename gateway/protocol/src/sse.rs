@@ -71,6 +71,52 @@ impl SseDecoder {
         self.bound();
     }
 
+    /// Feeds bytes like [`push_with`](Self::push_with), but stops after the
+    /// first event for which `on_data` returns `true`, and returns the part
+    /// of `chunk` after that event (not fed; empty if it never stopped).
+    ///
+    /// The relay watches events one by one only until the first token; an
+    /// engine's whole stream often arrives in one read, and the rest of it
+    /// goes to the cheaper [`push_counting`](Self::push_counting).
+    pub fn push_until<'c>(
+        &mut self,
+        chunk: &'c [u8],
+        mut on_data: impl FnMut(&str) -> bool,
+    ) -> &'c [u8] {
+        let mut stop = false;
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            let before = self.buf.len();
+            self.buf.extend_from_slice(rest);
+            let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) else {
+                self.scanned = self.buf.len();
+                self.bound();
+                return &[];
+            };
+            emit(&self.buf[..end], &mut |d: &str| stop = on_data(d));
+            // The old bytes held no event end, so this one ends in `chunk`.
+            rest = &rest[end + sep - before..];
+            self.buf.clear();
+            self.scanned = 0;
+            if stop {
+                return rest;
+            }
+        }
+        while let Some((end, sep)) = find_event_end(rest, 0) {
+            emit(&rest[..end], &mut |d: &str| stop = on_data(d));
+            rest = &rest[end + sep..];
+            if stop {
+                return rest;
+            }
+        }
+        if !rest.is_empty() {
+            self.buf.extend_from_slice(rest);
+            self.scanned = self.buf.len();
+            self.bound();
+        }
+        &[]
+    }
+
     /// Feeds bytes once the first token was seen: only events that might
     /// carry metadata (a superset of those [`may_carry_metadata`] accepts)
     /// are handed to `on_data`; the others are counted, and the count of
@@ -511,6 +557,37 @@ mod tests {
                 new_parsed, old_parsed,
                 "case {case}: {shown:?} cut at {cuts:?}"
             );
+        }
+    }
+
+    #[test]
+    fn push_until_stops_after_the_event_and_hands_back_the_rest() {
+        let stream =
+            b"data: {\"role\":1}\n\ndata: {\"tok\":1}\r\n\r\ndata: {\"tok\":2}\n\ndata: [DONE]\n\n";
+        // Every split into two pushes, stopping at the first token.
+        for cut in 0..=stream.len() {
+            let mut d = SseDecoder::new();
+            let mut seen = Vec::new();
+            let mut stopped = false;
+            let mut after = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                if stopped {
+                    after.extend_from_slice(part);
+                    continue;
+                }
+                let rest = d.push_until(part, |data| {
+                    seen.push(data.to_owned());
+                    data.contains("tok")
+                });
+                if seen.last().is_some_and(|s| s.contains("tok")) {
+                    stopped = true;
+                    after.extend_from_slice(rest);
+                } else {
+                    assert!(rest.is_empty());
+                }
+            }
+            assert_eq!(seen, ["{\"role\":1}", "{\"tok\":1}"], "cut {cut}");
+            assert_eq!(after, b"data: {\"tok\":2}\n\ndata: [DONE]\n\n", "cut {cut}");
         }
     }
 

@@ -184,15 +184,21 @@ impl Observer {
             self.observe_tokens(bytes);
             return;
         }
-        self.observe_events(bytes);
+        let rest = self.observe_events(bytes);
         if self.first_output.is_some() {
             if let Some(t) = self.prefill_ticket.take() {
                 t.finish();
             }
+            // The rest of a burst that brought the first token.
+            if !rest.is_empty() {
+                self.observe_tokens(rest);
+            }
         }
     }
 
-    fn observe_events(&mut self, bytes: &[u8]) {
+    /// Before the first token: every event is parsed, up to the one with
+    /// the first output; returns the bytes after that one.
+    fn observe_events<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
         let Self {
             decoder,
             output_chunks,
@@ -200,26 +206,17 @@ impl Observer {
             usage_tokens,
             ..
         } = self;
-        decoder.push_with(bytes, |data| {
-            // Once the first token is seen, only usage/error events need a
-            // parse; plain token chunks are just counted.
-            if first_output.is_some() && !may_carry_metadata(data) {
-                if data.trim_start().starts_with('{') {
-                    *output_chunks += 1;
-                }
-                return;
-            }
+        decoder.push_until(bytes, |data| {
             let info = inspect(data);
-            if info.has_output {
-                *output_chunks += 1;
-                if first_output.is_none() {
-                    *first_output = Some(Instant::now());
-                }
-            }
             if let Some(t) = info.completion_tokens {
                 *usage_tokens = Some(t);
             }
-        });
+            if info.has_output {
+                *output_chunks += 1;
+                *first_output = Some(Instant::now());
+            }
+            info.has_output
+        })
     }
 
     /// After the first token: token chunks are only counted, found by one
