@@ -406,6 +406,13 @@ impl RelayBody {
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 
+    /// The upstream ended cleanly: the stream ends after what was sent.
+    fn succeed(&mut self) {
+        self.observer.finish(Outcome::Success);
+        self.upstream = None;
+        self.done = true;
+    }
+
     /// Ends the stream with an error event; the upstream is dropped at once
     /// (which cancels it).
     fn fail(&mut self, e: GatewayError) {
@@ -479,9 +486,16 @@ impl Body for RelayBody {
                     }
                 }
                 Poll::Ready(end) if !this.batch.is_empty() => {
-                    this.stashed = Some(end);
                     let bytes = this.batch.take();
-                    return this.send(bytes);
+                    let out = this.send(bytes);
+                    match end {
+                        // Ended cleanly: said at once (`is_end_stream`), so
+                        // the last bytes and the end of the body leave in
+                        // one write.
+                        None => this.succeed(),
+                        end => this.stashed = Some(end),
+                    }
+                    return out;
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let leg = this.leg;
@@ -492,9 +506,7 @@ impl Body for RelayBody {
                     return Pin::new(this).poll_frame(cx);
                 }
                 Poll::Ready(None) => {
-                    this.observer.finish(Outcome::Success);
-                    this.upstream = None;
-                    this.done = true;
+                    this.succeed();
                     return Poll::Ready(None);
                 }
                 Poll::Pending if !this.batch.is_empty() => {
@@ -520,7 +532,9 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailer.is_none()
+        // hyper sends no body at all for a body that is at its end before
+        // the first poll, so a primed frame keeps it open.
+        self.done && self.trailer.is_none() && self.primed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -51,8 +51,9 @@ impl UpstreamBody {
     /// The response was read to its end: a connection that may carry
     /// another request, with nothing unread, goes back to the pool.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
+                conn.response_done();
                 self.pool.checkin(conn);
             }
         }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::http1::{self, Head, ProtocolError};
@@ -37,6 +37,8 @@ pub struct Conn {
     origin: Arc<str>,
     /// Came from the pool (an earlier request used it).
     pub(super) reused: bool,
+    /// The last read left room in the buffer (the socket had no more).
+    drained: bool,
 }
 
 /// Why an exchange failed.
@@ -101,15 +103,33 @@ impl Conn {
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             http1::reserve_read(&mut self.buf);
+            let room = self.buf.capacity() - self.buf.len();
             match self.stream.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return Poll::Ready(other),
+                other => {
+                    self.drained = matches!(other, Ok(n) if n < room);
+                    return Poll::Ready(other);
+                }
             }
             match self.stream.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// The response was read to its end. If its last read left room in the
+    /// buffer, that read drained the socket: tokio is told so (as its own
+    /// `poll_read` does after a short read), so the pool's check and the
+    /// next request's first read cost no `recv` that could only say
+    /// `EAGAIN`. A close by the engine still shows (tokio keeps it), and
+    /// anything arriving later is a new readiness event.
+    pub fn response_done(&mut self) {
+        if std::mem::take(&mut self.drained) {
+            let _ = self.stream.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
         }
     }
 
@@ -178,6 +198,7 @@ impl ConnPool {
             buf: BytesMut::new(),
             origin: Arc::from(origin),
             reused: false,
+            drained: false,
         })
     }
 
