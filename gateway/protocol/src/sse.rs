@@ -86,18 +86,12 @@ impl SseDecoder {
         let mut stop = false;
         let mut rest = chunk;
         if !self.buf.is_empty() {
-            let before = self.buf.len();
-            self.buf.extend_from_slice(rest);
-            let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) else {
-                self.scanned = self.buf.len();
-                self.bound();
+            let Some(r) =
+                self.finish_buffered(rest, |raw| emit(raw, &mut |d: &str| stop = on_data(d)))
+            else {
                 return &[];
             };
-            emit(&self.buf[..end], &mut |d: &str| stop = on_data(d));
-            // The old bytes held no event end, so this one ends in `chunk`.
-            rest = &rest[end + sep - before..];
-            self.buf.clear();
-            self.scanned = 0;
+            rest = r;
             if stop {
                 return rest;
             }
@@ -131,18 +125,12 @@ impl SseDecoder {
         let mut rest = chunk;
         if !self.buf.is_empty() {
             // Finish the buffered event first, as `push_with` would.
-            let before = self.buf.len();
-            self.buf.extend_from_slice(rest);
-            let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) else {
-                self.scanned = self.buf.len();
-                self.bound();
+            let Some(r) = self.finish_buffered(rest, |raw| {
+                count += count_or_hand(raw, true, &mut on_data);
+            }) else {
                 return 0;
             };
-            count += count_or_hand(&self.buf[..end], true, &mut on_data);
-            // The old bytes held no event end, so this one ends in `chunk`.
-            rest = &rest[end + sep - before..];
-            self.buf.clear();
-            self.scanned = 0;
+            rest = r;
         }
         let mut hit = metadata_hit(rest, 0);
         let mut at = 0;
@@ -161,6 +149,24 @@ impl SseDecoder {
             self.bound();
         }
         count
+    }
+
+    /// Completes the event buffered from earlier chunks with the start of
+    /// `chunk` and hands its raw bytes to `f`; returns the rest of `chunk`,
+    /// or `None` when `chunk` did not end the event (it is buffered too).
+    fn finish_buffered<'c>(&mut self, chunk: &'c [u8], f: impl FnOnce(&[u8])) -> Option<&'c [u8]> {
+        let before = self.buf.len();
+        self.buf.extend_from_slice(chunk);
+        let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) else {
+            self.scanned = self.buf.len();
+            self.bound();
+            return None;
+        };
+        f(&self.buf[..end]);
+        self.buf.clear();
+        self.scanned = 0;
+        // The old bytes held no event end, so this one ends in `chunk`.
+        Some(&chunk[end + sep - before..])
     }
 
     fn bound(&mut self) {
