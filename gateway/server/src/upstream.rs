@@ -328,6 +328,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_engine_refusing_a_large_body_unread_is_answered_at_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Reads only the request head, answers 413 and keeps the connection
+        // open without reading the body, as a server refusing it may.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let engine = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        let up = Upstream::new(Duration::from_secs(1));
+        // Far more than the socket buffers hold, so the write cannot finish.
+        let body = Bytes::from(vec![b' '; 64 << 20]);
+        let headers = HeaderMap::new();
+        let call = up.post(Leg::Worker, &url, "/v1/completions", ids(), &headers, body);
+        // A guard only: without the fix the call waits here forever.
+        let resp = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("answered while the body was still being written")
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        let body = read_body(Leg::Worker, resp.into_body(), 1 << 10)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{}");
+        // The request was cut short, so the connection is not pooled.
+        assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
+        engine.abort();
+    }
+
+    #[tokio::test]
     async fn a_connection_read_to_the_end_is_reused() {
         let (url, counts) = engine(100, true).await;
         let up = Upstream::new(Duration::from_secs(1));

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::http1::{self, Head, ProtocolError};
@@ -63,37 +63,38 @@ impl Conn {
     /// Writes `request` and reads the response head (skipping interim 1xx
     /// heads). What follows the head stays in `buf` for the body.
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Head, ExchangeError> {
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(ExchangeError::Unsent)?;
-        loop {
-            if !self.buf.is_empty() {
-                match http1::parse_head(&self.buf).map_err(ExchangeError::Protocol)? {
-                    Some((head, len)) if head.status.is_informational() => {
-                        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                            return Err(ExchangeError::Protocol(ProtocolError(
-                                "unrequested protocol switch".into(),
-                            )));
-                        }
-                        let _ = self.buf.split_to(len);
-                        continue;
-                    }
-                    Some((head, len)) => {
-                        let _ = self.buf.split_to(len);
-                        return Ok(head);
-                    }
-                    None => {}
-                }
+        // Usually the whole request fits the socket's send buffer at once.
+        let sent = match self.stream.try_write(request) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(ExchangeError::Unsent(e)),
+        };
+        let Conn {
+            stream,
+            buf,
+            drained,
+            ..
+        } = self;
+        let stream: &TcpStream = stream;
+        if sent == request.len() {
+            return read_head(stream, buf, drained).await;
+        }
+        // A large body: an engine may answer it (413, 400) without reading
+        // it, so the head is watched while the rest is written instead of
+        // after, which would wait for a timeout.
+        let write = write_all(stream, &request[sent..]);
+        let head = read_head(stream, buf, drained);
+        tokio::pin!(write, head);
+        tokio::select! {
+            biased;
+            h = &mut head => {
+                // Answered before the request was sent whole: the
+                // connection cannot carry another request.
+                h.map(|h| Head { keep_alive: false, ..h })
             }
-            let n = std::future::poll_fn(|cx| self.poll_read(cx))
-                .await
-                .map_err(ExchangeError::Io)?;
-            if n == 0 {
-                return Err(ExchangeError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before the response head",
-                )));
+            w = &mut write => {
+                w.map_err(ExchangeError::Unsent)?;
+                head.await
             }
         }
     }
@@ -101,22 +102,7 @@ impl Conn {
     /// Reads what the socket holds into `buf`: the byte count, 0 at the
     /// engine's close.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            http1::reserve_read(&mut self.buf);
-            let room = self.buf.capacity() - self.buf.len();
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => {
-                    self.drained = matches!(other, Ok(n) if n < room);
-                    return Poll::Ready(other);
-                }
-            }
-            match self.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        poll_read_into(&self.stream, &mut self.buf, &mut self.drained, cx)
     }
 
     /// The response was read to its end. If its last read left room in the
@@ -143,6 +129,85 @@ impl Conn {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// Reads a response head from `stream` into `buf` (skipping interim 1xx
+/// heads), leaving what follows it in `buf`.
+async fn read_head(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    drained: &mut bool,
+) -> Result<Head, ExchangeError> {
+    loop {
+        if !buf.is_empty() {
+            match http1::parse_head(buf).map_err(ExchangeError::Protocol)? {
+                Some((head, len)) if head.status.is_informational() => {
+                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ExchangeError::Protocol(ProtocolError(
+                            "unrequested protocol switch".into(),
+                        )));
+                    }
+                    let _ = buf.split_to(len);
+                    continue;
+                }
+                Some((head, len)) => {
+                    let _ = buf.split_to(len);
+                    return Ok(head);
+                }
+                None => {}
+            }
+        }
+        let n = std::future::poll_fn(|cx| poll_read_into(stream, buf, drained, cx))
+            .await
+            .map_err(ExchangeError::Io)?;
+        if n == 0 {
+            return Err(ExchangeError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the response head",
+            )));
+        }
+    }
+}
+
+/// Reads what `stream` holds into `buf`: the byte count, 0 at the close.
+/// `drained`: the read left room in the buffer (the socket had no more).
+fn poll_read_into(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    drained: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        http1::reserve_read(buf);
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => {
+                *drained = matches!(other, Ok(n) if n < room);
+                return Poll::Ready(other);
+            }
+        }
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// Writes all of `data` through a shared reference (so a read can run
+/// alongside).
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 struct Idle {
