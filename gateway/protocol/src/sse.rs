@@ -46,29 +46,15 @@ impl SseDecoder {
         events
     }
 
-    /// Feeds bytes, calling `on_data` with each completed event's data.
-    ///
-    /// This is the relay's hot path: complete events inside `chunk` are read
-    /// in place, and only a trailing partial event is buffered.
+    /// Feeds bytes, calling `on_data` with each completed event's data:
+    /// complete events inside `chunk` are read in place, and only a trailing
+    /// partial event is buffered.
     pub fn push_with(&mut self, chunk: &[u8], mut on_data: impl FnMut(&str)) {
-        let mut rest = chunk;
-        if self.buf.is_empty() {
-            while let Some((end, sep)) = find_event_end(rest, 0) {
-                emit(&rest[..end], &mut on_data);
-                rest = &rest[end + sep..];
-            }
-            if rest.is_empty() {
-                return;
-            }
-        }
-        self.buf.extend_from_slice(rest);
-        while let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) {
-            emit(&self.buf[..end], &mut on_data);
-            self.buf.drain(..end + sep);
-            self.scanned = 0;
-        }
-        self.scanned = self.buf.len();
-        self.bound();
+        let rest = self.push_until(chunk, |d| {
+            on_data(d);
+            false
+        });
+        debug_assert!(rest.is_empty());
     }
 
     /// Feeds bytes like [`push_with`](Self::push_with), but stops after the

@@ -268,11 +268,17 @@ mod tests {
         closed: AtomicUsize,
     }
 
+    /// A listener on an ephemeral port and its base URL.
+    async fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (listener, url)
+    }
+
     /// An engine answering every request with `size` bytes; `keep_alive:
     /// false` makes it close each connection after one response.
     async fn engine(size: usize, keep_alive: bool) -> (String, Arc<Counts>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, url) = listen().await;
         let counts = Arc::new(Counts::default());
         let c = Arc::clone(&counts);
         tokio::spawn(async move {
@@ -332,8 +338,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Reads only the request head, answers 413 and keeps the connection
         // open without reading the body, as a server refusing it may.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, url) = listen().await;
         let engine = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut head = Vec::new();
@@ -420,8 +425,7 @@ mod tests {
         // Answers one request per connection, keep-alive, then hangs up
         // while the connection is idle (as engines do after their
         // keep-alive timeout).
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, url) = listen().await;
         let closed = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&closed);
         tokio::spawn(async move {
@@ -462,8 +466,7 @@ mod tests {
     /// separate reads), then hangs up if `hang_up`. Counts connections.
     async fn raw_engine(pieces: &'static [&'static [u8]], hang_up: bool) -> (String, Arc<Counts>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, url) = listen().await;
         let counts = Arc::new(Counts::default());
         let c = Arc::clone(&counts);
         tokio::spawn(async move {
@@ -598,8 +601,7 @@ mod tests {
 
     #[tokio::test]
     async fn connect_failures_are_connect_errors() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, url) = listen().await;
         drop(listener);
         let up = Upstream::new(Duration::from_secs(1));
         let e = up
