@@ -2,7 +2,7 @@
 # Compose-based deployment + chaos suite (see docs/RELIABILITY.md).
 #
 #   tests/chaos/run.sh            # everything: build, smoke, Prometheus, bad input, faults
-#   CHAOS_PHASES="smoke badinput" tests/chaos/run.sh
+#   CHAOS_PHASES="smoke badinput hostile" tests/chaos/run.sh
 #
 # 1. builds the release binaries on the host and the images from them
 #    (`prebuilt` targets; base images from docker/build-base.sh: no registry);
@@ -11,6 +11,8 @@
 # 3. smoke: streaming requests through the gateway (curl, baton-bench), and
 #    Prometheus' `up` for the gateway and every engine;
 # 4. badinput: hostile requests and slow-drip clients (badinput.py);
+# 4b. hostile: the security review's attacks (hostile.py) beside a normal load,
+#    whose attainment must match a run without them (attainment.py);
 # 5. faults: under a steady streaming load (load.py), kill / pause / cut off a
 #    decode engine, restart Redis, crash Redis, kill a prefill engine; after
 #    each, checks that the gateway lived, failures were bounded (bounds
@@ -40,7 +42,7 @@ out="$here/out"
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md "$out"/*.redis-* "$out"/*.lua
 
-PHASES=${CHAOS_PHASES:-"smoke badinput faults"}
+PHASES=${CHAOS_PHASES:-"smoke badinput hostile faults"}
 ENGINE=${CHAOS_ENGINE:-real}
 # Closed-loop load (CHAOS_CONCURRENCY clients, each sending its next request
 # when the last ended) adapts to how fast this machine is; CHAOS_RATE=R
@@ -322,6 +324,46 @@ if [[ " $PHASES " == *" badinput "* ]]; then
   else
     FAILED+=("bad input")
   fi
+fi
+
+# ---- 4b. hostile clients beside a normal load ---------------------------------------
+# The security review's attacks (hostile.py) run through the public port while
+# the same closed-loop load as the fault phases runs; that load's attainment
+# must match a run of it without attacks (attainment.py: SLO derived from the
+# baseline run, so machine speed does not matter).
+if [[ " $PHASES " == *" hostile "* ]]; then
+  holder_ip=$(docker network inspect "$NET" -f '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)
+  first_byte_deadline=$(python3 - "$root/docker/gateway/$BATON_GATEWAY_CONFIG" <<'PY'
+import sys, tomllib
+c = tomllib.load(open(sys.argv[1], "rb"))
+print(c.get("connections", {}).get("first_byte_secs", 10))
+PY
+  )
+  log "hostile: baseline load, ${DURATION}s ($LOAD_DESC)"
+  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" "${LOAD[@]}" --duration "$DURATION" \
+    --max-tokens "$MAX_TOKENS" --name hostile-baseline --timeout "$CLIENT_TIMEOUT_S" \
+    --out "$out/hostile-baseline.json" --records "$out/hostile-baseline.jsonl" >&2
+  log "hostile: the same load with the attacks (holder address ${holder_ip:-none})"
+  python3 "$here/hostile.py" --port "$BATON_PORT" --model "$MODEL_NAME" --max-payload 1048576 \
+    ${holder_ip:+--holder-bind "$holder_ip"} --first-byte-deadline "$first_byte_deadline" \
+    --out "$out/hostile-attacks.json" >&2 &
+  hostile_pid=$!
+  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" "${LOAD[@]}" --duration "$DURATION" \
+    --max-tokens "$MAX_TOKENS" --name hostile-load --timeout "$CLIENT_TIMEOUT_S" \
+    --out "$out/hostile-load.json" --records "$out/hostile-load.jsonl" >&2
+  if wait "$hostile_pid"; then log "  ok: every attack got its answer"; else FAILED+=("hostile: attacks"); fi
+  jq -c '.attacks | map_values(.ok)' "$out/hostile-attacks.json" >&2 || true
+  check "hostile: normal load completed every request under attack" \
+    jq -e '.failed == 0' "$out/hostile-load.json"
+  if python3 "$here/attainment.py" "$out/hostile-baseline.jsonl" "$out/hostile-load.jsonl" \
+    >"$out/hostile-attainment.json"; then
+    log "  ok: attainment unchanged $(cat "$out/hostile-attainment.json")"
+  else
+    log "  FAILED: attainment changed $(cat "$out/hostile-attainment.json")"
+    FAILED+=("hostile: attainment")
+  fi
+  check "hostile: gateway and engines never restarted" bash -c \
+    "[[ -z \$(docker ps -a --filter label=com.docker.compose.project=$COMPOSE_PROJECT_NAME --format '{{.Status}}' | grep -v '^Up') ]]"
 fi
 
 # ---- 5. faults under load --------------------------------------------------------
