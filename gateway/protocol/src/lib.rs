@@ -3,12 +3,14 @@
 //! Everything here is a pure function of bytes and JSON values so it can be
 //! tested on golden fixtures: parsing and validating client requests
 //! ([`request`]), planning the upstream calls of each serving mode
-//! ([`vllm`], [`sglang`]), decoding and inspecting SSE streams ([`sse`]) and
-//! the OpenAI error shape ([`openai_error`]). The gateway crate executes the
+//! ([`vllm`], [`sglang`]), decoding and inspecting SSE streams ([`sse`]),
+//! the OpenAI error shape ([`openai_error`]) and the fleet key that authenticates
+//! gateway-to-engine calls ([`fleet`]). The gateway crate executes the
 //! plans; nothing in this crate touches a socket or a clock.
 
 pub mod endpoint;
 pub mod error;
+pub mod fleet;
 pub mod openai_error;
 pub mod request;
 pub mod sglang;
@@ -17,5 +19,6 @@ pub mod vllm;
 
 pub use endpoint::Endpoint;
 pub use error::ProtocolError;
+pub use fleet::FleetKey;
 pub use openai_error::OpenAiError;
 pub use request::ClientRequest;
