@@ -13,6 +13,7 @@ pub mod error;
 pub mod fleet;
 pub mod openai_error;
 pub mod request;
+pub mod sanitize;
 pub mod sglang;
 pub mod sse;
 pub mod vllm;

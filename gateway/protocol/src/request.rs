@@ -37,15 +37,24 @@ impl ClientRequest {
     pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Self, ProtocolError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
-        let Value::Object(body) = value else {
+        let Value::Object(mut body) = value else {
             return Err(ProtocolError::NotAnObject);
         };
+        let stripped = crate::sanitize::strip_client_fields(&mut body);
         let mut req = Self::from_map(endpoint, body)?;
-        req.raw = Some(Bytes::copy_from_slice(bytes));
+        if !stripped {
+            req.raw = Some(Bytes::copy_from_slice(bytes));
+        }
         Ok(req)
     }
 
-    pub fn from_map(endpoint: Endpoint, body: Map<String, Value>) -> Result<Self, ProtocolError> {
+    /// Validates a client body; fields only the fleet may set are dropped
+    /// first ([`crate::sanitize`]).
+    pub fn from_map(
+        endpoint: Endpoint,
+        mut body: Map<String, Value>,
+    ) -> Result<Self, ProtocolError> {
+        crate::sanitize::strip_client_fields(&mut body);
         let stream = opt_bool(&body, "stream")?.unwrap_or(false);
         let include_usage = match body.get("stream_options") {
             None | Some(Value::Null) => false,
