@@ -46,6 +46,13 @@ pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether `pick`/`admit` may run long (runtime scripts): the caller
+    /// should call them off its async workers, under a time limit. Pure
+    /// policies answer in microseconds and are called inline.
+    fn may_block(&self) -> bool {
+        false
+    }
+
     /// Called once per request, before the first `pick`: may shed it.
     fn admit(
         &self,

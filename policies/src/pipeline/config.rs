@@ -15,14 +15,34 @@ use super::{Pipeline, PluginError};
 ///            { kind = "script", path = "plugins/prefer_even.rhai", weight = 0.5 }]
 /// picker = "max_score"
 /// admission = [{ kind = "queue_cap", max_in_flight = 256, retry_after_ms = 500 }]
+/// time_limit_ms = 100
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub filters: Vec<FilterConfig>,
     pub scorers: Vec<ScorerConfig>,
     pub picker: PickerConfig,
     pub admission: Vec<AdmissionConfig>,
+    /// Wall-clock limit of one decision of a pipeline with scripts (the
+    /// gateway runs those off its async workers and, past this, routes by
+    /// least load / admits, as for a failing stage).
+    pub time_limit_ms: u64,
+}
+
+/// Default [`PipelineConfig::time_limit_ms`].
+pub const DEFAULT_TIME_LIMIT_MS: u64 = 100;
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            filters: Vec::new(),
+            scorers: Vec::new(),
+            picker: PickerConfig::default(),
+            admission: Vec::new(),
+            time_limit_ms: DEFAULT_TIME_LIMIT_MS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -89,6 +109,11 @@ fn half_second() -> u64 {
 impl PipelineConfig {
     /// Builds the pipeline, loading and compiling scripts (errors name the file).
     pub fn build(&self) -> Result<Pipeline, PluginError> {
+        if self.time_limit_ms == 0 {
+            return Err(PluginError::Load(
+                "pipeline time_limit_ms must be at least 1".into(),
+            ));
+        }
         let picker: Box<dyn super::Picker> = match self.picker {
             PickerConfig::MaxScore => Box::new(MaxScorePicker::default()),
             PickerConfig::WeightedRandom => Box::new(WeightedRandomPicker::default()),

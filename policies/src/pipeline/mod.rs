@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use builtin::{
     Available, LeastLoadScorer, MaxInFlight, MaxScorePicker, QueueCap, WeightedRandomPicker,
 };
-pub use config::{AdmissionConfig, FilterConfig, PickerConfig, PipelineConfig, ScorerConfig};
+pub use config::{
+    AdmissionConfig, FilterConfig, PickerConfig, PipelineConfig, ScorerConfig,
+    DEFAULT_TIME_LIMIT_MS,
+};
 
 use crate::{LeastLoad, RequestFeatures, RoutingPolicy, WorkerView};
 
@@ -45,6 +48,11 @@ pub enum Admit {
 /// Drops workers that must not serve this request.
 pub trait Filter: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
+    /// Whether a call may run long (a script): the caller should run the
+    /// decision off its async workers, under a time limit.
+    fn may_block(&self) -> bool {
+        false
+    }
     /// Called once per candidate worker per decision.
     fn keep(
         &self,
@@ -57,6 +65,11 @@ pub trait Filter: Send + Sync + std::fmt::Debug {
 /// per scorer before weighting, so scorers need not agree on a scale.
 pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
+    /// Whether a call may run long (a script): the caller should run the
+    /// decision off its async workers, under a time limit.
+    fn may_block(&self) -> bool {
+        false
+    }
     /// Called once per decision with the candidates that passed the filters;
     /// returns one score per candidate, in order.
     fn score(
@@ -74,6 +87,11 @@ pub trait Picker: Send + Sync + std::fmt::Debug {
 /// Decides, before routing, whether the request is served at all.
 pub trait Admission: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
+    /// Whether a call may run long (a script): the caller should run the
+    /// decision off its async workers, under a time limit.
+    fn may_block(&self) -> bool {
+        false
+    }
     fn admit(
         &self,
         workers: &[WorkerView<'_>],
@@ -117,6 +135,13 @@ impl Pipeline {
     pub fn admission(mut self, a: Box<dyn Admission>) -> Self {
         self.admission.push(a);
         self
+    }
+
+    /// Whether any stage may run long (see [`Scorer::may_block`]).
+    pub fn may_block(&self) -> bool {
+        self.filters.iter().any(|f| f.may_block())
+            || self.scorers.iter().any(|(_, s)| s.may_block())
+            || self.admission.iter().any(|a| a.may_block())
     }
 
     /// Decisions that fell back to the default policy because a stage failed.
@@ -215,6 +240,10 @@ impl RoutingPolicy for Pipeline {
 
     fn has_admission(&self) -> bool {
         !self.admission.is_empty()
+    }
+
+    fn may_block(&self) -> bool {
+        Pipeline::may_block(self)
     }
 
     fn admit(&self, workers: &[WorkerView<'_>], request: &RequestFeatures<'_>) -> Admit {

@@ -14,6 +14,16 @@
 //!
 //! `worker` is `#{ url, in_flight, available }`, `workers` an array of them,
 //! `request` is `#{ text_len, text_prefix }` (first 256 characters).
+//!
+//! The sandbox (see [`sandboxed_engine`]): no `import` (and no module
+//! resolver), no `eval`, `print` and `debug` refused at load and silenced if
+//! reached dynamically (they would write prompt text to stdout), and an
+//! operation budget of at most [`MAX_BUDGET`]. A caller that runs scripts on
+//! a thread of its own can stop one early with [`with_cancel_flag`].
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Scope, AST};
 
@@ -22,6 +32,65 @@ use crate::{RequestFeatures, WorkerView};
 
 /// Operations a script may run per call before it counts as overrunning.
 pub const DEFAULT_BUDGET: u64 = 10_000;
+/// The largest budget a config may give (about a quarter of a second of
+/// script per call in a release build): a larger one is a config error.
+pub const MAX_BUDGET: u64 = 1_000_000;
+/// How often (in operations) a running script checks its cancel flag.
+const CANCEL_CHECK_EVERY: u64 = 256;
+
+thread_local! {
+    /// The cancel flag of the script call running on this thread, if any.
+    static CANCEL: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which calls into scripts) so that setting `flag` stops any
+/// script it runs within a few hundred operations; the stopped stage fails
+/// like an over-budget one. Meant for a caller that gave up waiting on a
+/// script running on another thread: the thread is freed promptly.
+pub fn with_cancel_flag<R>(flag: Arc<AtomicBool>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Arc<AtomicBool>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            CANCEL.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let prev = CANCEL.with(|c| c.borrow_mut().replace(flag));
+    let _reset = Reset(prev);
+    f()
+}
+
+fn cancelled() -> bool {
+    CANCEL.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    })
+}
+
+/// A Rhai engine with the plugin sandbox and limits applied.
+pub fn sandboxed_engine(budget: u64) -> Engine {
+    let mut engine = Engine::new();
+    // No scripts from disk: `import` does not parse, and nothing would
+    // resolve it anyway. `eval` could compile text the parser never saw.
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    for symbol in ["import", "export", "eval", "print", "debug"] {
+        engine.disable_symbol(symbol);
+    }
+    // `Fn("print").call(..)` bypasses the parser: those go nowhere.
+    engine.on_print(|_| {});
+    engine.on_debug(|_, _, _| {});
+    engine.on_progress(|ops| {
+        (ops.is_multiple_of(CANCEL_CHECK_EVERY) && cancelled()).then_some(Dynamic::UNIT)
+    });
+    engine.set_max_operations(budget.max(1));
+    engine.set_max_call_levels(32);
+    engine.set_max_expr_depths(64, 32);
+    engine.set_max_string_size(1 << 16);
+    engine.set_max_array_size(1 << 16);
+    engine.set_max_map_size(1 << 12);
+    engine
+}
 
 #[derive(Debug)]
 struct Script {
@@ -33,13 +102,12 @@ struct Script {
 
 impl Script {
     fn compile(name: &str, source: &str, budget: u64, entry: &str) -> Result<Self, PluginError> {
-        let mut engine = Engine::new();
-        engine.set_max_operations(budget.max(1));
-        engine.set_max_call_levels(32);
-        engine.set_max_expr_depths(64, 32);
-        engine.set_max_string_size(1 << 16);
-        engine.set_max_array_size(1 << 16);
-        engine.set_max_map_size(1 << 12);
+        if budget > MAX_BUDGET {
+            return Err(PluginError::Load(format!(
+                "{name}: budget {budget} is above the cap of {MAX_BUDGET} operations"
+            )));
+        }
+        let engine = sandboxed_engine(budget);
         let ast = engine
             .compile(source)
             .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
@@ -69,6 +137,10 @@ impl Script {
                 EvalAltResult::ErrorTooManyOperations(_) => PluginError::OverBudget {
                     plugin: self.name.clone(),
                     budget: self.budget,
+                },
+                EvalAltResult::ErrorTerminated(..) => PluginError::Failed {
+                    plugin: self.name.clone(),
+                    message: "stopped: over its time limit".into(),
                 },
                 other => PluginError::Failed {
                     plugin: self.name.clone(),
@@ -130,6 +202,9 @@ impl Scorer for ScriptScorer {
     fn name(&self) -> &str {
         &self.0.name
     }
+    fn may_block(&self) -> bool {
+        true
+    }
     fn score(
         &self,
         c: &[WorkerView<'_>],
@@ -162,6 +237,9 @@ impl Filter for ScriptFilter {
     fn name(&self) -> &str {
         &self.0.name
     }
+    fn may_block(&self) -> bool {
+        true
+    }
     fn keep(&self, w: &WorkerView<'_>, r: &RequestFeatures<'_>) -> Result<bool, PluginError> {
         let d = self.0.call("keep", (worker_map(w), request_map(r)))?;
         d.as_bool().map_err(|_| self.0.bad_type("keep", &d))
@@ -184,6 +262,9 @@ impl ScriptAdmission {
 impl Admission for ScriptAdmission {
     fn name(&self) -> &str {
         &self.0.name
+    }
+    fn may_block(&self) -> bool {
+        true
     }
     fn admit(
         &self,
@@ -258,6 +339,101 @@ mod tests {
         assert_eq!(p.fallbacks(), 1);
         assert!(ScriptScorer::from_source("syntax", "fn score(w, r) { ", 10).is_err());
         assert!(ScriptScorer::from_source("noentry", "fn other() { 1 }", 10).is_err());
+    }
+
+    #[test]
+    fn imports_and_eval_are_refused_at_load() {
+        for src in [
+            r#"import "secrets" as s; fn score(w, r) { 1 }"#,
+            r#"fn score(w, r) { import "/etc/hosts" as h; 1 }"#,
+            r#"fn score(w, r) { eval("1 + 1") }"#,
+        ] {
+            let e = ScriptScorer::from_source("sneaky", src, DEFAULT_BUDGET).unwrap_err();
+            assert!(matches!(e, PluginError::Load(_)), "{src}: {e}");
+        }
+        // Even a dynamically built call finds no module resolver.
+        let s = ScriptScorer::from_source(
+            "dyn",
+            r#"fn score(w, r) { call(Fn("eval"), "1") }"#,
+            DEFAULT_BUDGET,
+        )
+        .unwrap();
+        assert!(s.score(&[w("a", 0)], &RequestFeatures::default()).is_err());
+    }
+
+    #[test]
+    fn print_and_debug_are_refused_at_load() {
+        for src in [
+            r#"fn score(w, r) { print(r.text_prefix); 1 }"#,
+            r#"fn score(w, r) { debug(r.text_prefix); 1 }"#,
+        ] {
+            let e = ScriptScorer::from_source("leaky", src, DEFAULT_BUDGET).unwrap_err();
+            assert!(matches!(e, PluginError::Load(_)), "{src}: {e}");
+        }
+    }
+
+    /// Dynamic calls reach no stdout: a child process (this test binary)
+    /// runs such a script on a secret prompt; its stdout must not show it.
+    #[test]
+    fn dynamic_print_writes_nothing_to_stdout() {
+        const SECRET: &str = "SECRET-PROMPT-7f3a";
+        if std::env::var_os("BATON_PRINT_PROBE").is_some() {
+            let s = ScriptScorer::from_source(
+                "leaky",
+                r#"fn score(w, r) { call(Fn("pri" + "nt"), r.text_prefix); call(Fn("deb" + "ug"), r.text_prefix); 1 }"#,
+                DEFAULT_BUDGET,
+            )
+            .unwrap();
+            let scored = s.score(&[w("a", 0)], &RequestFeatures { text: Some(SECRET) });
+            println!("probe ran: {scored:?}");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pipeline::script::tests::dynamic_print_writes_nothing_to_stdout",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BATON_PRINT_PROBE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("probe ran: "), "{stdout}");
+        assert!(
+            !stdout.contains(SECRET) && !stderr.contains(SECRET),
+            "{stdout}{stderr}"
+        );
+    }
+
+    #[test]
+    fn budgets_above_the_cap_are_refused() {
+        let src = "fn score(w, r) { 1 }";
+        let e = ScriptScorer::from_source("big", src, MAX_BUDGET + 1).unwrap_err();
+        assert!(e.to_string().contains(&MAX_BUDGET.to_string()), "{e}");
+        assert!(ScriptScorer::from_source("max", src, MAX_BUDGET).is_ok());
+        assert!(ScriptFilter::from_source("f", "fn keep(w, r) { true }", 3e8 as u64).is_err());
+        assert!(ScriptAdmission::from_source("a", "fn admit(w, r) { true }", u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_cancel_flag_stops_a_running_script() {
+        let spin =
+            ScriptScorer::from_source("spin", "fn score(w, r) { loop { } }", MAX_BUDGET).unwrap();
+        assert!(spin.may_block());
+        let flag = Arc::new(AtomicBool::new(true));
+        let e = with_cancel_flag(flag, || {
+            spin.score(&[w("a", 0)], &RequestFeatures::default())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("time limit"), "{e}");
+        // The flag is scoped: outside it the script runs to its budget.
+        let e = spin
+            .score(&[w("a", 0)], &RequestFeatures::default())
+            .unwrap_err();
+        assert!(matches!(e, PluginError::OverBudget { .. }), "{e}");
     }
 
     #[test]
