@@ -72,19 +72,20 @@ impl ClientRequest {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(invalid("model", "must be a string")),
         };
-        for field in ["max_tokens", "max_completion_tokens", "min_tokens", "seed"] {
+        for field in ["min_tokens", "seed"] {
             opt_u64(&body, field)?;
         }
-        for field in [
-            "temperature",
-            "top_p",
-            "presence_penalty",
-            "frequency_penalty",
-        ] {
-            match body.get(field) {
-                None | Some(Value::Null) | Some(Value::Number(_)) => {}
-                Some(_) => return Err(invalid(field, "must be a number")),
-            }
+        // Checked here, before any engine work: a prefill computed for a request that decode then refuses is
+        // wasted, and the client should hear the gateway name its field.
+        for field in ["max_tokens", "max_completion_tokens"] {
+            opt_token_limit(&body, field)?;
+        }
+        check_sampling(&body, "temperature", "top_p")?;
+        for field in ["presence_penalty", "frequency_penalty"] {
+            opt_number(&body, field)?;
+        }
+        if endpoint == Endpoint::Generate {
+            validate_sampling_params(&body)?;
         }
         let n = match opt_u64(&body, "n")? {
             None => 1,
@@ -202,6 +203,98 @@ fn opt_u64(body: &Map<String, Value>, field: &'static str) -> Result<Option<u64>
             .map(Some)
             .ok_or_else(|| invalid(field, "must be a non-negative integer")),
     }
+}
+
+/// An optional token limit: a whole number of at least 1 (0 would let a prefill run for nothing).
+fn opt_token_limit(
+    body: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<u64>, ProtocolError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(invalid(
+                field,
+                &format!("must be an integer of at least 1, got {v}"),
+            )),
+        },
+    }
+}
+
+fn opt_number(
+    body: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<f64>, ProtocolError> {
+    opt_number_as(body, field, field)
+}
+
+/// The number under `key`, named `field` in errors (SGLang's nested `sampling_params.*`).
+fn opt_number_as(
+    body: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<f64>, ProtocolError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| invalid(field, "must be a number")),
+    }
+}
+
+/// OpenAI's ranges: `temperature` in [0, 2], `top_p` in (0, 1]. `temperature` and `top_p` are the names
+/// errors give the two keys (top level, or inside SGLang's `sampling_params`).
+fn check_sampling(
+    body: &Map<String, Value>,
+    temperature: &'static str,
+    top_p: &'static str,
+) -> Result<(), ProtocolError> {
+    let key = |name: &'static str| name.rsplit('.').next().unwrap_or(name);
+    if let Some(t) = opt_number_as(body, key(temperature), temperature)? {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(invalid(
+                temperature,
+                &format!("must be between 0 and 2, got {t}"),
+            ));
+        }
+    }
+    if let Some(p) = opt_number_as(body, key(top_p), top_p)? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(invalid(
+                top_p,
+                &format!("must be greater than 0 and at most 1, got {p}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SGLang's `/generate` carries its sampling knobs in `sampling_params`.
+fn validate_sampling_params(body: &Map<String, Value>) -> Result<(), ProtocolError> {
+    let params = match body.get("sampling_params") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(invalid("sampling_params", "must be an object")),
+    };
+    match params.get("max_new_tokens") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => {}
+            _ => {
+                return Err(invalid(
+                    "sampling_params.max_new_tokens",
+                    &format!("must be an integer of at least 1, got {v}"),
+                ))
+            }
+        },
+    }
+    check_sampling(
+        params,
+        "sampling_params.temperature",
+        "sampling_params.top_p",
+    )
 }
 
 fn validate_messages(body: &Map<String, Value>) -> Result<(), ProtocolError> {
@@ -333,6 +426,61 @@ mod tests {
             ),
             (
                 Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":0}"#,
+                Some("max_tokens"),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"messages":[{"role":"user"}],"max_completion_tokens":0}"#,
+                Some("max_completion_tokens"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":1.5}"#,
+                Some("max_tokens"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","temperature":-0.1}"#,
+                Some("temperature"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","temperature":2.5}"#,
+                Some("temperature"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","top_p":0}"#,
+                Some("top_p"),
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","top_p":1.01}"#,
+                Some("top_p"),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":{"max_new_tokens":0}}"#,
+                Some("sampling_params.max_new_tokens"),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":{"temperature":3}}"#,
+                Some("sampling_params.temperature"),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":{"top_p":-1}}"#,
+                Some("sampling_params.top_p"),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":[1]}"#,
+                Some("sampling_params"),
+            ),
+            (
+                Endpoint::Completions,
                 r#"{"prompt":"a","stream":"yes"}"#,
                 Some("stream"),
             ),
@@ -370,6 +518,20 @@ mod tests {
             let err = parse(ep, body).expect_err(body);
             assert_eq!(err.param(), param, "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn accepts_the_edges_of_each_range() {
+        for body in [
+            r#"{"prompt":"a","max_tokens":1,"temperature":0,"top_p":1}"#,
+            r#"{"prompt":"a","max_tokens":null,"temperature":2,"top_p":0.01}"#,
+            r#"{"prompt":"a","max_completion_tokens":1,"presence_penalty":-2}"#,
+        ] {
+            parse(Endpoint::Completions, body).expect(body);
+        }
+        let body =
+            r#"{"text":"a","sampling_params":{"max_new_tokens":1,"temperature":0,"top_p":1}}"#;
+        parse(Endpoint::Generate, body).expect(body);
     }
 
     #[test]
