@@ -46,11 +46,11 @@ pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Whether `pick`/`admit` may run long (runtime scripts): the caller
-    /// should call them off its async workers, under a time limit. Pure
-    /// policies answer in microseconds and are called inline.
-    fn may_block(&self) -> bool {
-        false
+    /// `Some(limit)` when `pick`/`admit` may run long (runtime scripts): the
+    /// caller should call them off its async workers and stop waiting after
+    /// `limit`. Pure policies answer in microseconds and are called inline.
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// Called once per request, before the first `pick`: may shed it.

@@ -118,7 +118,8 @@ impl PipelineConfig {
             PickerConfig::MaxScore => Box::new(MaxScorePicker::default()),
             PickerConfig::WeightedRandom => Box::new(WeightedRandomPicker::default()),
         };
-        let mut p = Pipeline::new(picker);
+        let mut p =
+            Pipeline::new(picker).time_limit(std::time::Duration::from_millis(self.time_limit_ms));
         for f in &self.filters {
             p = p.filter(match f {
                 FilterConfig::Available => Box::new(Available),

@@ -13,6 +13,7 @@ mod config;
 pub mod script;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub use builtin::{
     Available, LeastLoadScorer, MaxInFlight, MaxScorePicker, QueueCap, WeightedRandomPicker,
@@ -108,6 +109,7 @@ pub struct Pipeline {
     admission: Vec<Box<dyn Admission>>,
     fallback: LeastLoad,
     fallbacks: AtomicU64,
+    time_limit: Duration,
 }
 
 impl Pipeline {
@@ -119,7 +121,15 @@ impl Pipeline {
             admission: Vec::new(),
             fallback: LeastLoad::new(),
             fallbacks: AtomicU64::new(0),
+            time_limit: Duration::from_millis(DEFAULT_TIME_LIMIT_MS),
         }
+    }
+
+    /// How long a caller running this pipeline off-thread waits for one
+    /// decision (see [`RoutingPolicy::time_limit`]).
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = limit;
+        self
     }
 
     pub fn filter(mut self, f: Box<dyn Filter>) -> Self {
@@ -242,8 +252,8 @@ impl RoutingPolicy for Pipeline {
         !self.admission.is_empty()
     }
 
-    fn may_block(&self) -> bool {
-        Pipeline::may_block(self)
+    fn time_limit(&self) -> Option<Duration> {
+        self.may_block().then_some(self.time_limit)
     }
 
     fn admit(&self, workers: &[WorkerView<'_>], request: &RequestFeatures<'_>) -> Admit {
@@ -298,6 +308,20 @@ mod tests {
         let ws = [w("a", 3), w("b", 1)];
         assert_eq!(p.pick(&ws, &RequestFeatures::default()), Some(1));
         assert_eq!(p.fallbacks(), 1);
+    }
+
+    #[test]
+    fn only_pipelines_with_scripts_ask_to_run_off_thread() {
+        let plain = Pipeline::new(Box::new(MaxScorePicker::default()))
+            .scorer(1.0, Box::new(LeastLoadScorer))
+            .time_limit(Duration::from_millis(7));
+        assert_eq!(RoutingPolicy::time_limit(&plain), None);
+        let script = script::ScriptScorer::from_source("s", "fn score(w, r) { 1 }", 100).unwrap();
+        let scripted = plain.scorer(1.0, Box::new(script));
+        assert_eq!(
+            RoutingPolicy::time_limit(&scripted),
+            Some(Duration::from_millis(7))
+        );
     }
 
     #[test]
