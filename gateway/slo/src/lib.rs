@@ -24,7 +24,7 @@ mod types;
 pub use error::SloStoreError;
 pub use goodput::{GoodputConfig, GoodputCounter};
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore};
+pub use redis::{key_id, RedisConfig, RedisStore};
 pub use resilient::{ResilientConfig, ResilientStats, ResilientStatsSnapshot, ResilientStore};
 pub use store::{SloStore, StoreFuture};
 pub use types::{AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, WorkerLoad};

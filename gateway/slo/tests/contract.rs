@@ -24,6 +24,9 @@ trait Harness {
 
 // ---------------------------------------------------------------- cases
 
+/// Marks request ids that must never appear in a Redis key name.
+const HOSTILE_MARK: &str = "hostile-client-id";
+
 async fn admission_is_readable_and_expires<H: Harness>(h: &H) {
     let s = h.replica().await;
     let a = admission("req-1", "a");
@@ -87,6 +90,27 @@ async fn outcome_counts_once_and_deletes_the_record<H: Harness>(h: &H) {
         vec![row("chatbot", "acme", [1, 1, 1, 1, 0, 0])],
         "counted once"
     );
+    h.check().await;
+}
+
+/// Request ids come from clients: hostile ones work like any other and
+/// never show up in a key name (the Redis harness checks every key).
+async fn hostile_request_ids_are_only_hashed_into_keys<H: Harness>(h: &H) {
+    let s = h.replica().await;
+    let long = format!("{HOSTILE_MARK}{}", "x".repeat(64 * 1024));
+    for id in [
+        format!("{HOSTILE_MARK}}}{{other}}:replica:zz"),
+        format!("{HOSTILE_MARK}*?[a]\r\nFLUSHALL"),
+        long,
+    ] {
+        let a = admission(&id, "a");
+        s.record_admission(&a).await.unwrap();
+        assert_eq!(s.admission(&id).await.unwrap(), Some(a));
+        s.record_outcome(&outcome(&id, "chatbot", "acme", T0 + 100, true))
+            .await
+            .unwrap();
+        assert_eq!(s.admission(&id).await.unwrap(), None);
+    }
     h.check().await;
 }
 
@@ -231,6 +255,11 @@ macro_rules! contract_suite {
             }
 
             #[$($test_attr)*]
+            async fn hostile_request_ids_are_only_hashed_into_keys() {
+                super::hostile_request_ids_are_only_hashed_into_keys(&$harness).await
+            }
+
+            #[$($test_attr)*]
             async fn goodput_sums_a_window_across_replicas() {
                 super::goodput_sums_a_window_across_replicas(&$harness).await
             }
@@ -294,6 +323,10 @@ impl Redis {
                 .unwrap();
             for key in keys {
                 assert!(key.starts_with(&self.prefix), "{key} outside the prefix");
+                assert!(
+                    !key.contains(HOSTILE_MARK),
+                    "a client-chosen id became part of a key name: {key}"
+                );
                 let pttl: i64 = redis::cmd("PTTL")
                     .arg(&key)
                     .query_async(&mut conn)

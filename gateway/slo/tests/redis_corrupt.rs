@@ -26,23 +26,14 @@ async fn corrupt_data_is_an_error_not_a_panic() {
         .unwrap();
     assert_eq!(store.prefix(), "baton:{slo}");
 
-    raw(
-        &server,
-        &["HSET", "baton:{slo}:req:bad-json", "rec", "{nope"],
-    )
-    .await;
-    raw(&server, &["SET", "baton:{slo}:req:wrong-type", "x"]).await;
+    // Request ids appear in key names only hashed.
+    let req = |id: &str| format!("baton:{{slo}}:req:{}", baton_slo::key_id(id));
+    raw(&server, &["HSET", &req("bad-json"), "rec", "{nope"]).await;
+    raw(&server, &["SET", &req("wrong-type"), "x"]).await;
     let rec = serde_json::to_string(&support::admission("bad-phase", "a")).unwrap();
     raw(
         &server,
-        &[
-            "HSET",
-            "baton:{slo}:req:bad-phase",
-            "rec",
-            &rec,
-            "phase",
-            "?",
-        ],
+        &["HSET", &req("bad-phase"), "rec", &rec, "phase", "?"],
     )
     .await;
     for id in ["bad-json", "wrong-type", "bad-phase"] {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, FromRedisValue, RedisError, ScriptInvocation};
 
+pub use self::keys::key_id;
 use self::keys::Keys;
 use crate::error::ttl_ms;
 use crate::goodput::{self, GoodputConfig, RowSet};
