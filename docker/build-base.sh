@@ -38,13 +38,22 @@ else
     rm -rf --one-file-system "$root" "$root.log"
   }
   trap cleanup_root EXIT
-  log "debootstrap $SUITE (minbase) from $MIRROR into $root"
+  log "debootstrap $SUITE (minbase) from $MIRROR into $root (~2-3 min)"
   t0=$(date +%s)
-  debootstrap --variant=minbase --include=ca-certificates,curl \
-    "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 || {
+  # Progress: debootstrap's stage lines, and a count every 25 packages of its per-package steps.
+  set +e
+  debootstrap --variant=minbase --include=ca-certificates,curl "$SUITE" "$root" "$MIRROR" 2>&1 |
+    tee "$root.log" | awk '
+      /^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) [a-z0-9]/ && $3 !~ /^(Release|Packages|the)/ {
+        if (++n[$2] % 25 == 0) { printf "[build-base]   %s: %d packages\n", $2, n[$2]; fflush() }
+        next }
+      /^[IEW]: / { print "[build-base]   " $0; fflush() }' >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc != 0 ]]; then
     tail -n 30 "$root.log" >&2
     exit 1
-  }
+  fi
   rm -f "$root.log"
   # Same sources the official image ships (security updates included), then
   # drop what a container does not need.
@@ -73,8 +82,11 @@ pkg_image() { # IMAGE DIR
   if have_image "$1"; then
     log "$1 exists (FORCE=1 to rebuild)"
   else
-    log "building $1 from docker/$2/Dockerfile"
-    docker build -q --network host --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$1" "$2" >/dev/null
+    log "building $1 from docker/$2/Dockerfile (apt-get inside; ~1 min)"
+    docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$1" "$2" 2>&1 |
+      grep --line-buffered -E '^(Step [0-9]+/|Successfully|Setting up |Get:[0-9]*0 |E: |error)' |
+      sed -u 's/^/[build-base]   /' >&2 || true
+    docker image inspect "$1" >/dev/null 2>&1 || { log "docker build $1 failed"; exit 1; }
     log "$1 built"
   fi
 }

@@ -11,7 +11,7 @@
 #     --model /models/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda --host 0.0.0.0 --port 8000
 # Prebuilt (host: cargo build --release -p baton-native --features cuda --bins;
 # copy baton-engine → bin/baton-engine-cuda, baton-cuda-bench → bin/):
-#   docker build -f docker/engine-cuda.Dockerfile --target prebuilt docker/context
+#   docker build -f docker/engine-cuda.Dockerfile --target prebuilt target/docker-context
 ARG BUILDER_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 

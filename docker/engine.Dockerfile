@@ -4,7 +4,7 @@
 # From source (BuildKit; repository root as context):
 #   docker build -f docker/engine.Dockerfile -t baton/engine .
 # From binaries built on the host:
-#   docker build -f docker/engine.Dockerfile --target prebuilt -t baton/engine docker/context
+#   docker build -f docker/engine.Dockerfile --target prebuilt -t baton/engine target/docker-context
 #
 # Run (decode role; prefill engines also need --kv-host <their name> --kv-port 8001):
 #   docker run -v $PWD/.cache/models:/models:ro -p 8000:8000 baton/engine \

@@ -3,7 +3,7 @@
 # From source (BuildKit; repository root as context):
 #   docker build -f docker/gateway.Dockerfile -t baton/gateway .
 # From binaries built on the host (no Rust image needed; see docker/README.md):
-#   docker build -f docker/gateway.Dockerfile --target prebuilt -t baton/gateway docker/context
+#   docker build -f docker/gateway.Dockerfile --target prebuilt -t baton/gateway target/docker-context
 #
 # Stage order matters: the legacy (non-BuildKit) builder runs every stage up to
 # --target, so `prebuilt` comes before the Rust builder stage.
@@ -35,7 +35,7 @@ CMD ["--host", "0.0.0.0", "--port", "30000", "--prometheus-host", "0.0.0.0", "--
 
 # ---- target `prebuilt`: binaries from the context folder ---------------------
 # Context: a folder with bin/baton-gateway and bin/baton-bench
-# (tests/chaos/run.sh fills docker/context from target/release).
+# (docker/stack.sh fills target/docker-context from target/release).
 FROM app AS prebuilt
 COPY bin/baton-gateway bin/baton-bench /usr/local/bin/
 

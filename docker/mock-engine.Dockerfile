@@ -1,7 +1,7 @@
 # baton-mock-engine: the protocol-faithful fake engine of the end-to-end tests
 # (OpenAI / vLLM NIXL / SGLang PD roles, deterministic tokens, fault knobs).
 # Useful to try the gateway and the compose stack without a model:
-#   docker build -f docker/mock-engine.Dockerfile --target prebuilt -t baton/mock-engine docker/context
+#   docker build -f docker/mock-engine.Dockerfile --target prebuilt -t baton/mock-engine target/docker-context
 #   docker run -p 8000:8000 baton/mock-engine --flavor openai --host 0.0.0.0 --port 8000
 ARG BUILDER_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim

