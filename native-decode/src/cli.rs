@@ -13,7 +13,7 @@ use crate::engine::backend::Backend;
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::loader::{load, LoadFormat};
 use crate::model::ModelConfig;
-use crate::server::{serve, Role, ServerState};
+use crate::server::{serve, Limits, Role, ServerState};
 use crate::tokenizer::Tokenizer;
 use crate::transfer::tcp::{DeviceImport, TcpPuller};
 use crate::transfer::{tcp, KvEndpoint, PullFailurePolicy};
@@ -104,6 +104,19 @@ pub struct Args {
     /// Seed of `--load-format dummy` weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Largest request body in MiB (larger ones get 413).
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mb: usize,
+    /// Open HTTP connections at most; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a new connection may take to send its first byte, and a request its headers (also the HTTP/1
+    /// keep-alive idle limit).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds without any traffic after which a connection is wound down (in-flight requests finish).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
 }
 
 /// Runs the engine until the process is stopped.
@@ -218,6 +231,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 device,
             }),
             pull_failure: args.kv_pull_failure,
+            limits: Limits {
+                max_body: args.max_body_mb.saturating_mul(1024 * 1024).max(1),
+                max_connections: args.max_connections.max(1),
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            },
         });
         tracing::info!("serving on http://{}", listener.local_addr()?);
         serve(listener, state).await;

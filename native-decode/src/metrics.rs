@@ -54,6 +54,10 @@ const REQUEST: &[f64] = &[
 pub struct Stats {
     pub num_running: AtomicU64,
     pub num_waiting: AtomicU64,
+    /// Requests being parsed, rendered and tokenized on the blocking pool (before they reach the scheduler).
+    pub num_preparing: AtomicU64,
+    /// Open connections on the HTTP listener.
+    pub http_connections: AtomicU64,
     kv_usage_bits: AtomicU64,
     pub prefix_queries: AtomicU64,
     pub prefix_hits: AtomicU64,
@@ -83,6 +87,8 @@ impl Default for Stats {
         Self {
             num_running: AtomicU64::new(0),
             num_waiting: AtomicU64::new(0),
+            num_preparing: AtomicU64::new(0),
+            http_connections: AtomicU64::new(0),
             kv_usage_bits: AtomicU64::new(0f64.to_bits()),
             prefix_queries: AtomicU64::new(0),
             prefix_hits: AtomicU64::new(0),
@@ -141,6 +147,16 @@ impl Stats {
             &mut out,
             "vllm:num_requests_waiting",
             self.num_waiting.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "baton:num_requests_preparing",
+            self.num_preparing.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "baton:http_connections",
+            self.http_connections.load(Ordering::Relaxed) as f64,
         );
         gauge(&mut out, "vllm:kv_cache_usage_perc", self.kv_usage());
         counter(

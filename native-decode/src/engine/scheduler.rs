@@ -180,7 +180,12 @@ impl Scheduler {
                 self.blocks.num_blocks() * self.cfg.block_size - 1
             ));
         }
-        self.waiting.push_back(Seq::new(id, req, events));
+        match Seq::new(id, req, events) {
+            Ok(s) => self.waiting.push_back(s),
+            Err((msg, events)) => {
+                let _ = events.send(Event::Error(msg));
+            }
+        }
     }
 
     fn expire_leases(&mut self) {
@@ -252,7 +257,7 @@ impl Scheduler {
         let max_cached_blocks = (len - 1) / bs;
         if s.blocks.is_empty() {
             let full: Vec<u64> = {
-                let mut parent = None;
+                let mut parent = s.salt_root;
                 s.tokens
                     .chunks_exact(bs)
                     .take(max_cached_blocks)
@@ -494,7 +499,7 @@ impl Scheduler {
             while seq.hashes.len() < seq.num_computed / bs {
                 let b = seq.hashes.len();
                 let h = block_hash(
-                    seq.hashes.last().copied(),
+                    seq.hashes.last().copied().or(seq.salt_root),
                     &seq.tokens[b * bs..(b + 1) * bs],
                 );
                 self.blocks.register(seq.blocks[b], h);

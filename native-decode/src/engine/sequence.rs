@@ -7,6 +7,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use super::stop::StopStrings;
 use crate::engine::types::*;
+use crate::kv::block_manager::salt_root;
 use crate::kv::store::BlockId;
 use crate::metrics::Stats;
 use crate::sampling::Sampler;
@@ -23,6 +24,8 @@ pub(super) struct Seq {
     pub(super) blocks: Vec<BlockId>,
     /// Hashes of the full blocks registered so far (a prefix of `blocks`).
     pub(super) hashes: Vec<u64>,
+    /// Parent hash of the first block, from the request's `cache_salt`.
+    pub(super) salt_root: Option<u64>,
     pub(super) params: GenParams,
     pub(super) sampler: Sampler,
     pub(super) detok: DetokStream,
@@ -55,9 +58,13 @@ impl Seq {
         id: u64,
         req: GenerateRequest,
         events: tmpsc::UnboundedSender<Event>,
-    ) -> Self {
+    ) -> Result<Self, (String, tmpsc::UnboundedSender<Event>)> {
         let seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Self {
+        let stops = match StopStrings::new(req.params.stop.clone()) {
+            Ok(s) => s,
+            Err(e) => return Err((e, events)),
+        };
+        Ok(Self {
             id,
             request_id: req.request_id,
             prompt_len: req.prompt.len(),
@@ -65,8 +72,9 @@ impl Seq {
             num_computed: 0,
             blocks: Vec::new(),
             hashes: Vec::new(),
+            salt_root: salt_root(req.cache_salt.as_deref()),
             sampler: Sampler::new(req.params.sampling.clone(), seed),
-            stops: StopStrings::new(req.params.stop.clone()),
+            stops,
             params: req.params,
             detok: DetokStream::default(),
             events,
@@ -77,7 +85,7 @@ impl Seq {
             scheduled_at: None,
             first_token_at: None,
             last_token_at: None,
-        }
+        })
     }
 
     /// Forgets computed KV (after its blocks were freed): the next admission recomputes prompt and output.

@@ -44,6 +44,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         },
         remote_decode: false,
         imported: None,
+        cache_salt: None,
     }
 }
 

@@ -116,6 +116,8 @@ pub struct GenerateRequest {
     pub remote_decode: bool,
     /// Decode role: KV pulled from the prefill engine (positions `0..num_tokens` of the prompt).
     pub imported: Option<ImportedKv>,
+    /// Prefix-cache isolation (vLLM's `cache_salt`): prompt blocks are shared only between equal salts.
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,24 +3,42 @@
 //! A full block's hash chains its parent's hash with its token ids, so equal hashes mean equal prefixes. Freed
 //! blocks keep their contents and stay findable in the prefix cache until they are reused (oldest-freed first).
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::OnceLock;
 
 use crate::kv::store::BlockId;
 
+/// SipHash keys drawn once per process: block hashes cannot be computed (nor collisions searched for) offline.
+fn hasher() -> impl Hasher {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).build_hasher()
+}
+
 /// The chained hash of a full block.
 pub fn block_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = hasher();
     parent.hash(&mut h);
     tokens.hash(&mut h);
     h.finish()
 }
 
-/// Hashes of every full block of `tokens`.
-pub fn prefix_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
+/// The parent of a prompt's first block: the request's `cache_salt` (None without one). Requests with different
+/// salts get different hash chains, so their blocks never match each other in the prefix cache.
+pub fn salt_root(salt: Option<&str>) -> Option<u64> {
+    salt.map(|s| {
+        let mut h = hasher();
+        "baton-cache-salt".hash(&mut h);
+        s.hash(&mut h);
+        h.finish()
+    })
+}
+
+/// Hashes of every full block of `tokens`, the first chained to `root` (see [`salt_root`]).
+pub fn prefix_hashes(root: Option<u64>, tokens: &[u32], block_size: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(tokens.len() / block_size);
-    let mut parent = None;
+    let mut parent = root;
     for chunk in tokens.chunks_exact(block_size) {
         let h = block_hash(parent, chunk);
         out.push(h);
@@ -200,7 +218,7 @@ mod tests {
     fn prefix_cache_hits_and_refcounts() {
         let mut m = BlockManager::new(8, 2, true);
         let toks = [1, 2, 3, 4, 5];
-        let hashes = prefix_hashes(&toks, 2);
+        let hashes = prefix_hashes(None, &toks, 2);
         assert_eq!(hashes.len(), 2);
         let blocks = m.allocate(3).unwrap();
         m.register(blocks[0], hashes[0]);
@@ -217,7 +235,7 @@ mod tests {
         assert_eq!(hit2, blocks[..2].to_vec());
         assert_eq!(m.num_free(), 6);
         // A different prefix misses.
-        assert!(m.lookup_prefix(&prefix_hashes(&[9, 9], 2)).is_empty());
+        assert!(m.lookup_prefix(&prefix_hashes(None, &[9, 9], 2)).is_empty());
     }
 
     #[test]
@@ -232,6 +250,25 @@ mod tests {
         assert_eq!(m.lookup_prefix(&[100]), vec![b[0]]);
         let last = m.allocate(1);
         assert!(last.is_none());
+    }
+
+    #[test]
+    fn salts_separate_hash_chains() {
+        let toks = [1, 2, 3, 4];
+        let plain = prefix_hashes(None, &toks, 2);
+        let a = prefix_hashes(salt_root(Some("a")), &toks, 2);
+        let b = prefix_hashes(salt_root(Some("b")), &toks, 2);
+        assert_eq!(a, prefix_hashes(salt_root(Some("a")), &toks, 2));
+        for (x, y) in [(&plain, &a), (&a, &b), (&plain, &b)] {
+            assert!(x.iter().all(|h| !y.contains(h)), "{x:?} vs {y:?}");
+        }
+        let mut m = BlockManager::new(4, 2, true);
+        let blocks = m.allocate(2).unwrap();
+        m.register(blocks[0], a[0]);
+        m.register(blocks[1], a[1]);
+        assert_eq!(m.lookup_prefix(&a), blocks);
+        assert!(m.lookup_prefix(&b).is_empty());
+        assert!(m.lookup_prefix(&plain).is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::chat_template::ChatMessage;
+use crate::engine::stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS};
 use crate::engine::types::GenParams;
 use crate::sampling::SamplingParams;
 
@@ -50,6 +51,8 @@ pub struct CommonParams {
     pub kv_transfer_params: Option<Value>,
     /// vLLM's switch: log-probability tokens as `token_id:N` (exact ids, e.g. to compare with a reference).
     pub return_tokens_as_token_ids: Option<bool>,
+    /// vLLM's prefix-cache isolation key (kept as a value to answer a wrong type with a `cache_salt` error).
+    pub cache_salt: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,9 +127,47 @@ pub struct Validated {
     pub include_usage: bool,
     /// Explicit max_tokens (None: fill the context).
     pub max_tokens: Option<usize>,
+    pub cache_salt: Option<String>,
 }
 
 pub const MAX_LOGPROBS: u32 = 20;
+/// Longest `cache_salt`, in characters (the gateway sends 32 hex digits).
+pub const MAX_CACHE_SALT_CHARS: usize = 256;
+
+fn cache_salt(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    let bad = |m: &str| Err(ApiError::bad_request(m).param("cache_salt"));
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => bad("cache_salt must be a non-empty string"),
+        Some(Value::String(s)) if s.chars().count() > MAX_CACHE_SALT_CHARS => {
+            bad("cache_salt is longer than 256 characters")
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => bad("cache_salt must be a string"),
+    }
+}
+
+fn stop_strings(stop: Option<&StopInput>) -> Result<Vec<String>, ApiError> {
+    let stop = match stop {
+        None => Vec::new(),
+        Some(StopInput::One(s)) => vec![s.clone()],
+        Some(StopInput::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_STOP_STRINGS} stop strings are allowed, got {}",
+            stop.len()
+        ))
+        .param("stop"));
+    }
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "stop strings may be at most {MAX_STOP_BYTES} bytes long"
+        ))
+        .param("stop"));
+    }
+    Ok(stop)
+}
 
 impl CommonParams {
     pub fn validate(&self, logprobs: Option<u32>) -> Result<Validated, ApiError> {
@@ -157,11 +198,8 @@ impl CommonParams {
         if self.max_tokens == Some(0) {
             return Err(ApiError::bad_request("max_tokens must be at least 1").param("max_tokens"));
         }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(StopInput::One(s)) => vec![s.clone()],
-            Some(StopInput::Many(v)) => v.clone(),
-        };
+        let stop = stop_strings(self.stop.as_ref())?;
+        let cache_salt = cache_salt(self.cache_salt.as_ref())?;
         Ok(Validated {
             params: GenParams {
                 sampling: SamplingParams {
@@ -184,6 +222,7 @@ impl CommonParams {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
             max_tokens: self.max_tokens.map(|m| m.min(u32::MAX as u64) as usize),
+            cache_salt,
         })
     }
 }
@@ -230,6 +269,43 @@ mod tests {
         let r: CompletionRequest =
             serde_json::from_str(r#"{"prompt":"hi","stop":"x","top_k":-1}"#).unwrap();
         assert_eq!(r.common.validate(Some(2)).unwrap().params.stop, vec!["x"]);
+    }
+
+    #[test]
+    fn bounds_stop_strings_and_cache_salt() {
+        let parse = |body: Value| {
+            serde_json::from_value::<CompletionRequest>(body)
+                .unwrap()
+                .common
+                .validate(None)
+        };
+        let many: Vec<String> = (0..=MAX_STOP_STRINGS).map(|i| i.to_string()).collect();
+        let err = parse(serde_json::json!({"prompt": "x", "stop": many})).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.param), (400, Some("stop")));
+        let long = "s".repeat(MAX_STOP_BYTES + 1);
+        let err = parse(serde_json::json!({"prompt": "x", "stop": long})).unwrap_err();
+        assert_eq!(err.param, Some("stop"));
+        let most = vec!["a"; MAX_STOP_STRINGS];
+        let ok = parse(serde_json::json!({"prompt": "x", "stop": most})).unwrap();
+        assert_eq!(ok.params.stop.len(), MAX_STOP_STRINGS);
+
+        for bad in [
+            serde_json::json!(5),
+            serde_json::json!(""),
+            serde_json::json!("é".repeat(MAX_CACHE_SALT_CHARS + 1)),
+        ] {
+            let err = parse(serde_json::json!({"prompt": "x", "cache_salt": bad})).unwrap_err();
+            assert_eq!((err.status.as_u16(), err.param), (400, Some("cache_salt")));
+        }
+        let salt = "é".repeat(MAX_CACHE_SALT_CHARS);
+        let ok = parse(serde_json::json!({"prompt": "x", "cache_salt": salt})).unwrap();
+        assert_eq!(ok.cache_salt, Some(salt));
+        assert_eq!(
+            parse(serde_json::json!({"prompt": "x"}))
+                .unwrap()
+                .cache_salt,
+            None
+        );
     }
 
     #[test]

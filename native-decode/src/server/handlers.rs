@@ -1,5 +1,6 @@
 //! Request handlers: parse, validate, run through the engine, answer in JSON or SSE.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,27 +39,68 @@ fn check_model(state: &ServerState, model: Option<&str>) -> Result<(), ApiError>
     }
 }
 
+/// Counts a request in `num_preparing` while it exists.
+struct Preparing(Arc<crate::metrics::Stats>);
+
+impl Preparing {
+    fn new(stats: &Arc<crate::metrics::Stats>) -> Self {
+        stats.num_preparing.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.num_preparing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs request preparation (JSON parsing, chat-template rendering, tokenization: CPU work that grows with the
+/// body, up to the body limit) on the blocking pool, so that a huge prompt never stalls the async workers, and
+/// `/health` and other requests with them.
+async fn prepare<T, F>(state: &Arc<ServerState>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&ServerState) -> Result<T, ApiError> + Send + 'static,
+{
+    let st = state.clone();
+    // Moved into the task: the gauge covers the work even if the client leaves meanwhile.
+    let busy = Preparing::new(&state.engine.stats);
+    tokio::task::spawn_blocking(move || {
+        let _busy = busy;
+        f(&st)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
+}
+
 pub async fn completions(
     state: Arc<ServerState>,
     body: Bytes,
     request_id: String,
 ) -> Result<Response<Body>, ApiError> {
-    let req: CompletionRequest = parse(&body)?;
-    check_model(&state, req.common.model.as_deref())?;
-    if req.echo.unwrap_or(false) {
-        return Err(ApiError::bad_request("echo is not supported").param("echo"));
-    }
-    let tok = &state.engine.tokenizer;
-    let prompt = match req.prompt {
-        None => return Err(ApiError::bad_request("prompt is required").param("prompt")),
-        Some(PromptInput::Text(s)) => tok.encode(&s, true)?,
-        Some(PromptInput::Texts(v)) if v.len() == 1 => tok.encode(&v[0], true)?,
-        Some(PromptInput::Ids(ids)) => ids,
-        Some(PromptInput::IdLists(mut v)) if v.len() == 1 => v.remove(0),
-        Some(_) => {
-            return Err(ApiError::bad_request("batched prompts are not supported").param("prompt"))
+    let (req, prompt) = prepare(&state, move |state| {
+        let mut req: CompletionRequest = parse(&body)?;
+        check_model(state, req.common.model.as_deref())?;
+        if req.echo.unwrap_or(false) {
+            return Err(ApiError::bad_request("echo is not supported").param("echo"));
         }
-    };
+        let tok = &state.engine.tokenizer;
+        let prompt = match req.prompt.take() {
+            None => return Err(ApiError::bad_request("prompt is required").param("prompt")),
+            Some(PromptInput::Text(s)) => tok.encode(&s, true)?,
+            Some(PromptInput::Texts(v)) if v.len() == 1 => tok.encode(&v[0], true)?,
+            Some(PromptInput::Ids(ids)) => ids,
+            Some(PromptInput::IdLists(mut v)) if v.len() == 1 => v.remove(0),
+            Some(_) => {
+                return Err(
+                    ApiError::bad_request("batched prompts are not supported").param("prompt")
+                )
+            }
+        };
+        Ok((req, prompt))
+    })
+    .await?;
     let v = req.common.validate(req.logprobs)?;
     let r = Renderer {
         id: format!("cmpl-{request_id}"),
@@ -84,19 +126,23 @@ pub async fn chat(
     body: Bytes,
     request_id: String,
 ) -> Result<Response<Body>, ApiError> {
-    let req: ChatRequest = parse(&body)?;
-    check_model(&state, req.common.model.as_deref())?;
-    let template = state
-        .template
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
-    let messages = req
-        .messages
-        .iter()
-        .map(|m| m.to_chat())
-        .collect::<Result<Vec<_>, _>>()?;
-    let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
-    let prompt = state.engine.tokenizer.encode(&text, false)?;
+    let (req, prompt) = prepare(&state, move |state| {
+        let req: ChatRequest = parse(&body)?;
+        check_model(state, req.common.model.as_deref())?;
+        let template = state
+            .template
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+        let messages = req
+            .messages
+            .iter()
+            .map(|m| m.to_chat())
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
+        let prompt = state.engine.tokenizer.encode(&text, false)?;
+        Ok((req, prompt))
+    })
+    .await?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, n) => Some(n.unwrap_or(0)),
         (false, Some(n)) if n > 0 => {
@@ -144,7 +190,6 @@ async fn pull_kv(state: &ServerState, params: &Value) -> Result<Option<ImportedK
     let Some(remote) = RemoteKv::from_params(params)? else {
         return Ok(None);
     };
-    use std::sync::atomic::Ordering;
     let stats = &state.engine.stats;
     match state.puller.pull(&remote).await {
         Ok(kv) => {
@@ -204,6 +249,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         params,
         remote_decode,
         imported,
+        cache_salt: v.cache_salt,
     })?;
     // Wait for the first event so that engine-side rejections become proper HTTP errors.
     let first = rx
@@ -329,26 +375,29 @@ pub async fn tokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<B
         add_special_tokens: Option<bool>,
         add_generation_prompt: Option<bool>,
     }
-    let req: Req = parse(&body)?;
-    let tok = &state.engine.tokenizer;
-    let tokens = match (req.prompt, req.messages) {
-        (Some(p), _) => tok.encode(&p, req.add_special_tokens.unwrap_or(true))?,
-        (None, Some(msgs)) => {
-            let t = state
-                .template
-                .as_ref()
-                .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
-            let msgs = msgs
-                .iter()
-                .map(|m| m.to_chat())
-                .collect::<Result<Vec<_>, _>>()?;
-            tok.encode(
-                &t.render(&msgs, req.add_generation_prompt.unwrap_or(true))?,
-                false,
-            )?
-        }
-        (None, None) => return Err(ApiError::bad_request("prompt or messages is required")),
-    };
+    let tokens = prepare(&state, move |state| {
+        let req: Req = parse(&body)?;
+        let tok = &state.engine.tokenizer;
+        Ok(match (req.prompt, req.messages) {
+            (Some(p), _) => tok.encode(&p, req.add_special_tokens.unwrap_or(true))?,
+            (None, Some(msgs)) => {
+                let t = state
+                    .template
+                    .as_ref()
+                    .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+                let msgs = msgs
+                    .iter()
+                    .map(|m| m.to_chat())
+                    .collect::<Result<Vec<_>, _>>()?;
+                tok.encode(
+                    &t.render(&msgs, req.add_generation_prompt.unwrap_or(true))?,
+                    false,
+                )?
+            }
+            (None, None) => return Err(ApiError::bad_request("prompt or messages is required")),
+        })
+    })
+    .await?;
     Ok(json_response(&json!({
         "count": tokens.len(),
         "max_model_len": state.engine.context_length,
@@ -361,8 +410,10 @@ pub async fn detokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response
     struct Req {
         tokens: Vec<u32>,
     }
-    let req: Req = parse(&body)?;
-    Ok(json_response(
-        &json!({"prompt": state.engine.tokenizer.decode(&req.tokens, false)}),
-    ))
+    let text = prepare(&state, move |state| {
+        let req: Req = parse(&body)?;
+        Ok(state.engine.tokenizer.decode(&req.tokens, false))
+    })
+    .await?;
+    Ok(json_response(&json!({ "prompt": text })))
 }

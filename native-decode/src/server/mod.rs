@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod body;
+pub mod conn;
 pub mod error;
 mod handlers;
 pub mod respond;
@@ -12,16 +13,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::transfer::{KvEndpoint, KvPuller, PullFailurePolicy};
 use body::{full, Body};
+pub use conn::{serve, Limits};
+/// The test modules bind their listeners with it (through `super::*`).
+#[cfg(test)]
+use tokio::net::TcpListener;
 use error::ApiError;
 
 /// Which half of a disaggregated deployment this engine serves (plain requests are served by every role).
@@ -34,9 +37,6 @@ pub enum Role {
     Both,
 }
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 32 * 1024 * 1024;
-
 pub struct ServerState {
     pub engine: EngineHandle,
     pub model_name: String,
@@ -46,6 +46,8 @@ pub struct ServerState {
     pub kv_endpoint: Option<KvEndpoint>,
     pub puller: Arc<dyn KvPuller>,
     pub pull_failure: PullFailurePolicy,
+    /// Body size and connection limits of the HTTP listener.
+    pub limits: Limits,
 }
 
 fn request_id(req: &Request<Incoming>) -> String {
@@ -82,12 +84,25 @@ pub async fn handle(
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))
+async fn read_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let max = state.limits.max_body;
+    let too_large = || ApiError::too_large(format!("request body exceeds the limit of {max} bytes"));
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refuse before reading anything when the client says up front that it is too large.
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "cannot read request body: {e}"
+        ))),
+    }
 }
 
 async fn route(
@@ -114,14 +129,23 @@ async fn route(
         }))),
         (Method::POST, "/v1/completions") => {
             let id = request_id(&req);
-            handlers::completions(state, read_body(req).await?, id).await
+            let body = read_body(&state, req).await?;
+            handlers::completions(state, body, id).await
         }
         (Method::POST, "/v1/chat/completions") => {
             let id = request_id(&req);
-            handlers::chat(state, read_body(req).await?, id).await
+            let body = read_body(&state, req).await?;
+            handlers::chat(state, body, id).await
         }
-        (Method::POST, "/tokenize") => handlers::tokenize(state, read_body(req).await?).await,
-        (Method::POST, "/detokenize") => handlers::detokenize(state, read_body(req).await?).await,
+        (Method::POST, "/tokenize") => {
+            let body = read_body(&state, req).await?;
+            handlers::tokenize(state, body).await
+        }
+        (Method::POST, "/detokenize") => {
+            let body = read_body(&state, req).await?;
+            handlers::detokenize(state, body).await
+        }
+
         (
             _,
             "/health"
@@ -138,29 +162,6 @@ async fn route(
             param: None,
         }),
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
-    }
-}
-
-/// Serves HTTP/1.1 and HTTP/2 on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
-    loop {
-        let (sock, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(sock), svc).await {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
     }
 }
 

@@ -18,9 +18,17 @@ use crate::transfer::tcp::{self, TcpPuller};
 struct TestServer {
     addr: SocketAddr,
     engine: EngineHandle,
+    /// The KV pull listener's port (prefill and both roles).
+    kv_port: Option<u16>,
 }
 
+const TEST_ENGINE_ID: &str = "engine-7f3a9c";
+
 async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
+    start_with(role, policy, Limits::default()).await
+}
+
+async fn start_with(role: Role, policy: PullFailurePolicy, limits: Limits) -> TestServer {
     let engine = EngineHandle::spawn(
         crate::engine::tests::tiny_model(),
         crate::tokenizer::tests::tiny(),
@@ -35,7 +43,7 @@ async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
         let port = l.local_addr().unwrap().port();
         tokio::spawn(tcp::serve(l, engine.clone()));
         Some(KvEndpoint {
-            engine_id: "test".into(),
+            engine_id: TEST_ENGINE_ID.into(),
             host: "127.0.0.1".into(),
             port,
             lease_secs: 30,
@@ -51,11 +59,17 @@ async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
         kv_endpoint,
         puller: Arc::new(TcpPuller::new(Duration::from_secs(5))),
         pull_failure: policy,
+        limits,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let kv_port = state.kv_endpoint.as_ref().map(|e| e.port);
     tokio::spawn(serve(listener, state));
-    TestServer { addr, engine }
+    TestServer {
+        addr,
+        engine,
+        kv_port,
+    }
 }
 
 async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Value>) -> (u16, String) {
@@ -357,4 +371,212 @@ async fn dropped_stream_cancels_the_request() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("request still running after the client went away");
+}
+
+/// Waits (up to 60 s) until `cond` holds; the condition is an event the test waits for, not a duration.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// One async worker: before tokenization moved to the blocking pool, a huge prompt held it and `/health`
+// could not even be accepted until the prompt was tokenized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn health_answers_while_a_huge_prompt_is_tokenized() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let prompt = "hello world, ".repeat(30 * 1024 * 1024 / 13);
+    let addr = s.addr;
+    let big = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 1}),
+        )
+        .await
+    });
+    let stats = s.engine.stats.clone();
+    wait_for("the big prompt to be in preparation", || {
+        stats
+            .num_preparing
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    assert_eq!(call(s.addr, Method::GET, "/health", None).await.0, 200);
+    assert!(
+        !big.is_finished(),
+        "/health answered only after the big prompt was done"
+    );
+    let (st, e) = big.await.unwrap();
+    assert_eq!(st, 400, "far over the context: {e}");
+    assert_eq!(e["error"]["param"], json!("prompt"));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let limits = Limits {
+        max_body: 4096,
+        ..Limits::default()
+    };
+    let s = start_with(Role::Both, PullFailurePolicy::Recompute, limits).await;
+    let (st, e) = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": "x".repeat(5000), "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(st, 413, "{e}");
+    assert_eq!(e["error"]["code"], json!(413));
+    assert_eq!(e["error"]["type"], json!("RequestTooLargeError"));
+    // Without a declared length (chunked), the limit applies while reading.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let chunk = "y".repeat(3000);
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut resp))
+        .await
+        .expect("answered")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    // Within the limit: served.
+    let (st, _) = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": "hi", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn silent_connections_are_bounded_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        max_connections: 8,
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let s = start_with(Role::Both, PullFailurePolicy::Recompute, limits).await;
+    let stats = s.engine.stats.clone();
+    let open = move || {
+        stats
+            .http_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // 24 connections, three times the limit: silent ones, and slowloris ones that stop inside their headers.
+    let mut socks = Vec::new();
+    for i in 0..24 {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        if i % 3 == 0 {
+            c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        socks.push(c);
+    }
+    wait_for("the connection limit to fill", || open() == 8).await;
+    // Each is closed by the server (read gives EOF) after the header deadline, never more than 8 at once.
+    for mut c in socks {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+            .await
+            .expect("silent connection closed by the server")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+        assert!(open() <= 8, "{} open connections", open());
+    }
+    let health = tokio::time::timeout(
+        Duration::from_secs(30),
+        call(s.addr, Method::GET, "/health", None),
+    )
+    .await
+    .expect("/health answers");
+    assert_eq!(health.0, 200);
+    // A kept-alive HTTP/1 connection that goes quiet after its response is closed too.
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let eof = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "idle keep-alive connection closed");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn plain_replies_reveal_no_engine_internals() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let kv_port = s.kv_port.expect("role both listens for KV pulls");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true}),
+        ),
+        ("/v1/completions", json!({"prompt": "hi", "max_tokens": 3})),
+    ] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}{path}", s.addr))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut seen = String::new();
+        for (k, v) in resp.headers() {
+            seen.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        seen.push_str(&String::from_utf8_lossy(&bytes));
+        for secret in [
+            "kv_transfer_params",
+            "remote_host",
+            "remote_port",
+            "engine_id",
+            "system_fingerprint",
+            TEST_ENGINE_ID,
+            "127.0.0.1",
+        ] {
+            assert!(!seen.contains(secret), "{secret} in {seen}");
+        }
+        assert!(!mentions_number(&seen, kv_port), "KV port in {seen}");
+    }
+}
+
+/// Whether `n` appears in `text` as a whole number (not inside a longer run of digits, like a timestamp).
+fn mentions_number(text: &str, n: u16) -> bool {
+    let needle = n.to_string();
+    let b = text.as_bytes();
+    text.match_indices(&needle).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| b[j].is_ascii_digit());
+        let after = b.get(i + needle.len()).map(u8::is_ascii_digit);
+        before != Some(true) && after != Some(true)
+    })
 }
