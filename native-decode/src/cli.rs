@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_protocol::FleetKey;
 use clap::Parser;
 
 use crate::chat_template::{ChatTemplate, CHATML_FALLBACK};
@@ -86,6 +87,22 @@ pub struct Args {
     /// Seconds prefill KV waits to be pulled before it is freed.
     #[arg(long, default_value_t = 30)]
     pub kv_lease_secs: u64,
+    /// Seconds after which leased KV is reclaimed as soon as another request needs its blocks.
+    #[arg(long, default_value_t = 3.0)]
+    pub kv_lease_grace_secs: f64,
+    /// Share of the KV pool (0-1) that unpulled leases may hold; past it a prefill gets no lease and its decode
+    /// computes the prompt itself.
+    #[arg(long, default_value_t = 0.5)]
+    pub kv_lease_max_share: f64,
+    /// Share of the KV pool (0-1) that one tenant's (`x-baton-tenant`) unpulled leases may hold.
+    #[arg(long, default_value_t = 0.25)]
+    pub kv_lease_tenant_share: f64,
+    /// File holding the fleet key shared with the gateway and the other engines (>= 16 bytes; trailing whitespace
+    /// is trimmed). The key itself may instead be given in the environment variable BATON_FLEET_KEY. Only calls
+    /// authenticated with it may use `kv_transfer_params`, and it guards the KV pull listener; roles `prefill`
+    /// and `decode` need one.
+    #[arg(long)]
+    pub fleet_key_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "recompute")]
     pub kv_pull_failure: PullFailurePolicy,
     #[arg(long, default_value_t = 30)]
@@ -119,14 +136,46 @@ pub struct Args {
     pub idle_timeout_secs: u64,
 }
 
+/// The fleet key from `--fleet-key-file` or `BATON_FLEET_KEY`; an error when a disaggregated role has none.
+pub fn fleet_key(args: &Args) -> anyhow::Result<Option<FleetKey>> {
+    let key = FleetKey::load(
+        args.fleet_key_file.as_deref(),
+        std::env::var("BATON_FLEET_KEY").ok(),
+    )?;
+    if key.is_none() && matches!(args.role, Role::Prefill | Role::Decode) {
+        anyhow::bail!(
+            "--role {}: a fleet key is required to transfer KV between engines; pass --fleet-key-file PATH or set \
+             BATON_FLEET_KEY (the same key as the gateway's)",
+            if args.role == Role::Prefill {
+                "prefill"
+            } else {
+                "decode"
+            }
+        );
+    }
+    Ok(key)
+}
+
 /// Runs the engine until the process is stopped.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Logs (stdout) are coloured only on a terminal: a log file or `docker logs` gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .try_init()
         .ok();
+    // Before loading anything: a misconfigured role fails at once.
+    let fleet_key = fleet_key(&args)?;
+    if fleet_key.is_none() {
+        tracing::info!(
+            "no fleet key: kv_transfer_params are ignored and no KV pull listener is started"
+        );
+    }
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -142,6 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         chunked_prefill: !args.no_chunked_prefill,
         prefix_caching: !args.no_prefix_caching,
         kv_lease: Duration::from_secs(args.kv_lease_secs),
+        kv_lease_grace: Duration::try_from_secs_f64(args.kv_lease_grace_secs)
+            .map_err(|_| anyhow::anyhow!("--kv-lease-grace-secs must be a non-negative number"))?,
+        kv_lease_max_share: args.kv_lease_max_share,
+        kv_lease_tenant_share: args.kv_lease_tenant_share,
     };
     let (mcfg, device, make, tokenizer) = match open_gpu(args.device, args.gpu)? {
         #[cfg(feature = "cuda")]
@@ -191,11 +244,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let kv_endpoint = if matches!(args.role, Role::Prefill | Role::Both) {
+        let kv_key = fleet_key
+            .clone()
+            .filter(|_| matches!(args.role, Role::Prefill | Role::Both));
+        let kv_endpoint = if let Some(key) = kv_key {
             let kv_listener =
                 tokio::net::TcpListener::bind((args.host.as_str(), args.kv_port)).await?;
             let port = kv_listener.local_addr()?.port();
-            tokio::spawn(tcp::serve(kv_listener, engine.clone()));
+            tokio::spawn(tcp::serve(kv_listener, engine.clone(), key));
             let host = args
                 .kv_host
                 .clone()
@@ -228,6 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             kv_endpoint,
             puller: Arc::new(TcpPuller {
                 timeout: Duration::from_secs(args.kv_pull_timeout_secs),
+                key: fleet_key.clone(),
                 device,
             }),
             pull_failure: args.kv_pull_failure,
@@ -237,6 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             },
+            fleet_key,
         });
         tracing::info!("serving on http://{}", listener.local_addr()?);
         serve(listener, state).await;

@@ -69,6 +69,9 @@ pub struct Stats {
     pub kv_pull_failures: AtomicU64,
     pub kv_pull_recomputes: AtomicU64,
     pub kv_leases_expired: AtomicU64,
+    /// Leases whose blocks went to other requests after their grace, and prefills refused a lease (past bounds).
+    pub kv_leases_reclaimed: AtomicU64,
+    pub kv_leases_refused: AtomicU64,
     /// Imports copied device-to-device from another engine's GPU pool (CUDA IPC), and the time they took.
     pub kv_device_imports: AtomicU64,
     pub kv_device_import_us: AtomicU64,
@@ -100,6 +103,8 @@ impl Default for Stats {
             kv_pull_failures: AtomicU64::new(0),
             kv_pull_recomputes: AtomicU64::new(0),
             kv_leases_expired: AtomicU64::new(0),
+            kv_leases_reclaimed: AtomicU64::new(0),
+            kv_leases_refused: AtomicU64::new(0),
             kv_device_imports: AtomicU64::new(0),
             kv_device_import_us: AtomicU64::new(0),
             kv_device_broken: std::sync::atomic::AtomicBool::new(false),
@@ -202,6 +207,16 @@ impl Stats {
             &mut out,
             "baton:kv_leases_expired_total",
             &self.kv_leases_expired,
+        );
+        counter(
+            &mut out,
+            "baton:kv_leases_reclaimed_total",
+            &self.kv_leases_reclaimed,
+        );
+        counter(
+            &mut out,
+            "baton:kv_leases_refused_total",
+            &self.kv_leases_refused,
         );
         self.ttft
             .render(&mut out, "vllm:time_to_first_token_seconds", &labels);

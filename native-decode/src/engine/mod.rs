@@ -2,6 +2,7 @@
 //! come back on their own channel. Dropping a [`RequestGuard`] cancels the request and frees its blocks.
 
 pub mod backend;
+mod lease;
 mod scheduler;
 mod sequence;
 pub mod stop;
@@ -35,6 +36,11 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// How long prompt KV kept for a remote decoder waits to be pulled.
     pub kv_lease: Duration,
+    /// After this long, a lease's blocks are reclaimed as soon as another request needs them.
+    pub kv_lease_grace: Duration,
+    /// Share of the pool (0-1) that leases may hold in total, and per tenant; past it a prefill gets no lease.
+    pub kv_lease_max_share: f64,
+    pub kv_lease_tenant_share: f64,
 }
 
 impl EngineConfig {
@@ -55,6 +61,9 @@ impl Default for EngineConfig {
             chunked_prefill: true,
             prefix_caching: true,
             kv_lease: Duration::from_secs(30),
+            kv_lease_grace: Duration::from_secs(3),
+            kv_lease_max_share: 0.5,
+            kv_lease_tenant_share: 0.25,
         }
     }
 }
@@ -76,6 +85,13 @@ enum Command {
     Release(Vec<u32>),
 }
 
+/// What the scheduler thread reports once its backend is built.
+struct Ready {
+    context_length: usize,
+    device_pool: Option<DevicePool>,
+    kv_floats_per_token: usize,
+}
+
 struct Admission {
     id: u64,
     req: GenerateRequest,
@@ -93,6 +109,9 @@ pub struct EngineHandle {
     pub block_size: usize,
     /// This engine's GPU KV pool as other processes on this host can map it (CUDA backend only).
     pub device_pool: Option<Arc<DevicePool>>,
+    /// Blocks in the KV pool, and floats one token's KV takes (all layers, K and V): the bounds of a pull.
+    pub num_blocks: usize,
+    pub kv_floats_per_token: usize,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -137,14 +156,18 @@ impl EngineHandle {
         let stats = Arc::new(Stats::default());
         let tokenizer = Arc::new(tokenizer);
         let block_size = cfg.block_size;
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(usize, Option<DevicePool>)>>(1);
+        let num_blocks = cfg.num_blocks;
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Ready>>(1);
         let (tok, st) = (tokenizer.clone(), stats.clone());
         std::thread::Builder::new()
             .name("baton-scheduler".into())
             .spawn(move || match make(&mut cfg) {
                 Ok(backend) => {
-                    let _ =
-                        ready_tx.send(Ok((backend.cfg().context_length, backend.device_pool())));
+                    let _ = ready_tx.send(Ok(Ready {
+                        context_length: backend.cfg().context_length,
+                        device_pool: backend.device_pool(),
+                        kv_floats_per_token: backend.block_floats(1),
+                    }));
                     scheduler::Scheduler::new(backend, tok, cfg, st).run(rx);
                 }
                 Err(e) => {
@@ -155,15 +178,17 @@ impl EngineHandle {
                 path: "scheduler thread".into(),
                 source: e,
             })?;
-        let (context_length, device_pool) = ready_rx.recv().map_err(|_| Error::Shutdown)??;
+        let ready = ready_rx.recv().map_err(|_| Error::Shutdown)??;
         Ok(Self {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),
             stats,
             tokenizer,
-            context_length,
+            context_length: ready.context_length,
             block_size,
-            device_pool: device_pool.map(Arc::new),
+            device_pool: ready.device_pool.map(Arc::new),
+            num_blocks,
+            kv_floats_per_token: ready.kv_floats_per_token,
         })
     }
 

@@ -2,13 +2,14 @@
 //! into one forward pass under a token budget. When blocks run out, the most recently admitted sequence is
 //! preempted and later recomputed (its generated tokens are kept); nothing crashes on a full cache.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
-use super::sequence::{Lease, Seq};
+use super::lease::{LeaseLimits, Leases};
+use super::sequence::Seq;
 use super::{Admission, Command, EngineConfig};
 use crate::engine::types::*;
 use crate::kv::block_manager::{block_hash, BlockManager};
@@ -26,7 +27,7 @@ pub(super) struct Scheduler {
     blocks: BlockManager,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    leases: HashMap<String, Lease>,
+    leases: Leases,
 }
 
 /// What a step gives one sequence: its logits, or the token the backend picked and its log-probability.
@@ -49,6 +50,13 @@ impl Scheduler {
         stats: Arc<Stats>,
     ) -> Self {
         let blocks = BlockManager::new(cfg.num_blocks, cfg.block_size, cfg.prefix_caching);
+        let leases = Leases::new(LeaseLimits::new(
+            cfg.kv_lease,
+            cfg.kv_lease_grace,
+            cfg.num_blocks,
+            cfg.kv_lease_max_share,
+            cfg.kv_lease_tenant_share,
+        ));
         Self {
             backend,
             tokenizer,
@@ -57,7 +65,7 @@ impl Scheduler {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            leases: HashMap::new(),
+            leases,
         }
     }
 
@@ -111,7 +119,7 @@ impl Scheduler {
                 }
             }
             Command::Export { transfer_id, reply } => {
-                let out = self.leases.remove(&transfer_id).and_then(|lease| {
+                let out = self.leases.take(&transfer_id).and_then(|lease| {
                     let blocks: crate::error::Result<Vec<Vec<f32>>> = lease
                         .blocks
                         .iter()
@@ -133,7 +141,7 @@ impl Scheduler {
                 let _ = reply.send(out);
             }
             Command::Checkout { transfer_id, reply } => {
-                let out = self.leases.remove(&transfer_id).map(|l| CheckedOutKv {
+                let out = self.leases.take(&transfer_id).map(|l| CheckedOutKv {
                     block_size: self.cfg.block_size,
                     num_tokens: l.num_tokens,
                     block_ids: l.blocks,
@@ -189,18 +197,24 @@ impl Scheduler {
     }
 
     fn expire_leases(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.expires <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in expired {
-            if let Some(l) = self.leases.remove(&k) {
-                self.blocks.free(&l.blocks);
-                self.stats.kv_leases_expired.fetch_add(1, Ordering::Relaxed);
+        for l in self.leases.take_expired(Instant::now()) {
+            self.blocks.free(&l.blocks);
+            self.stats.kv_leases_expired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Allocates `n` blocks; when too few are free, first reclaims leases past their grace (oldest first), so
+    /// that KV waiting to be pulled never keeps other requests out for longer than the grace.
+    fn allocate(&mut self, n: usize) -> Option<Vec<BlockId>> {
+        loop {
+            if let Some(b) = self.blocks.allocate(n) {
+                return Some(b);
             }
+            let lease = self.leases.take_reclaimable(Instant::now())?;
+            self.blocks.free(&lease.blocks);
+            self.stats
+                .kv_leases_reclaimed
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -239,7 +253,7 @@ impl Scheduler {
             if need == 0 {
                 return true;
             }
-            if let Some(b) = self.blocks.allocate(need) {
+            if let Some(b) = self.allocate(need) {
                 self.running[idx].blocks.extend(b);
                 return true;
             }
@@ -300,7 +314,7 @@ impl Scheduler {
                     .blocks
                     .blocks_for(imp.num_tokens)
                     .saturating_sub(s.blocks.len());
-                match self.blocks.allocate(need) {
+                match self.allocate(need) {
                     Some(b) => s.blocks.extend(b),
                     None => {
                         s.imported = Some(imp);
@@ -311,6 +325,11 @@ impl Scheduler {
                     }
                 }
                 let t = Instant::now();
+                // Imported KV is whatever the holder computed for *its* prompt; nothing here proves it matches
+                // these tokens. So none of this sequence's blocks are ever registered in the prefix cache (the
+                // imported ones, nor later ones computed on top of them): a wrong import can at worst spoil this
+                // one request, never another request's answer.
+                s.kv_imported = true;
                 let result = self.backend.import(&s.blocks, bs, s.num_computed, &imp);
                 if let KvPayload::Device(d) = &imp.payload {
                     // Copied (or failed): either way the holder may reuse its blocks now.
@@ -403,7 +422,7 @@ impl Scheduler {
                     }
                     let upto = s.num_computed + n;
                     let blocks = self.blocks.blocks_for(upto).saturating_sub(s.blocks.len());
-                    match self.blocks.allocate(blocks) {
+                    match self.allocate(blocks) {
                         Some(b) => self.running[idx].blocks.extend(b),
                         None => {
                             self.unadmit();
@@ -494,9 +513,9 @@ impl Scheduler {
                     .prompt_tokens
                     .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
             }
-            // Register newly completed full blocks for prefix caching.
+            // Register newly completed full blocks for prefix caching (never those of a sequence with imported KV).
             let bs = self.cfg.block_size;
-            while seq.hashes.len() < seq.num_computed / bs {
+            while !seq.kv_imported && seq.hashes.len() < seq.num_computed / bs {
                 let b = seq.hashes.len();
                 let h = block_hash(
                     seq.hashes.last().copied().or(seq.salt_root),
@@ -549,24 +568,23 @@ impl Scheduler {
             let n_blocks = self.blocks.blocks_for(s.prompt_len);
             let keep: Vec<BlockId> = s.blocks[..n_blocks.min(s.blocks.len())].to_vec();
             self.blocks.free(&s.blocks[keep.len()..]);
-            let transfer_id = format!(
-                "{}-{:08x}",
-                s.request_id,
-                s.id.wrapping_mul(0x2545_F491_4F6C_DD1D) as u32
-            );
-            kv_lease = Some(KvLease {
-                transfer_id: transfer_id.clone(),
-                block_ids: keep.clone(),
-                num_tokens: s.prompt_len,
-            });
-            self.leases.insert(
-                transfer_id,
-                Lease {
-                    blocks: keep,
-                    num_tokens: s.prompt_len,
-                    expires: now + self.cfg.kv_lease,
-                },
-            );
+            let tenant = s.tenant.as_deref().unwrap_or("");
+            match self.leases.grant(tenant, keep.clone(), s.prompt_len, now) {
+                Ok(transfer_id) => {
+                    kv_lease = Some(KvLease {
+                        transfer_id,
+                        block_ids: keep,
+                        num_tokens: s.prompt_len,
+                    })
+                }
+                Err(keep) => {
+                    // Past the lease bounds: no lease, so the answer offers no transfer and the decoder
+                    // computes the prompt itself.
+                    self.blocks.free(&keep);
+                    self.stats.kv_leases_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(request_id = %s.request_id, "KV lease refused: lease bounds reached");
+                }
+            }
         } else {
             self.blocks.free(&s.blocks);
         }

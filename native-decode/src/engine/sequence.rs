@@ -32,7 +32,12 @@ pub(super) struct Seq {
     pub(super) stops: StopStrings,
     pub(super) events: tmpsc::UnboundedSender<Event>,
     pub(super) remote_decode: bool,
+    /// The lease bucket of a `remote_decode` prefill.
+    pub(super) tenant: Option<String>,
     pub(super) imported: Option<ImportedKv>,
+    /// Set once KV from another engine was written into this sequence's blocks: from then on none of its blocks
+    /// enter the prefix cache (see `Scheduler::admit`).
+    pub(super) kv_imported: bool,
     pub(super) cached_tokens: usize,
     pub(super) arrival: Instant,
     pub(super) scheduled_at: Option<Instant>,
@@ -44,13 +49,6 @@ impl Seq {
     pub(super) fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
-}
-
-/// Prompt KV kept for a remote decoder.
-pub(super) struct Lease {
-    pub(super) blocks: Vec<BlockId>,
-    pub(super) num_tokens: usize,
-    pub(super) expires: Instant,
 }
 
 impl Seq {
@@ -79,7 +77,9 @@ impl Seq {
             detok: DetokStream::default(),
             events,
             remote_decode: req.remote_decode,
+            tenant: req.tenant,
             imported: req.imported,
+            kv_imported: false,
             cached_tokens: 0,
             arrival: Instant::now(),
             scheduled_at: None,

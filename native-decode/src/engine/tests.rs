@@ -45,6 +45,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         remote_decode: false,
         imported: None,
         cache_salt: None,
+        tenant: None,
     }
 }
 
@@ -283,7 +284,8 @@ async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_bac
     prefill.device_pool = Some(Arc::new(pool.clone()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    tokio::spawn(tcp::serve(l, prefill.clone()));
+    let key = baton_protocol::FleetKey::from_bytes(&[7; 32]).unwrap();
+    tokio::spawn(tcp::serve(l, prefill.clone(), key.clone()));
     let lease = |p: Vec<u32>| {
         let prefill = prefill.clone();
         async move {
@@ -302,8 +304,15 @@ async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_bac
         }
     };
     let decode = engine(cfg());
+    let bounds = crate::transfer::PullBounds {
+        prompt_tokens: p.len(),
+        pool_blocks: decode.num_blocks,
+        block_size: decode.block_size,
+        floats_per_token: decode.kv_floats_per_token,
+    };
     let puller = TcpPuller {
         timeout: Duration::from_secs(5),
+        key: Some(key),
         device: Some(DeviceImport {
             host_id: "host-a".into(),
             stats: decode.stats.clone(),
@@ -311,7 +320,7 @@ async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_bac
     };
 
     let remote = lease(p.clone()).await;
-    let imp = puller.pull(&remote).await.unwrap();
+    let imp = puller.pull(&remote, bounds).await.unwrap();
     let KvPayload::Device(d) = &imp.payload else {
         panic!("same host: expected a device offer, got {:?}", imp.payload)
     };
@@ -339,7 +348,7 @@ async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_bac
 
     // Device copies are off now: the next pull streams the blocks through the host and imports them.
     let remote = lease(p.clone()).await;
-    let imp = puller.pull(&remote).await.unwrap();
+    let imp = puller.pull(&remote, bounds).await.unwrap();
     assert!(matches!(imp.payload, KvPayload::Host(_)));
     let mut req = greedy(p, 6);
     req.imported = Some(imp);

@@ -118,6 +118,8 @@ pub struct GenerateRequest {
     pub imported: Option<ImportedKv>,
     /// Prefix-cache isolation (vLLM's `cache_salt`): prompt blocks are shared only between equal salts.
     pub cache_salt: Option<String>,
+    /// Who a `remote_decode` lease counts against (the fleet's `x-baton-tenant`); `None`: one shared bucket.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use super::api::{fit_max_tokens, ChatRequest, CompletionRequest, PromptInput, Validated};
 use super::body::{channel, full, Body};
 use super::error::ApiError;
+use super::fleet::Caller;
 use super::respond::{Flavor, Logprobs, Renderer};
 use super::{Role, ServerState};
 use crate::engine::types::{Event, Finish, GenerateRequest, ImportedKv};
-use crate::transfer::{PullFailurePolicy, RemoteKv};
+use crate::transfer::{PullBounds, PullFailurePolicy, RemoteKv};
 
 pub fn json_response(v: &Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
@@ -78,6 +79,7 @@ pub async fn completions(
     state: Arc<ServerState>,
     body: Bytes,
     request_id: String,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let (req, prompt) = prepare(&state, move |state| {
         let mut req: CompletionRequest = parse(&body)?;
@@ -117,6 +119,7 @@ pub async fn completions(
         default_max: Some(16),
         kv_params: req.common.kv_transfer_params,
         request_id,
+        caller,
     };
     generate(state, call).await
 }
@@ -125,6 +128,7 @@ pub async fn chat(
     state: Arc<ServerState>,
     body: Bytes,
     request_id: String,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let (req, prompt) = prepare(&state, move |state| {
         let req: ChatRequest = parse(&body)?;
@@ -172,6 +176,7 @@ pub async fn chat(
         default_max: None,
         kv_params: req.common.kv_transfer_params,
         request_id,
+        caller,
     };
     generate(state, call).await
 }
@@ -182,16 +187,28 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Pulls remote KV for a decode request, applying the failure policy.
-async fn pull_kv(state: &ServerState, params: &Value) -> Result<Option<ImportedKv>, ApiError> {
+/// Pulls remote KV for a decode request, applying the failure policy. `prompt_tokens` (the request's own prompt)
+/// bounds what the holder may send.
+async fn pull_kv(
+    state: &ServerState,
+    params: &Value,
+    prompt_tokens: usize,
+) -> Result<Option<ImportedKv>, ApiError> {
     if !matches!(state.role, Role::Decode | Role::Both) {
         return Ok(None);
     }
     let Some(remote) = RemoteKv::from_params(params)? else {
         return Ok(None);
     };
-    let stats = &state.engine.stats;
-    match state.puller.pull(&remote).await {
+    let engine = &state.engine;
+    let bounds = PullBounds {
+        prompt_tokens,
+        pool_blocks: engine.num_blocks,
+        block_size: engine.block_size,
+        floats_per_token: engine.kv_floats_per_token,
+    };
+    let stats = &engine.stats;
+    match state.puller.pull(&remote, bounds).await {
         Ok(kv) => {
             stats.kv_pulls.fetch_add(1, Ordering::Relaxed);
             Ok(Some(kv))
@@ -219,6 +236,7 @@ struct Generation {
     default_max: Option<usize>,
     kv_params: Option<Value>,
     request_id: String,
+    caller: Caller,
 }
 
 async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<Body>, ApiError> {
@@ -229,7 +247,10 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         default_max,
         kv_params,
         request_id,
+        caller,
     } = call;
+    // Only the fleet steers KV transfer; a client's params are dropped and the request is served plainly.
+    let kv_params = kv_params.filter(|_| caller.fleet);
     let ctx = state.engine.context_length;
     let mut params = v.params;
     params.max_tokens = fit_max_tokens(prompt.len(), v.max_tokens, default_max, ctx)?;
@@ -240,7 +261,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
             .and_then(Value::as_bool)
             == Some(true);
     let imported = match &kv_params {
-        Some(p) => pull_kv(&state, p).await?,
+        Some(p) => pull_kv(&state, p, prompt.len()).await?,
         None => None,
     };
     let (guard, mut rx) = state.engine.submit(GenerateRequest {
@@ -250,6 +271,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         remote_decode,
         imported,
         cache_salt: v.cache_salt,
+        tenant: caller.tenant,
     })?;
     // Wait for the first event so that engine-side rejections become proper HTTP errors.
     let first = rx

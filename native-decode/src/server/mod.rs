@@ -5,6 +5,7 @@ pub mod api;
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod fleet;
 mod handlers;
 pub mod respond;
 
@@ -48,6 +49,8 @@ pub struct ServerState {
     pub pull_failure: PullFailurePolicy,
     /// Body size and connection limits of the HTTP listener.
     pub limits: Limits,
+    /// The fleet key: calls it authenticates may use `kv_transfer_params` ([`fleet::Caller`]).
+    pub fleet_key: Option<baton_protocol::FleetKey>,
 }
 
 fn request_id(req: &Request<Incoming>) -> String {
@@ -129,13 +132,15 @@ async fn route(
         }))),
         (Method::POST, "/v1/completions") => {
             let id = request_id(&req);
+            let caller = fleet::Caller::of(state.fleet_key.as_ref(), req.headers());
             let body = read_body(&state, req).await?;
-            handlers::completions(state, body, id).await
+            handlers::completions(state, body, id, caller).await
         }
         (Method::POST, "/v1/chat/completions") => {
             let id = request_id(&req);
+            let caller = fleet::Caller::of(state.fleet_key.as_ref(), req.headers());
             let body = read_body(&state, req).await?;
-            handlers::chat(state, body, id).await
+            handlers::chat(state, body, id, caller).await
         }
         (Method::POST, "/tokenize") => {
             let body = read_body(&state, req).await?;
@@ -145,7 +150,6 @@ async fn route(
             let body = read_body(&state, req).await?;
             handlers::detokenize(state, body).await
         }
-
         (
             _,
             "/health"
@@ -167,3 +171,5 @@ async fn route(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_tests;

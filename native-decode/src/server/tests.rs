@@ -15,16 +15,21 @@ use crate::chat_template::CHATML_FALLBACK;
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::transfer::tcp::{self, TcpPuller};
 
-struct TestServer {
-    addr: SocketAddr,
-    engine: EngineHandle,
+pub(super) struct TestServer {
+    pub(super) addr: SocketAddr,
+    pub(super) engine: EngineHandle,
     /// The KV pull listener's port (prefill and both roles).
     kv_port: Option<u16>,
 }
 
 const TEST_ENGINE_ID: &str = "engine-7f3a9c";
 
-async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
+/// The fleet key of every test server (`transfer_tests` makes the calls that use it).
+pub(super) fn fleet_key() -> baton_protocol::FleetKey {
+    baton_protocol::FleetKey::from_bytes(b"server-tests-fleet-key-0123").unwrap()
+}
+
+pub(super) async fn start(role: Role, policy: PullFailurePolicy) -> TestServer {
     start_with(role, policy, Limits::default()).await
 }
 
@@ -41,7 +46,7 @@ async fn start_with(role: Role, policy: PullFailurePolicy, limits: Limits) -> Te
     let kv_endpoint = if matches!(role, Role::Prefill | Role::Both) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        tokio::spawn(tcp::serve(l, engine.clone()));
+        tokio::spawn(tcp::serve(l, engine.clone(), fleet_key()));
         Some(KvEndpoint {
             engine_id: TEST_ENGINE_ID.into(),
             host: "127.0.0.1".into(),
@@ -57,9 +62,10 @@ async fn start_with(role: Role, policy: PullFailurePolicy, limits: Limits) -> Te
         template: Some(ChatTemplate::new(CHATML_FALLBACK, "<|im_start|>", "<|im_end|>").unwrap()),
         role,
         kv_endpoint,
-        puller: Arc::new(TcpPuller::new(Duration::from_secs(5))),
+        puller: Arc::new(TcpPuller::new(Duration::from_secs(5), Some(fleet_key()))),
         pull_failure: policy,
         limits,
+        fleet_key: Some(fleet_key()),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -72,7 +78,12 @@ async fn start_with(role: Role, policy: PullFailurePolicy, limits: Limits) -> Te
     }
 }
 
-async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Value>) -> (u16, String) {
+pub(super) async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = Request::builder()
         .method(method)
@@ -88,7 +99,7 @@ async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Value>)
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+pub(super) async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     let (s, text) = call(addr, Method::POST, path, Some(body)).await;
     (
         s,
@@ -286,61 +297,6 @@ async fn errors_are_openai_shaped() {
     );
     let (st, _) = call(s.addr, Method::POST, "/v1/chat/completions", None).await;
     assert_eq!(st, 400);
-}
-
-#[tokio::test]
-async fn pd_pull_gives_the_same_tokens_and_failed_pull_recomputes_or_errors() {
-    let prefill = start(Role::Prefill, PullFailurePolicy::Recompute).await;
-    let decode = start(Role::Decode, PullFailurePolicy::Recompute).await;
-    let strict = start(Role::Decode, PullFailurePolicy::Error).await;
-    let prompt = "hello world hello world hello";
-    let base = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": true});
-    let (_, plain) = post(decode.addr, "/v1/completions", base.clone()).await;
-
-    let mut pre = base.clone();
-    pre["max_tokens"] = json!(1);
-    pre["kv_transfer_params"] = json!({"do_remote_decode": true, "do_remote_prefill": false,
-        "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null});
-    let (st, pre_resp) = post(prefill.addr, "/v1/completions", pre).await;
-    assert_eq!(st, 200, "{pre_resp}");
-    let params = pre_resp["kv_transfer_params"].clone();
-    assert_eq!(params["do_remote_prefill"], json!(true));
-    assert_eq!(params["remote_num_tokens"], plain["usage"]["prompt_tokens"]);
-    assert!(
-        prefill.engine.stats.kv_usage() > 0.0,
-        "prefill holds the blocks"
-    );
-
-    let mut dec = base.clone();
-    dec["kv_transfer_params"] = params.clone();
-    let (st, dec_resp) = post(decode.addr, "/v1/completions", dec.clone()).await;
-    assert_eq!(st, 200);
-    assert_eq!(dec_resp["choices"][0]["text"], plain["choices"][0]["text"]);
-    let stats = &decode.engine.stats;
-    assert_eq!(stats.kv_pulls.load(std::sync::atomic::Ordering::Relaxed), 1);
-    // Pulled blocks are freed on the prefill side (published after the scheduler's next pass).
-    for _ in 0..100 {
-        if prefill.engine.stats.kv_usage() == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(prefill.engine.stats.kv_usage(), 0.0);
-
-    // The same params again: nothing to pull. Recompute policy: still served, counted.
-    let (st, again) = post(decode.addr, "/v1/completions", dec.clone()).await;
-    assert_eq!(st, 200);
-    assert_eq!(again["choices"][0]["text"], plain["choices"][0]["text"]);
-    assert_eq!(
-        stats
-            .kv_pull_recomputes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    // Error policy: the request fails.
-    let (st, e) = post(strict.addr, "/v1/completions", dec).await;
-    assert_eq!(st, 502, "{e}");
-    assert_eq!(e["error"]["param"], json!("kv_transfer_params"));
 }
 
 #[tokio::test]

@@ -1,13 +1,14 @@
 //! KV transfer wire format: length-prefixed, checksummed frames over a byte stream.
 //!
 //! Frame = `kind: u8` · `len: u64 LE` · `payload[len]` · `fnv1a64(kind ‖ payload): u64 LE`.
+//!
+//! Every read names its own limit ([`read_frame_limited`]): a peer's length claim is checked against what that
+//! frame can legitimately hold before anything is allocated. The checksum catches corruption, not forgery; the
+//! fleet key (see [`super::tcp`]) is what authenticates a puller.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
-
-/// Largest payload accepted (one block of a large model stays far below this).
-pub const MAX_FRAME: u64 = 512 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -25,6 +26,8 @@ pub enum FrameKind {
     DeviceHeader = 6,
     /// Puller → holder: the device copy is done (or abandoned); the holder frees the blocks.
     Release = 7,
+    /// Holder → puller, first on every connection: a random nonce the puller must MAC with the fleet key.
+    Challenge = 8,
 }
 
 impl FrameKind {
@@ -37,6 +40,7 @@ impl FrameKind {
             5 => Self::End,
             6 => Self::DeviceHeader,
             7 => Self::Release,
+            8 => Self::Challenge,
             _ => return None,
         })
     }
@@ -65,10 +69,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, Vec<u8>)> {
-    read_frame_limited(r, MAX_FRAME).await
-}
-
 /// Reads a frame whose payload may be at most `max` bytes (checked before allocating).
 pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -84,8 +84,17 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
             "frame of {len} bytes exceeds the limit"
         )));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await.map_err(io)?;
+    // Grow with the bytes that actually arrive rather than trusting the claim: a peer that announces a large
+    // frame and stalls costs nothing.
+    let mut payload = Vec::with_capacity(len.min(64 * 1024) as usize);
+    (&mut *r)
+        .take(len)
+        .read_to_end(&mut payload)
+        .await
+        .map_err(io)?;
+    if payload.len() as u64 != len {
+        return Err(Error::Transfer("connection closed mid-frame".into()));
+    }
     let sum = r.read_u64_le().await.map_err(io)?;
     if sum != checksum(k, &payload) {
         return Err(Error::Transfer("frame checksum mismatch".into()));
@@ -118,14 +127,21 @@ mod tests {
         write_frame(&mut buf, FrameKind::Block, &[1, 2, 3])
             .await
             .unwrap();
-        let (k, p) = read_frame(&mut buf.as_slice()).await.unwrap();
+        let (k, p) = read_frame_limited(&mut buf.as_slice(), 3).await.unwrap();
         assert_eq!((k, p), (FrameKind::Block, vec![1, 2, 3]));
+        // One byte over the reader's limit is refused before the payload is read.
+        let err = read_frame_limited(&mut buf.as_slice(), 2)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
         let mut bad = buf.clone();
         bad[10] ^= 1;
-        assert!(read_frame(&mut bad.as_slice()).await.is_err());
-        assert!(read_frame(&mut &buf[..5]).await.is_err());
+        assert!(read_frame_limited(&mut bad.as_slice(), 3).await.is_err());
+        assert!(read_frame_limited(&mut &buf[..5], 3).await.is_err());
         let mut huge = buf;
         huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(read_frame(&mut huge.as_slice()).await.is_err());
+        assert!(read_frame_limited(&mut huge.as_slice(), u64::MAX)
+            .await
+            .is_err());
     }
 }

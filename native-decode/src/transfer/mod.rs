@@ -118,10 +118,73 @@ impl KvEndpoint {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What the pulling engine knows independently of the holder, so that nothing the holder says can make it
+/// allocate more than the request itself would: the prompt's length and this engine's KV geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullBounds {
+    /// Tokens of the decode request's own prompt: the holder may cover at most these.
+    pub prompt_tokens: usize,
+    /// Blocks in this engine's pool, of `block_size` tokens.
+    pub pool_blocks: usize,
+    pub block_size: usize,
+    /// Floats one token's KV takes over all layers (K and V): fixes each block frame's exact size.
+    pub floats_per_token: usize,
+}
+
+/// Largest holder block size accepted (vLLM and this engine use 16; a bigger claim only inflates frames).
+pub const MAX_REMOTE_BLOCK_SIZE: usize = 1024;
+
+impl PullBounds {
+    /// Checks a holder's description of its blocks; returns the exact byte size of one block frame.
+    pub fn check(&self, block_size: usize, num_tokens: usize, num_blocks: usize) -> Result<usize> {
+        let bad = |m: String| Err(Error::Transfer(format!("holder header rejected: {m}")));
+        if block_size == 0 || block_size > MAX_REMOTE_BLOCK_SIZE {
+            return bad(format!("block size {block_size}"));
+        }
+        if num_tokens == 0 || num_tokens > self.prompt_tokens {
+            return bad(format!(
+                "{num_tokens} tokens for a prompt of {}",
+                self.prompt_tokens
+            ));
+        }
+        if num_tokens > self.pool_blocks.saturating_mul(self.block_size) {
+            return bad(format!("{num_tokens} tokens exceed this engine's KV pool"));
+        }
+        let expected_blocks = num_tokens.div_ceil(block_size);
+        if num_blocks != expected_blocks {
+            return bad(format!(
+                "{num_blocks} blocks for {num_tokens} tokens of {block_size}"
+            ));
+        }
+        let block_bytes = self
+            .floats_per_token
+            .checked_mul(block_size)
+            .and_then(|f| f.checked_mul(4))
+            .filter(|&b| b > 0);
+        let Some(block_bytes) = block_bytes else {
+            return bad("block byte size overflows".into());
+        };
+        // The whole transfer may not exceed what the prompt itself needs, rounded up to the holder's blocks.
+        let max_total = self
+            .prompt_tokens
+            .div_ceil(block_size)
+            .checked_mul(block_bytes);
+        if max_total.is_none_or(|m| num_blocks.saturating_mul(block_bytes) > m) {
+            return bad("transfer larger than the prompt's KV".into());
+        }
+        Ok(block_bytes)
+    }
+}
+
 /// Fetches prompt KV from a prefill engine. Called by a decode engine's request handler before the request is
 /// queued; an error means the decoder must recompute the prompt (or fail the request, per configuration).
+/// `bounds` limit everything the holder may claim; a holder outside them fails the pull.
 pub trait KvPuller: Send + Sync {
-    fn pull<'a>(&'a self, remote: &'a RemoteKv) -> BoxFuture<'a, Result<ImportedKv>>;
+    fn pull<'a>(
+        &'a self,
+        remote: &'a RemoteKv,
+        bounds: PullBounds,
+    ) -> BoxFuture<'a, Result<ImportedKv>>;
 }
 
 /// What a decode engine does when a pull fails.
@@ -154,6 +217,32 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(RemoteKv::from_params(&json!({"do_remote_prefill": true})).is_err());
+    }
+
+    #[test]
+    fn pull_bounds_follow_the_prompt_and_the_model() {
+        let b = PullBounds {
+            prompt_tokens: 19,
+            pool_blocks: 8,
+            block_size: 4,
+            floats_per_token: 10,
+        };
+        assert_eq!(b.check(4, 19, 5).unwrap(), 4 * 10 * 4);
+        assert_eq!(b.check(16, 19, 2).unwrap(), 16 * 10 * 4);
+        for (bs, toks, blocks) in [
+            (4, 19, 1usize << 57), // the count must match the tokens
+            (4, 20, 5),            // more tokens than the prompt
+            (0, 19, 5),
+            (1 << 40, 19, 1), // a huge block inflates every frame
+            (4, 0, 0),
+        ] {
+            assert!(b.check(bs, toks, blocks).is_err(), "{bs} {toks} {blocks}");
+        }
+        let small_pool = PullBounds {
+            pool_blocks: 2,
+            ..b
+        };
+        assert!(small_pool.check(4, 19, 5).is_err());
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! Imported KV never answers for anyone else, on the real model through the engines' HTTP interfaces.
+//!
+//! The attack (issue 13, finding 2): prompt A ("...capital city of Japan...") is prefilled for a remote decoder;
+//! a request for prompt V (the same text with "France", the same token count) then carries A's
+//! `kv_transfer_params`. Even when that request is fleet-authenticated (a gateway bug, say), the decode engine
+//! must not remember A's KV as V's: later plain requests for V answer exactly as on a clean engine.
+
+// Shared helpers; this file needs only `model_path`.
+#[allow(dead_code)]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_protocol::fleet::{FleetKey, FLEET_AUTH_HEADER, TENANT_HEADER};
+use serde_json::{json, Value};
+
+const KEY: &str = "kv-transfer-security-test-fleet-key";
+
+/// Kills the engine when the test ends, pass or fail.
+struct Engine {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn engine(role: &str, key: Option<&str>) -> Engine {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton-engine"));
+    cmd.arg("--model")
+        .arg(common::model_path())
+        .args(["--role", role, "--port", "0", "--served-model-name", "m"])
+        .args(["--threads", "1", "--kv-memory-mb", "64"])
+        .env_remove("BATON_FLEET_KEY")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(k) = key {
+        cmd.env("BATON_FLEET_KEY", k);
+    }
+    let mut child = cmd.spawn().expect("start baton-engine");
+    let stdout = child.stdout.take().unwrap();
+    let mut port = 0;
+    // The engine prints its address once loaded; EOF means it exited.
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            port = rest.rsplit(':').next().unwrap().trim().parse().unwrap();
+            break;
+        }
+    }
+    assert!(port > 0, "{role} engine never reported its address");
+    Engine { child, port }
+}
+
+fn http(port: u16, path: &str, body: &Value, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn fleet_headers(request_id: &str) -> Vec<(&'static str, String)> {
+    let key = FleetKey::from_bytes(KEY.as_bytes()).unwrap();
+    vec![
+        ("x-request-id", request_id.to_string()),
+        (FLEET_AUTH_HEADER, key.request_tag(request_id)),
+        (TENANT_HEADER, "tenant-a".to_string()),
+    ]
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The country appears in the first 16-token block, so a poisoned prefix cache would serve it.
+fn prompt(country: &str) -> String {
+    format!(
+        "The capital city of {country} is a famous place. Everyone knows the capital city of {country}. \
+         Question: what is the capital city of {country}? Answer in one word:"
+    )
+}
+
+fn completion(prompt: &str) -> Value {
+    json!({"model": "m", "prompt": prompt, "max_tokens": 4, "temperature": 0})
+}
+
+#[test]
+fn imported_kv_never_poisons_later_requests() {
+    let (japan, france) = (prompt("Japan"), prompt("France"));
+    let clean = engine("both", None);
+    let count =
+        |p: &str| http(clean.port, "/tokenize", &json!({ "prompt": p }), &[]).1["count"].clone();
+    assert_eq!(count(&japan), count(&france), "same token count");
+    assert!(count(&france).as_u64().unwrap() > 32);
+    let (st, expected) = http(clean.port, "/v1/completions", &completion(&france), &[]);
+    assert_eq!(st, 200, "{expected}");
+    let expected = expected["choices"][0]["text"].clone();
+
+    let prefill = engine("prefill", Some(KEY));
+    let decode = engine("decode", Some(KEY));
+    // A is prefilled and kept for a remote decoder.
+    let mut pre = completion(&japan);
+    pre["max_tokens"] = json!(1);
+    pre["kv_transfer_params"] = json!({"do_remote_decode": true});
+    let (st, a) = http(prefill.port, "/v1/completions", &pre, &fleet_headers("a-1"));
+    assert_eq!(st, 200, "{a}");
+    let params = a["kv_transfer_params"].clone();
+    assert_eq!(params["do_remote_prefill"], json!(true), "{a}");
+    // V arrives with A's params, authenticated: the decode engine pulls A's KV for it.
+    let mut v = completion(&france);
+    v["kv_transfer_params"] = params;
+    let (st, poisoned) = http(decode.port, "/v1/completions", &v, &fleet_headers("v-1"));
+    assert_eq!(st, 200, "{poisoned}");
+    assert_eq!(metric(decode.port, "baton:kv_pulls_total"), 1.0);
+    // Every later plain request for V answers as a clean engine does. The first finds nothing of V cached (the
+    // imported blocks were never registered); the second may reuse what the first computed itself.
+    for i in 0..2 {
+        let (st, later) = http(decode.port, "/v1/completions", &completion(&france), &[]);
+        assert_eq!(st, 200, "{later}");
+        assert_eq!(later["choices"][0]["text"], expected, "{later}");
+        if i == 0 {
+            let cached = &later["usage"]["prompt_tokens_details"]["cached_tokens"];
+            assert!(cached.as_u64().unwrap_or(0) == 0, "{later}");
+        }
+    }
+}
+
+#[test]
+fn disaggregated_roles_refuse_to_start_without_a_fleet_key() {
+    for role in ["prefill", "decode"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton-engine"))
+            .arg("--model")
+            .arg(common::model_path())
+            .args(["--role", role, "--port", "0"])
+            .env_remove("BATON_FLEET_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{role} started without a key");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--fleet-key-file") && err.contains("BATON_FLEET_KEY"),
+            "{role}: {err}"
+        );
+    }
+    // A key that is too short is refused with a clear message, and never echoed.
+    let out = Command::new(env!("CARGO_BIN_EXE_baton-engine"))
+        .arg("--model")
+        .arg(common::model_path())
+        .args(["--role", "prefill", "--port", "0"])
+        .env("BATON_FLEET_KEY", "short-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16"), "{err}");
+    assert!(!err.contains("short-secret"), "{err}");
+}
