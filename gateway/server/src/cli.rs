@@ -79,9 +79,24 @@ pub struct Cli {
     #[arg(long)]
     pub prometheus_port: Option<u16>,
 
-    /// Largest request body in bytes (413 above).
+    /// Largest request body in bytes (413 above; default 32 MiB).
     #[arg(long)]
     pub max_payload_size: Option<usize>,
+    /// Client connections open at once (default: what the open-file limit
+    /// leaves room for, at most 10000); new ones past it are closed.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// A client connection must send its first byte this soon (default 10).
+    #[arg(long)]
+    pub client_first_byte_timeout_secs: Option<f64>,
+    /// ... and its first request head (then each HTTP/1 head) this soon
+    /// after accept (default 30).
+    #[arg(long)]
+    pub client_header_timeout_secs: Option<f64>,
+    /// A client connection with no request and no traffic this long is
+    /// closed (default 60).
+    #[arg(long)]
+    pub client_idle_timeout_secs: Option<f64>,
     /// Total time budget of one request, retries included.
     #[arg(long)]
     pub request_timeout_secs: Option<f64>,
@@ -200,6 +215,9 @@ impl Cli {
             c.policy => self.policy,
             c.prometheus_host => self.prometheus_host,
             c.max_payload_size => self.max_payload_size,
+            c.connections.first_byte_secs => self.client_first_byte_timeout_secs,
+            c.connections.header_read_secs => self.client_header_timeout_secs,
+            c.connections.idle_secs => self.client_idle_timeout_secs,
             c.timeouts.request_secs => self.request_timeout_secs,
             c.timeouts.connect_ms => self.connect_timeout_ms,
             c.timeouts.prefill_secs => self.prefill_timeout_secs,
@@ -225,6 +243,9 @@ impl Cli {
         );
         if self.prometheus_port.is_some() {
             c.prometheus_port = self.prometheus_port;
+        }
+        if self.max_connections.is_some() {
+            c.connections.max = self.max_connections;
         }
         if self.prefill_policy.is_some() {
             c.prefill_policy = self.prefill_policy;
@@ -349,6 +370,32 @@ mod tests {
         assert_eq!(c.retry.max_retries, 2);
         assert_eq!(c.breaker.failure_threshold, 4);
         assert_eq!(c.health.interval_secs, 5.0);
+    }
+
+    #[test]
+    fn connection_limits_and_body_limit() {
+        let c = cli("--worker-urls http://a:1").unwrap();
+        assert_eq!(c.max_payload_size, 32 << 20);
+        assert_eq!(c.connections.max, None);
+        let c = cli(
+            "--worker-urls http://a:1 --max-connections 100 --client-first-byte-timeout-secs 2 \
+             --client-header-timeout-secs 5 --client-idle-timeout-secs 7",
+        )
+        .unwrap();
+        assert_eq!(c.connections.max, Some(100));
+        assert_eq!(c.connections.first_byte_secs, 2.0);
+        assert_eq!(c.connections.header_read_secs, 5.0);
+        assert_eq!(c.connections.idle_secs, 7.0);
+        for bad in [
+            "--max-connections 0",
+            "--client-idle-timeout-secs 0",
+            "--client-first-byte-timeout-secs 1e300",
+            "--client-header-timeout-secs NaN",
+            "--max-payload-size 0",
+        ] {
+            let e = cli(&format!("--worker-urls http://a:1 {bad}")).unwrap_err();
+            assert!(e.contains("must be"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub struct GatewayConfig {
     pub prefill_policy: Option<PolicyKind>,
     pub decode_policy: Option<PolicyKind>,
     pub policy_config: PolicyConfig,
+    /// Largest request body in bytes (413 above).
     pub max_payload_size: usize,
+    /// Client connections: limit and deadlines (see `listener.rs`).
+    pub connections: ConnectionConfig,
     pub timeouts: TimeoutConfig,
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
@@ -63,6 +66,58 @@ impl std::str::FromStr for PdProtocol {
         }
     }
 }
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Client connections open at once per listener; default: what the
+    /// open-file limit leaves room for, at most 10,000.
+    pub max: Option<usize>,
+    /// From accept to the first byte from the client.
+    pub first_byte_secs: f64,
+    /// From accept to the first request's head (protocol detection and the
+    /// HTTP/2 handshake included); also each later HTTP/1 head.
+    pub header_read_secs: f64,
+    /// No request in progress and no bytes either way for this long: the
+    /// connection is closed (HTTP/2: GOAWAY).
+    pub idle_secs: f64,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max: None,
+            first_byte_secs: 10.0,
+            header_read_secs: 30.0,
+            idle_secs: 60.0,
+        }
+    }
+}
+
+impl ConnectionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max == Some(0) {
+            return Err(ConfigError::Invalid(
+                "connections.max must be at least 1".into(),
+            ));
+        }
+        for (name, v) in [
+            ("first_byte_secs", self.first_byte_secs),
+            ("header_read_secs", self.header_read_secs),
+            ("idle_secs", self.idle_secs),
+        ] {
+            if !(v > 0.0 && v <= MAX_TIMEOUT_SECS) {
+                return Err(ConfigError::Invalid(format!(
+                    "connections.{name} must be a number of seconds in (0, {MAX_TIMEOUT_SECS}], got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A year: longer is a typo, and would overflow a `Duration`'s arithmetic.
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 86_400.0;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -122,7 +177,10 @@ impl Default for GatewayConfig {
             prefill_policy: None,
             decode_policy: None,
             policy_config: PolicyConfig::default(),
-            max_payload_size: 512 << 20,
+            // Large prompts fit (a 128k-token context is well under 1 MiB
+            // of text); hundreds of MiB per request only buys memory abuse.
+            max_payload_size: 32 << 20,
+            connections: ConnectionConfig::default(),
             timeouts: TimeoutConfig::default(),
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
@@ -227,6 +285,12 @@ impl GatewayConfig {
 
     /// Checks the config and derives the serving mode.
     pub fn mode(&self) -> Result<Mode, ConfigError> {
+        self.connections.validate()?;
+        if self.max_payload_size == 0 {
+            return Err(ConfigError::Invalid(
+                "max_payload_size must be at least 1 byte".into(),
+            ));
+        }
         let pd = !self.prefill.is_empty() || !self.decode.is_empty();
         if pd && !self.worker_urls.is_empty() {
             return Err(ConfigError::Invalid(

@@ -11,11 +11,7 @@ use std::time::Duration;
 use baton_protocol::{ClientRequest, Endpoint};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -23,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
-use crate::body::{full, GatewayBody};
+use crate::body::{full, GatewayBody, ReadError};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::dispatch::{self, Ctx};
 use crate::error::{ErrorKind, GatewayError, Leg};
@@ -31,9 +27,8 @@ use crate::request_id::{RequestId, RequestIdLayer};
 use crate::respond::{error_response, json_response};
 use crate::state::AppState;
 
-/// Slow clients get this long to send their headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// ... and this long for the whole request body.
+/// Slow clients get this long for the whole request body (their headers
+/// and idle connections: `listener.rs`).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -165,6 +160,16 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let limits = crate::listener::ConnLimits::from_config(&state.config.connections);
+    let gate = if metrics_only {
+        crate::listener::ConnGate::new(ADMIN_MAX_CONNECTIONS, "metrics")
+    } else {
+        let max = state.config.connections.max;
+        crate::listener::ConnGate::new(
+            max.unwrap_or_else(crate::listener::default_max_connections),
+            "main",
+        )
+    };
     loop {
         let (stream, _peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -178,6 +183,10 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = gate.admit() else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = RequestIdLayer.layer(GatewayService {
             state: Arc::clone(&state),
@@ -186,25 +195,12 @@ async fn accept_loop(
         // A token of its own: the select below polls it on every turn of the
         // connection, and the shared root's waiter list is one lock for all.
         let stop = stop.child_token();
-        tasks.spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        tasks.spawn(crate::listener::serve(stream, slot, svc, limits, stop));
     }
 }
+
+/// Connection limit of the metrics listener (scrapers need few).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The gateway as a tower service.
 #[derive(Debug, Clone)]
@@ -376,37 +372,35 @@ async fn generate(
         .unwrap_or_default();
     let (parts, body) = req.into_parts();
     let too_large = GatewayError::new(Leg::Client, ErrorKind::PayloadTooLarge { limit });
-    if let Some(len) = parts
+    // A declared length over the limit is refused before any of the body is
+    // read (hyper sends no 100-continue for a body nobody polls).
+    let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return error_response(&too_large);
-        }
+        .map(|v| v.trim().parse::<u64>().unwrap_or(u64::MAX));
+    if declared.is_some_and(|len| len > limit as u64) {
+        return error_response(&too_large);
     }
-    let bytes =
-        match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(&too_large)
-            }
-            Ok(Err(e)) => {
-                let err = GatewayError::client(baton_protocol::ProtocolError::InvalidJson(
-                    format!("could not read request body: {e}"),
-                ));
-                return error_response(&err);
-            }
-            Err(_) => {
-                let mut resp = error_response(&GatewayError::new(
-                    Leg::Client,
-                    ErrorKind::Timeout("body_read"),
-                ));
-                *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                return resp;
-            }
-        };
+    let expected = declared.map(|len| len as usize);
+    let bytes = match crate::body::read_limited(body, limit, expected, BODY_READ_TIMEOUT).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => return error_response(&too_large),
+        Err(ReadError::Broken(e)) => {
+            let err = GatewayError::client(baton_protocol::ProtocolError::InvalidJson(format!(
+                "could not read request body: {e}"
+            )));
+            return error_response(&err);
+        }
+        Err(ReadError::Timeout) => {
+            let mut resp = error_response(&GatewayError::new(
+                Leg::Client,
+                ErrorKind::Timeout("body_read"),
+            ));
+            *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            return resp;
+        }
+    };
     let creq = match ClientRequest::parse(endpoint, &bytes) {
         Ok(r) => r,
         Err(e) => {

@@ -23,7 +23,8 @@ pub async fn attempt(
         ctx,
         &mut tried.primary,
         placement.map(|f| &f.decode),
-    )?;
+    )
+    .await?;
     let guard = worker.start_request();
     let tracker = &state.slo.tracker;
     let ticket = tracker.start_decode(&worker.url);

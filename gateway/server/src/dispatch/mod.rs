@@ -93,7 +93,7 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
     // Policy plugins may shed load before anything is sent.
     for pool in state.pools.all() {
         if let baton_policies::pipeline::Admit::Reject { retry_after_ms } =
-            pool.admit(ctx.text.as_deref())
+            pool.admit(ctx.text.as_deref()).await
         {
             return reject(state, &ctx, Duration::from_millis(retry_after_ms));
         }
@@ -254,7 +254,7 @@ pub async fn first_byte(
 
 /// Picks from a pool (or takes the SLO policy's choice) or fails with "no
 /// healthy worker" for that leg.
-pub fn pick(
+pub async fn pick(
     pool: &crate::pool::Pool,
     leg: Leg,
     ctx: &Ctx,
@@ -265,6 +265,7 @@ pub fn pick(
         Some(w) => Arc::clone(w),
         None => pool
             .pick(ctx.text.as_deref(), tried)
+            .await
             .ok_or_else(|| GatewayError::new(leg, ErrorKind::NoWorker))?,
     };
     tried.push(Arc::clone(&w));

@@ -35,14 +35,16 @@ pub async fn attempt(
         ctx,
         &mut tried.primary,
         placement.and_then(|f| f.prefill.as_ref()),
-    )?;
+    )
+    .await?;
     let d = pick(
         decode,
         Leg::Decode,
         ctx,
         &mut tried.decode,
         placement.map(|f| &f.decode),
-    )?;
+    )
+    .await?;
     let ticket = state.slo.tracker.start_decode(&d.url);
     let rooms = sglang::fresh_rooms(&mut rand::rng(), ctx.req.batch);
     let bootstrap = Bootstrap {

@@ -32,7 +32,8 @@ pub async fn attempt(
         ctx,
         &mut tried.decode,
         placement.map(|f| &f.decode),
-    )?;
+    )
+    .await?;
     let local = placement.is_some_and(|f| f.prefill.is_none());
     // The same fresh id on both legs: vLLM derives the transfer key from it.
     let xfer = transfer_id();
@@ -64,7 +65,8 @@ pub async fn attempt(
             ctx,
             &mut tried.primary,
             placement.and_then(|f| f.prefill.as_ref()),
-        )?;
+        )
+        .await?;
         prefill_leg(state, ctx, &p, ids, prefill_body).await?
     };
     let decode_body = vllm::decode_body(&ctx.req, params.as_ref());
