@@ -23,10 +23,10 @@ use crate::engine::EngineHandle;
 use crate::transfer::{KvEndpoint, KvPuller, PullFailurePolicy};
 use body::{full, Body};
 pub use conn::{serve, Limits};
+use error::ApiError;
 /// The test modules bind their listeners with it (through `super::*`).
 #[cfg(test)]
 use tokio::net::TcpListener;
-use error::ApiError;
 
 /// Which half of a disaggregated deployment this engine serves (plain requests are served by every role).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,7 +89,8 @@ pub async fn handle(
 
 async fn read_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let max = state.limits.max_body;
-    let too_large = || ApiError::too_large(format!("request body exceeds the limit of {max} bytes"));
+    let too_large =
+        || ApiError::too_large(format!("request body exceeds the limit of {max} bytes"));
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
