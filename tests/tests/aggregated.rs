@@ -66,7 +66,9 @@ async fn request_id_is_echoed_and_forwarded() {
     .await;
     assert_eq!(r.headers["x-request-id"], "client-42");
     let seen = &engine.requests()[0];
-    assert_eq!(seen.headers["authorization"], "Bearer sk-test");
+    assert_eq!(seen.headers["x-baton-request-id"], "client-42");
+    // The client's credentials are its own: engines never see them.
+    assert!(seen.headers.get("authorization").is_none());
     let r = post(&gw.url(), "/v1/completions", COMPLETION).await;
     assert!(r.headers["x-request-id"]
         .to_str()

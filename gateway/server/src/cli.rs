@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use baton_policies::PolicyKind;
 use clap::Parser;
 
-use crate::config::{ConfigError, GatewayConfig, PdProtocol, PrefillWorker};
+use crate::auth::Secret;
+use crate::config::{CacheIsolation, ConfigError, GatewayConfig, PdProtocol, PrefillWorker};
 
 /// Baton gateway: an OpenAI-compatible reverse proxy for LLM engine fleets that
 /// splits every request into a prefill call and a decode call.
@@ -176,6 +177,30 @@ pub struct Cli {
     #[arg(long)]
     pub replica_id: Option<String>,
 
+    /// Clients must send `Authorization: Bearer KEY` (sglang-router compatible;
+    /// engines get it too unless --worker-api-key is given). Per-tenant keys
+    /// go in the config file ([[slo.api_keys]]).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<Secret>,
+    /// Key for /metrics and /v1/slo on the main port (always open on the
+    /// --prometheus-port listener).
+    #[arg(long, value_name = "KEY")]
+    pub admin_api_key: Option<Secret>,
+    /// Sent to engines as `Authorization: Bearer KEY` (the client's own
+    /// credentials are never forwarded).
+    #[arg(long, value_name = "KEY")]
+    pub worker_api_key: Option<Secret>,
+    /// File holding the fleet key shared with the engines (>= 16 bytes).
+    #[arg(long, value_name = "PATH")]
+    pub fleet_key_file: Option<PathBuf>,
+    /// The fleet key itself, from the environment only.
+    #[arg(long, env = "BATON_FLEET_KEY", hide = true, hide_env_values = true)]
+    pub fleet_key: Option<Secret>,
+    /// Prefix-cache sharing between tenants: tenant (default: a cache salt per
+    /// tenant) or shared.
+    #[arg(long, value_name = "tenant|shared")]
+    pub cache_isolation: Option<CacheIsolation>,
+
     /// Log filter (e.g. info, debug, baton_gateway=trace); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -246,6 +271,22 @@ impl Cli {
         }
         if self.max_connections.is_some() {
             c.connections.max = self.max_connections;
+        }
+        for (field, value) in [
+            (&mut c.api_key, self.api_key),
+            (&mut c.admin_api_key, self.admin_api_key),
+            (&mut c.worker_api_key, self.worker_api_key),
+            (&mut c.fleet_key, self.fleet_key),
+        ] {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        if self.fleet_key_file.is_some() {
+            c.fleet_key_file = self.fleet_key_file;
+        }
+        if let Some(i) = self.cache_isolation {
+            c.cache_isolation = i;
         }
         if self.prefill_policy.is_some() {
             c.prefill_policy = self.prefill_policy;
@@ -406,6 +447,30 @@ mod tests {
             cli("--prefill http://127.0.0.1:1 9 --decode http://127.0.0.1:2 --pd-protocol vllm")
                 .unwrap();
         assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+    }
+
+    #[test]
+    fn security_flags() {
+        let c = cli(
+            "--worker-urls http://a:1 --api-key sk-1 --admin-api-key sk-2 \
+             --worker-api-key sk-3 --fleet-key-file /run/fleet.key --cache-isolation shared",
+        )
+        .unwrap();
+        assert_eq!(c.api_key.as_ref().map(Secret::expose), Some("sk-1"));
+        assert_eq!(c.admin_api_key.as_ref().map(Secret::expose), Some("sk-2"));
+        assert_eq!(c.worker_api_key.as_ref().map(Secret::expose), Some("sk-3"));
+        assert_eq!(
+            c.fleet_key_file.as_deref(),
+            Some(std::path::Path::new("/run/fleet.key"))
+        );
+        assert_eq!(c.cache_isolation, CacheIsolation::Shared);
+        assert!(
+            !format!("{c:?}").contains("sk-"),
+            "keys never Debug-printed"
+        );
+        assert!(cli("--worker-urls http://a:1 --cache-isolation none")
+            .unwrap_err()
+            .contains("tenant or shared"));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! Defaults follow the SGLang router's so users switching over get the same
 //! behaviour; Baton adds the per-leg timeouts it needs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_policies::{PolicyConfig, PolicyKind};
 use serde::Deserialize;
+
+use crate::auth::Secret;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +38,46 @@ pub struct GatewayConfig {
     pub breaker: BreakerConfig,
     pub health: HealthConfig,
     pub slo: crate::slo::config::SloConfig,
+    /// When set, clients must send `Authorization: Bearer <key>` (tenant
+    /// `default`); per-tenant keys are `[[slo.api_keys]]`.
+    pub api_key: Option<Secret>,
+    /// Key for `/metrics` and `/v1/slo` on the main listener.
+    pub admin_api_key: Option<Secret>,
+    /// Sent to engines as `Authorization: Bearer`; defaults to `api_key`
+    /// (sglang-router's workers inherit the router's key). The client's own
+    /// credentials are never forwarded.
+    pub worker_api_key: Option<Secret>,
+    /// File holding the fleet key shared with the engines.
+    pub fleet_key_file: Option<PathBuf>,
+    /// The fleet key itself (`BATON_FLEET_KEY`; `baton up` sets it in-process).
+    pub fleet_key: Option<Secret>,
+    /// Prefix-cache sharing between tenants: `tenant` (a salt per tenant) or
+    /// `shared`.
+    pub cache_isolation: CacheIsolation,
+}
+
+/// Whether tenants may share prefix-cache entries.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheIsolation {
+    /// Every tenant's requests carry its own `cache_salt`.
+    #[default]
+    Tenant,
+    /// No `cache_salt`: cache hits (and `cached_tokens`) cross tenants.
+    Shared,
+}
+
+impl std::str::FromStr for CacheIsolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tenant" => Ok(Self::Tenant),
+            "shared" => Ok(Self::Shared),
+            o => Err(format!(
+                "unknown cache isolation '{o}' (expected tenant or shared)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -186,6 +228,12 @@ impl Default for GatewayConfig {
             breaker: BreakerConfig::default(),
             health: HealthConfig::default(),
             slo: crate::slo::config::SloConfig::default(),
+            api_key: None,
+            admin_api_key: None,
+            worker_api_key: None,
+            fleet_key_file: None,
+            fleet_key: None,
+            cache_isolation: CacheIsolation::Tenant,
         }
     }
 }
@@ -362,6 +410,40 @@ mod tests {
         assert_eq!(c.timeouts.idle_secs, 5.0);
         assert_eq!(c.timeouts.request_secs, 1800.0);
         assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Sglang));
+    }
+
+    #[test]
+    fn security_settings_from_toml() {
+        let c: GatewayConfig = toml::from_str(
+            r#"
+            api_key = "sk-main"
+            admin_api_key = "sk-admin"
+            worker_api_key = "sk-engine"
+            fleet_key_file = "/run/secrets/fleet"
+            cache_isolation = "shared"
+            [[slo.api_keys]]
+            sha256 = "5f8eee912cd7c0ccb238560e8a22e7f78909e6dac18288188f7f4ea35112700d"
+            tenant = "acme"
+            class = "batch"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.api_key.as_ref().map(Secret::expose), Some("sk-main"));
+        assert_eq!(
+            c.admin_api_key.as_ref().map(Secret::expose),
+            Some("sk-admin")
+        );
+        assert_eq!(
+            c.worker_api_key.as_ref().map(Secret::expose),
+            Some("sk-engine")
+        );
+        assert_eq!(c.cache_isolation, CacheIsolation::Shared);
+        assert_eq!(c.slo.api_keys[0].class.as_deref(), Some("batch"));
+        assert_eq!(
+            GatewayConfig::default().cache_isolation,
+            CacheIsolation::Tenant
+        );
+        assert!(!format!("{c:?}").contains("sk-"));
     }
 
     #[test]

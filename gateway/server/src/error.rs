@@ -61,6 +61,18 @@ pub enum ErrorKind {
     BadReply(String),
     /// Admission control predicted the SLO cannot be met (429).
     Rejected,
+    /// No valid key for this endpoint (401).
+    Unauthorized(AuthFailure),
+}
+
+/// Why a request was not authenticated (never which key it sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    /// An admin endpoint on the main listener of a gateway with client keys
+    /// but no admin key.
+    AdminOnly,
 }
 
 /// A failure of one request, attributed to a leg.
@@ -120,6 +132,7 @@ impl GatewayError {
             ErrorKind::Status { .. } => "status",
             ErrorKind::BadReply(_) => "bad_reply",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Unauthorized(_) => "invalid_api_key",
         }
     }
 }
@@ -146,6 +159,17 @@ impl fmt::Display for GatewayError {
             ErrorKind::Rejected => write!(
                 f,
                 "no worker can meet this request's latency targets now; retry later"
+            ),
+            ErrorKind::Unauthorized(AuthFailure::Missing) => write!(
+                f,
+                "no API key provided: send it as 'Authorization: Bearer <key>'"
+            ),
+            ErrorKind::Unauthorized(AuthFailure::Invalid) => {
+                write!(f, "incorrect API key provided")
+            }
+            ErrorKind::Unauthorized(AuthFailure::AdminOnly) => write!(
+                f,
+                "this endpoint needs the admin key (--admin-api-key) or the admin listener (--prometheus-port)"
             ),
         }
     }

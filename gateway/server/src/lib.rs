@@ -3,6 +3,7 @@
 //! protocols). This is the only Baton crate that does network I/O; protocol
 //! planning lives in `baton-protocol`, routing in `baton-policies`.
 
+pub mod auth;
 pub mod body;
 pub mod breaker;
 pub mod cli;

@@ -19,6 +19,7 @@ pub fn status_of(e: &GatewayError) -> StatusCode {
         ErrorKind::Transport(_) | ErrorKind::BadReply(_) => StatusCode::BAD_GATEWAY,
         ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Rejected => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         // An engine's 4xx is the client's problem and keeps its status so
         // SDKs react as they would talking to the engine; an engine's 5xx
         // becomes a gateway-class status.
@@ -40,6 +41,8 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
         (ErrorKind::NotFound, _) | (ErrorKind::MethodNotAllowed, _) => "invalid_request_error",
         (ErrorKind::Status { status, .. }, _) if *status < 500 => "invalid_request_error",
         (ErrorKind::Rejected, _) => "rate_limit_error",
+        // What OpenAI answers for a missing or wrong key.
+        (ErrorKind::Unauthorized(_), _) => "invalid_request_error",
         (_, Leg::Gateway) => "service_unavailable",
         _ => "upstream_error",
     };
@@ -58,7 +61,14 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
 
 /// A complete JSON error response.
 pub fn error_response(e: &GatewayError) -> Response<GatewayBody> {
-    json_response(status_of(e), openai_error(e).to_json())
+    let mut resp = json_response(status_of(e), openai_error(e).to_json());
+    if matches!(e.kind, ErrorKind::Unauthorized(_)) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
 }
 
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
@@ -94,6 +104,20 @@ mod tests {
             },
         );
         assert_eq!(status_of(&s), StatusCode::BAD_GATEWAY);
+        let auth = GatewayError::new(
+            Leg::Client,
+            ErrorKind::Unauthorized(crate::error::AuthFailure::Invalid),
+        );
+        assert_eq!(status_of(&auth), StatusCode::UNAUTHORIZED);
+        let oe = openai_error(&auth);
+        assert_eq!(
+            (oe.kind.as_str(), oe.code.as_deref()),
+            ("invalid_request_error", Some("invalid_api_key"))
+        );
+        assert_eq!(
+            error_response(&auth).headers()["www-authenticate"],
+            "Bearer"
+        );
         let nw = GatewayError::new(Leg::Prefill, ErrorKind::NoWorker);
         assert_eq!(status_of(&nw), StatusCode::SERVICE_UNAVAILABLE);
         assert!(openai_error(&nw).message.contains("prefill"));

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
 use crate::body::{full, GatewayBody, ReadError};
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{CacheIsolation, ConfigError, GatewayConfig};
 use crate::dispatch::{self, Ctx};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::request_id::{RequestId, RequestIdLayer};
@@ -232,8 +232,22 @@ async fn route(
 ) -> Response<GatewayBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    if metrics_only && path != "/metrics" {
+    // The admin listener (`--prometheus-port`) serves only the admin
+    // endpoints, open (bind it to an internal interface); on the main
+    // listener they need the admin key once the gateway has keys.
+    let admin_path = matches!(path.as_str(), "/metrics" | "/v1/slo");
+    if metrics_only && !admin_path {
         return error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound));
+    }
+    if admin_path && !metrics_only && method == Method::GET {
+        if let Err(e) = state.auth.admin(req.headers()) {
+            return error_response(&e);
+        }
+    }
+    if path == "/v1/models" && method == Method::GET {
+        if let Err(e) = state.auth.client(req.headers()) {
+            return error_response(&e);
+        }
     }
     match (method, path.as_str()) {
         (Method::GET, "/health" | "/liveness") => {
@@ -364,6 +378,11 @@ async fn generate(
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let start = Instant::now();
+    // Before the body is read: an unauthenticated client costs no upload.
+    let caller = match state.auth.client(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e),
+    };
     let limit = state.config.max_payload_size;
     let request_id = req
         .extensions()
@@ -401,7 +420,7 @@ async fn generate(
             return resp;
         }
     };
-    let creq = match ClientRequest::parse(endpoint, &bytes) {
+    let mut creq = match ClientRequest::parse(endpoint, &bytes) {
         Ok(r) => r,
         Err(e) => {
             let err = GatewayError::client(e);
@@ -424,10 +443,17 @@ async fn generate(
         endpoint = endpoint.label(),
         stream = creq.stream
     );
-    let slo = match crate::slo::classify::classify(&state.config.slo, &parts.headers) {
+    let slo = match crate::slo::classify::classify(&state.config.slo, &caller, &parts.headers) {
         Ok(t) => t,
         Err(e) => return error_response(&GatewayError::client(e)),
     };
+    // Prefix-cache isolation: the tenant's salt replaces whatever the client
+    // sent (parse already dropped it).
+    let salt = match state.config.cache_isolation {
+        CacheIsolation::Tenant => Some(crate::auth::cache_salt(&state.salt_key, &slo.tenant)),
+        CacheIsolation::Shared => None,
+    };
+    creq.set_cache_salt(salt.as_deref());
     let text = creq.routing_text();
     let prompt_tokens = crate::slo::estimate_prompt_tokens(&creq, text.as_deref());
     let ctx = Ctx {

@@ -40,6 +40,10 @@ pub struct AppState {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub slo: Arc<crate::slo::SloEngine>,
+    pub auth: crate::auth::Auth,
+    /// Keys the tenants' cache salts: the fleet key (every replica salts a
+    /// tenant alike) or a random per-process key.
+    pub salt_key: baton_protocol::FleetKey,
 }
 
 impl AppState {
@@ -85,8 +89,27 @@ impl AppState {
         };
         let config_slo = config.slo.clone();
         let metrics = Arc::new(Metrics::new());
-        let upstream = Upstream::new(Duration::from_millis(config.timeouts.connect_ms));
+        let auth = crate::auth::Auth::new(&config)?;
+        let fleet = baton_protocol::FleetKey::load(
+            config.fleet_key_file.as_deref(),
+            config.fleet_key.as_ref().map(|k| k.expose().to_owned()),
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let salt_key = match &fleet {
+            Some(k) => k.clone(),
+            None => baton_protocol::FleetKey::from_bytes(&rand::random::<[u8; 32]>())
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        };
+        // sglang-router's workers inherit the router's key.
+        let worker_key = config.worker_api_key.as_ref().or(config.api_key.as_ref());
+        let upstream = Upstream::new(Duration::from_millis(config.timeouts.connect_ms))
+            .with_credentials(crate::upstream::EngineCredentials::new(
+                worker_key.map(crate::auth::Secret::expose),
+                fleet,
+            ));
         Ok(Self {
+            auth,
+            salt_key,
             config,
             mode,
             pools,

@@ -21,15 +21,48 @@ pub use self::body::UpstreamBody;
 use self::pool::{ConnPool, ExchangeError};
 use crate::error::{ErrorKind, GatewayError, Leg};
 
-/// Client headers forwarded to engines (auth, tracing context, tenancy).
+/// Client headers forwarded to engines (tracing context, OpenAI org and
+/// project). Never the client's credentials (`authorization`, `x-api-key`)
+/// nor the fleet's own headers: engines see the gateway's.
 const FORWARDED: &[&str] = &[
-    "authorization",
     "traceparent",
     "tracestate",
     "openai-organization",
     "openai-project",
-    "x-api-key",
 ];
+
+/// What the gateway itself presents to engines.
+#[derive(Clone, Default)]
+pub struct EngineCredentials {
+    /// `Bearer <--worker-api-key>`.
+    pub authorization: Option<HeaderValue>,
+    /// Signs every generation call (`x-baton-fleet-auth`).
+    pub fleet: Option<baton_protocol::FleetKey>,
+}
+
+impl std::fmt::Debug for EngineCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineCredentials")
+            .field("authorization", &self.authorization.is_some())
+            .field("fleet", &self.fleet)
+            .finish()
+    }
+}
+
+impl EngineCredentials {
+    pub fn new(worker_api_key: Option<&str>, fleet: Option<baton_protocol::FleetKey>) -> Self {
+        let authorization = worker_api_key
+            .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        Self {
+            authorization,
+            fleet,
+        }
+    }
+}
 
 /// Ids sent on an engine call.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +73,8 @@ pub struct CallIds<'a> {
     /// The gateway's request id (the client's, when it sent one), as
     /// `x-baton-request-id` on every leg for log correlation.
     pub request: &'a str,
+    /// The authenticated tenant (`x-baton-tenant`, sent with fleet auth).
+    pub tenant: &'a str,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +82,7 @@ pub struct Upstream {
     pool: Arc<ConnPool>,
     connect_timeout: Duration,
     targets: Arc<Targets>,
+    credentials: Arc<EngineCredentials>,
 }
 
 /// Parsed targets by (worker URL, path): a gateway calls a few of them over
@@ -123,7 +159,14 @@ impl Upstream {
             pool: Arc::new(ConnPool::default()),
             connect_timeout,
             targets: Arc::default(),
+            credentials: Arc::default(),
         }
+    }
+
+    /// Engine calls carry these credentials.
+    pub fn with_credentials(mut self, credentials: EngineCredentials) -> Self {
+        self.credentials = Arc::new(credentials);
+        self
     }
 
     /// The pool of idle engine connections.
@@ -163,6 +206,20 @@ impl Upstream {
                 headers.push((name, v));
             }
         }
+        let creds = &*self.credentials;
+        if let Some(v) = &creds.authorization {
+            headers.push(("authorization", v));
+        }
+        // The tag covers the x-request-id this call carries; an engine trusts
+        // transfer params and the tenant only with a valid tag.
+        let fleet = creds.fleet.as_ref().and_then(|k| {
+            let tag = HeaderValue::from_str(&k.request_tag(ids.upstream)).ok()?;
+            Some((tag, HeaderValue::from_str(ids.tenant).ok()?))
+        });
+        if let Some((tag, tenant)) = &fleet {
+            headers.push((baton_protocol::fleet::FLEET_AUTH_HEADER, tag));
+            headers.push((baton_protocol::fleet::TENANT_HEADER, tenant));
+        }
         let request = http1::encode_request("POST", &target.path, &headers, &body);
         self.send(leg, &target.origin, &request).await
     }
@@ -170,7 +227,11 @@ impl Upstream {
     /// GETs `base_url + path`, returning status and body.
     pub async fn get(&self, base_url: &str, path: &str) -> Result<(u16, Bytes), String> {
         let target = self.targets.get(base_url, path)?;
-        let request = http1::encode_request("GET", &target.path, &[("host", &target.host)], b"");
+        let mut headers = vec![("host", &target.host)];
+        if let Some(v) = &self.credentials.authorization {
+            headers.push(("authorization", v));
+        }
+        let request = http1::encode_request("GET", &target.path, &headers, b"");
         let resp = self
             .send(Leg::Gateway, &target.origin, &request)
             .await
@@ -307,6 +368,7 @@ mod tests {
         CallIds {
             upstream: "u",
             request: "r",
+            tenant: "t",
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Config {
     pub no_rendezvous: bool,
     /// Keep every generation request for [`MockHandle::requests`].
     pub record: bool,
+    /// Extra top-level fields of every whole (non-stream) answer.
+    pub reply_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Builder of a mock engine; [`MockEngine::spawn`] starts it.
@@ -95,6 +97,7 @@ impl MockEngine {
                 lenient: false,
                 no_rendezvous: false,
                 record: true,
+                reply_fields: serde_json::Map::new(),
             },
             registry: VllmKvRegistry::default(),
             rendezvous: Rendezvous::default(),
@@ -177,6 +180,13 @@ impl MockEngine {
     /// gigabytes).
     pub fn record_requests(mut self, on: bool) -> Self {
         self.cfg.record = on;
+        self
+    }
+
+    /// Adds a top-level field to every whole (non-stream) answer, as engines
+    /// that leak internals do (e.g. `kv_transfer_params` naming their KV host).
+    pub fn reply_field(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.cfg.reply_fields.insert(name.to_owned(), value);
         self
     }
 

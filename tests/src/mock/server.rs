@@ -82,11 +82,13 @@ impl Call<'_> {
 
     /// What a normal generation for this request produces.
     pub(crate) fn completion(&self) -> Completion {
-        if self.eos_first {
+        let mut c = if self.eos_first {
             Completion::eos_first()
         } else {
             Completion::for_request(&self.req, self.cfg().default_tokens)
-        }
+        };
+        c.extra.extend(self.cfg().reply_fields.clone());
+        c
     }
 
     /// Produces `completion`: [`Call::compute`], then [`Call::answer`].

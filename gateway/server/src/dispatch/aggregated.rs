@@ -36,6 +36,7 @@ pub async fn attempt(
         CallIds {
             upstream: &ctx.request_id,
             request: &ctx.request_id,
+            tenant: &ctx.slo.tenant,
         },
         &ctx.headers,
         ctx.req.original_bytes(),

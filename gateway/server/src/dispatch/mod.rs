@@ -37,7 +37,7 @@ pub struct Ctx {
     pub req: ClientRequest,
     /// Prompt text for cache-aware routing.
     pub text: Option<String>,
-    /// The client's headers (auth etc. are forwarded).
+    /// The client's headers (only tracing/organization ones are forwarded).
     pub headers: HeaderMap,
     /// The gateway's id of this request (the client's `x-request-id` or a
     /// generated one); sent to engines as `x-baton-request-id`.

@@ -113,6 +113,9 @@ pub async fn respond(
             let w = (e.leg == leg).then_some(&worker);
             AttemptError::of(e, w)
         })?;
+    // The engine's KV endpoint (host, port, engine id) is the fleet's
+    // business. Streamed chunks never carry it; whole replies may.
+    let bytes = baton_protocol::sanitize::strip_reply_internals(&bytes).unwrap_or(bytes);
     let mut observer = observer.with_guards(guards).with_watcher(watcher);
     observer.observe_complete(completion_tokens(&bytes));
     observer.finish(Outcome::Success);

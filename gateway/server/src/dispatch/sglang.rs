@@ -65,6 +65,7 @@ pub async fn attempt(
         let body = body.clone();
         let xfer = xfer.clone();
         let request_id = ctx.request_id.clone();
+        let tenant = ctx.slo.tenant.clone();
         let guard = p.start_request();
         let prefill_ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
         tokio::spawn(async move {
@@ -80,6 +81,7 @@ pub async fn attempt(
                         CallIds {
                             upstream: &xfer,
                             request: &request_id,
+                            tenant: &tenant,
                         },
                         &headers,
                         body,
@@ -134,6 +136,7 @@ pub async fn attempt(
         CallIds {
             upstream: &xfer,
             request: &ctx.request_id,
+            tenant: &ctx.slo.tenant,
         },
         &ctx.headers,
         body,

@@ -41,6 +41,7 @@ pub async fn attempt(
     let ids = CallIds {
         upstream: &xfer,
         request: &ctx.request_id,
+        tenant: &ctx.slo.tenant,
     };
     tracing::debug!(
         request_id = %ctx.request_id,

@@ -1,12 +1,13 @@
-//! Which SLO a request is held to: API key → tenant (and class), then the
-//! `x-slo-class` header, then explicit `x-slo-ttft-ms` / `x-slo-tpot-ms`.
+//! Which SLO a request is held to: the caller's class (from its API key,
+//! see [`crate::auth`]), loosened — never tightened — by `x-slo-class`, then
+//! explicit `x-slo-ttft-ms` / `x-slo-tpot-ms`, clamped to the class.
 
 use baton_policies::slo::Budget;
 use baton_protocol::ProtocolError;
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 
-use super::config::SloConfig;
+use super::config::{ClassConfig, SloConfig};
+use crate::auth::Caller;
 
 /// The SLO a request is held to.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,65 +22,107 @@ pub struct SloTarget {
     pub store_nonce: u64,
 }
 
-pub const ANONYMOUS: &str = "anonymous";
+pub use crate::auth::ANONYMOUS;
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+/// Largest budget a header or class may set (one day): anything above is a
+/// mistake, and budgets become `Duration`s and deadlines.
+pub const MAX_BUDGET_MS: f64 = 86_400_000.0;
+
+fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ProtocolError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ProtocolError::InvalidField {
+                field: name,
+                reason: "must be visible ASCII".into(),
+            }),
+    }
 }
 
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    header(h, "authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .or_else(|| header(h, "x-api-key"))
-}
-
-fn sha256_hex(s: &str) -> String {
-    let digest = Sha256::digest(s.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// A budget header: a finite number of milliseconds in (0, [`MAX_BUDGET_MS`]].
+pub fn parse_budget_ms(name: &'static str, value: &str) -> Result<f64, ProtocolError> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= MAX_BUDGET_MS => Ok(x),
+        _ => Err(ProtocolError::InvalidField {
+            field: name,
+            reason: format!("must be a positive number of milliseconds, at most {MAX_BUDGET_MS}"),
+        }),
+    }
 }
 
 fn ms_header(h: &HeaderMap, name: &'static str) -> Result<Option<f64>, ProtocolError> {
-    match header(h, name) {
-        None => Ok(None),
-        Some(v) => match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-            _ => Err(ProtocolError::InvalidField {
-                field: name,
-                reason: "must be a positive number of milliseconds".into(),
-            }),
-        },
+    header(h, name)?
+        .map(|v| parse_budget_ms(name, v))
+        .transpose()
+}
+
+/// `a` is at least `b` where `None` means "no target" (unbounded).
+fn no_tighter(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a >= b,
     }
 }
 
-/// Classifies a request; an unknown class or a bad budget header is a 400.
-pub fn classify(cfg: &SloConfig, headers: &HeaderMap) -> Result<SloTarget, ProtocolError> {
-    let mut tenant = ANONYMOUS.to_owned();
-    let mut class = cfg.default_class.clone();
-    if let Some(key) = bearer(headers) {
-        let digest = sha256_hex(key);
-        if let Some(k) = cfg
-            .api_keys
-            .iter()
-            .find(|k| k.sha256.eq_ignore_ascii_case(&digest))
-        {
-            tenant = k.tenant.clone();
-            if let Some(c) = &k.class {
-                class = c.clone();
+/// Class `a` is at least as loose as `b`: no target of `a` is tighter.
+pub fn looser_or_equal(a: &ClassConfig, b: &ClassConfig) -> bool {
+    no_tighter(a.ttft_ms, b.ttft_ms) && no_tighter(a.tpot_ms, b.tpot_ms)
+}
+
+/// An explicit budget, never tighter than the class's own (a class without
+/// a target keeps none).
+fn clamp(explicit: f64, class: Option<f64>) -> Option<f64> {
+    class.map(|c| explicit.max(c))
+}
+
+/// Checks the configured classes (budgets are finite, positive, bounded).
+pub fn validate(cfg: &SloConfig) -> Result<(), String> {
+    for (name, c) in &cfg.classes {
+        for (what, v) in [("ttft_ms", c.ttft_ms), ("tpot_ms", c.tpot_ms)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0 && v <= MAX_BUDGET_MS) {
+                    return Err(format!(
+                        "SLO class '{name}': {what} must be in (0, {MAX_BUDGET_MS}]"
+                    ));
+                }
             }
         }
     }
-    if let Some(c) = header(headers, "x-slo-class") {
-        if !cfg.classes.contains_key(c) {
+    Ok(())
+}
+
+/// Classifies an authenticated caller's request. Its class is its key's
+/// (or the default); `x-slo-class` may only loosen it, and explicit
+/// `x-slo-ttft-ms` / `x-slo-tpot-ms` are clamped to be no tighter than the
+/// class. An unknown class or a bad budget header is a 400.
+pub fn classify(
+    cfg: &SloConfig,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<SloTarget, ProtocolError> {
+    let mut class = caller
+        .ceiling
+        .clone()
+        .unwrap_or_else(|| cfg.default_class.clone());
+    if let Some(c) = header(headers, "x-slo-class")? {
+        let Some(asked) = cfg.classes.get(c) else {
             let known: Vec<&str> = cfg.classes.keys().map(String::as_str).collect();
+            let shown: String = c.chars().take(64).collect();
             return Err(ProtocolError::InvalidField {
                 field: "x-slo-class",
-                reason: format!("unknown class '{c}' (known: {})", known.join(", ")),
+                reason: format!("unknown class '{shown}' (known: {})", known.join(", ")),
             });
+        };
+        let allowed = match caller.ceiling.as_ref().and_then(|k| cfg.classes.get(k)) {
+            Some(ceiling) => looser_or_equal(asked, ceiling),
+            None => true,
+        };
+        if allowed {
+            class = c.to_owned();
         }
-        class = c.to_owned();
     }
     let base = cfg.classes.get(&class).copied().unwrap_or_default();
     let mut budget = Budget {
@@ -87,14 +130,14 @@ pub fn classify(cfg: &SloConfig, headers: &HeaderMap) -> Result<SloTarget, Proto
         tpot_ms: base.tpot_ms,
     };
     if let Some(t) = ms_header(headers, "x-slo-ttft-ms")? {
-        budget.ttft_ms = Some(t);
+        budget.ttft_ms = clamp(t, base.ttft_ms);
     }
     if let Some(t) = ms_header(headers, "x-slo-tpot-ms")? {
-        budget.tpot_ms = Some(t);
+        budget.tpot_ms = clamp(t, base.tpot_ms);
     }
     Ok(SloTarget {
         class,
-        tenant,
+        tenant: caller.tenant.clone(),
         budget,
         store_nonce: rand::random(),
     })
@@ -103,7 +146,6 @@ pub fn classify(cfg: &SloConfig, headers: &HeaderMap) -> Result<SloTarget, Proto
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slo::config::ApiKeyConfig;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -113,54 +155,167 @@ mod tests {
         h
     }
 
+    fn caller(tenant: &str, ceiling: Option<&str>) -> Caller {
+        Caller {
+            tenant: tenant.into(),
+            ceiling: ceiling.map(Into::into),
+        }
+    }
+
     #[test]
-    fn precedence_key_then_class_then_explicit() {
-        let mut cfg = SloConfig::default();
-        cfg.api_keys.push(ApiKeyConfig {
-            sha256: sha256_hex("sk-acme"),
-            tenant: "acme".into(),
-            class: Some("interactive".into()),
-        });
-        let t = classify(&cfg, &HeaderMap::new()).unwrap();
+    fn open_gateway_precedence_class_then_clamped_budgets() {
+        let cfg = SloConfig::default();
+        let anon = caller(ANONYMOUS, None);
+        let t = classify(&cfg, &anon, &HeaderMap::new()).unwrap();
         assert_eq!(
             (t.class.as_str(), t.tenant.as_str()),
             ("standard", ANONYMOUS)
         );
         assert_eq!(t.budget.ttft_ms, Some(2000.0));
-        let t = classify(&cfg, &headers(&[("authorization", "Bearer sk-acme")])).unwrap();
-        assert_eq!(
-            (t.class.as_str(), t.tenant.as_str()),
-            ("interactive", "acme")
-        );
+        // Without keys every caller is equal: any class may be named.
+        let t = classify(&cfg, &anon, &headers(&[("x-slo-class", "interactive")])).unwrap();
+        assert_eq!(t.class, "interactive");
+        // Explicit budgets never beat the class's own.
         let t = classify(
             &cfg,
-            &headers(&[
-                ("authorization", "Bearer sk-acme"),
-                ("x-slo-class", "batch"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(t.class, "batch");
-        assert_eq!(t.budget.ttft_ms, None);
-        let t = classify(
-            &cfg,
+            &anon,
             &headers(&[("x-slo-ttft-ms", "250"), ("x-slo-tpot-ms", "20")]),
         )
         .unwrap();
-        assert_eq!(t.budget.ttft_ms, Some(250.0));
-        assert_eq!(t.budget.tpot_ms, Some(20.0));
-        // An unknown key is simply anonymous.
-        let t = classify(&cfg, &headers(&[("authorization", "Bearer nope")])).unwrap();
-        assert_eq!(t.tenant, ANONYMOUS);
+        assert_eq!(
+            (t.budget.ttft_ms, t.budget.tpot_ms),
+            (Some(2000.0), Some(100.0))
+        );
+        let t = classify(
+            &cfg,
+            &anon,
+            &headers(&[
+                ("x-slo-class", "interactive"),
+                ("x-slo-ttft-ms", "450"),
+                ("x-slo-tpot-ms", "80"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.budget.ttft_ms, t.budget.tpot_ms),
+            (Some(500.0), Some(80.0))
+        );
+        let t = classify(
+            &cfg,
+            &anon,
+            &headers(&[("x-slo-class", "batch"), ("x-slo-ttft-ms", "10")]),
+        )
+        .unwrap();
+        assert_eq!(t.budget.ttft_ms, None, "batch has no target to tighten");
     }
 
     #[test]
-    fn bad_headers_are_client_errors() {
+    fn a_keys_class_can_be_loosened_but_not_raised() {
         let cfg = SloConfig::default();
-        let e = classify(&cfg, &headers(&[("x-slo-class", "gold")])).unwrap_err();
+        let batch = caller("acme", Some("batch"));
+        let t = classify(&cfg, &batch, &HeaderMap::new()).unwrap();
+        assert_eq!((t.class.as_str(), t.tenant.as_str()), ("batch", "acme"));
+        let t = classify(&cfg, &batch, &headers(&[("x-slo-class", "interactive")])).unwrap();
+        assert_eq!(t.class, "batch", "cannot raise the key's class");
+        assert_eq!(t.budget.ttft_ms, None);
+        let inter = caller("globex", Some("interactive"));
+        let t = classify(&cfg, &inter, &headers(&[("x-slo-class", "batch")])).unwrap();
+        assert_eq!(t.class, "batch", "a looser class is fine");
+        let std = caller("initech", Some("standard"));
+        let t = classify(
+            &cfg,
+            &std,
+            &headers(&[("x-slo-class", "interactive"), ("x-slo-ttft-ms", "1")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.class.as_str(), t.budget.ttft_ms),
+            ("standard", Some(2000.0))
+        );
+    }
+
+    #[test]
+    fn class_order_follows_the_budgets() {
+        let cfg = SloConfig::default();
+        let c = |n: &str| cfg.classes[n];
+        assert!(looser_or_equal(&c("batch"), &c("interactive")));
+        assert!(looser_or_equal(&c("standard"), &c("interactive")));
+        assert!(!looser_or_equal(&c("interactive"), &c("standard")));
+        assert!(looser_or_equal(&c("standard"), &c("standard")));
+        let mixed = ClassConfig {
+            ttft_ms: Some(100.0),
+            tpot_ms: None,
+        };
+        assert!(!looser_or_equal(&mixed, &c("standard")));
+        assert!(!looser_or_equal(&c("standard"), &mixed));
+    }
+
+    #[test]
+    fn bad_headers_are_client_errors_naming_the_header() {
+        let cfg = SloConfig::default();
+        let anon = caller(ANONYMOUS, None);
+        let e = classify(&cfg, &anon, &headers(&[("x-slo-class", "gold")])).unwrap_err();
         assert_eq!(e.param(), Some("x-slo-class"));
         assert!(e.to_string().contains("interactive"));
-        let e = classify(&cfg, &headers(&[("x-slo-ttft-ms", "-3")])).unwrap_err();
-        assert_eq!(e.param(), Some("x-slo-ttft-ms"));
+        // Adversarial budgets: the panic of issue 13 (1e300) and friends.
+        for bad in [
+            "-3",
+            "0",
+            "-0",
+            "1e300",
+            "1e309",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "86400001",
+            "99999999999999999999999999999",
+            "0x10",
+            "",
+            "1_000",
+            "5ms",
+            "\u{0}",
+            "1e-400",
+        ] {
+            for name in ["x-slo-ttft-ms", "x-slo-tpot-ms"] {
+                let Ok(v) = http::HeaderValue::from_str(bad) else {
+                    continue;
+                };
+                let mut h = HeaderMap::new();
+                h.insert(name, v);
+                let e = classify(&cfg, &anon, &h).expect_err(bad);
+                assert_eq!(e.param(), Some(name), "{bad}");
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-slo-ttft-ms",
+            http::HeaderValue::from_bytes(b"\xff1").unwrap(),
+        );
+        assert_eq!(
+            classify(&cfg, &anon, &h).unwrap_err().param(),
+            Some("x-slo-ttft-ms")
+        );
+        for ok in ["1", " 86400000 ", "1e3", "0.5"] {
+            assert!(
+                classify(&cfg, &anon, &headers(&[("x-slo-ttft-ms", ok)])).is_ok(),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_classes_are_bounded() {
+        let mut cfg = SloConfig::default();
+        assert!(validate(&cfg).is_ok());
+        cfg.classes.insert(
+            "silly".into(),
+            ClassConfig {
+                ttft_ms: Some(1e300),
+                tpot_ms: None,
+            },
+        );
+        assert!(validate(&cfg).unwrap_err().contains("silly"));
     }
 }

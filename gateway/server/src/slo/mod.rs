@@ -86,6 +86,18 @@ pub enum Admission {
     Reject { retry_after: Duration },
 }
 
+/// `ms` milliseconds as a `Duration`; `None` for NaN, negative or
+/// unrepresentable values (which must never panic: budgets come from clients).
+pub fn ms_duration(ms: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(ms / 1000.0).ok()
+}
+
+/// The instant `ms` milliseconds after `start`; `None` when it cannot be
+/// represented (no deadline, rather than a panic).
+pub fn deadline_after(start: Instant, ms: f64) -> Option<Instant> {
+    start.checked_add(ms_duration(ms)?)
+}
+
 /// Prompt length estimate (the gateway does not tokenize): ~4 characters
 /// per token for English text, which is what the latency model needs.
 pub fn estimate_prompt_tokens(req: &ClientRequest, text: Option<&str>) -> u64 {
@@ -111,6 +123,7 @@ impl SloEngine {
         config: SloConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, crate::config::ConfigError> {
+        classify::validate(&config).map_err(crate::config::ConfigError::Invalid)?;
         let shared = Arc::new(shared::Shared::new(&config)?);
         let tracker = Arc::new(LoadTracker::new(
             config.prior_prefill_tokens_per_s,
@@ -204,10 +217,7 @@ impl SloEngine {
         req: &SloRequest,
         start: Instant,
     ) -> Admission {
-        let deadline = req
-            .budget
-            .ttft_ms
-            .map(|t| start + Duration::from_secs_f64(t / 1000.0));
+        let deadline = req.budget.ttft_ms.and_then(|t| deadline_after(start, t));
         let queueing = self.config.policy.admission == AdmissionMode::Queue;
         // In queue mode, waiting requests are served earliest TTFT deadline
         // first (least remaining slack): only the head of the queue may take
@@ -241,7 +251,8 @@ impl SloEngine {
                         return Admission::Admit(Some(forced));
                     }
                     PolicyVerdict::Reject { retry_after_ms, .. } => {
-                        let retry_after = Duration::from_secs_f64(retry_after_ms / 1000.0);
+                        let retry_after =
+                            ms_duration(retry_after_ms).unwrap_or(Duration::from_secs(1));
                         if !queueing {
                             return Admission::Reject { retry_after };
                         }
@@ -374,7 +385,7 @@ impl SloEngine {
             class: target.class.clone(),
             tenant: target.tenant.clone(),
             admitted_at_ms: now,
-            ttft_deadline_ms: target.budget.ttft_ms.map(|t| now + t as u64),
+            ttft_deadline_ms: target.budget.ttft_ms.map(|t| now.saturating_add(t as u64)),
             tpot_budget_ms: target.budget.tpot_ms,
             phase: baton_slo::Phase::Queued,
             prefill_worker: forced
