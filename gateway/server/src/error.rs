@@ -61,6 +61,8 @@ pub enum ErrorKind {
     BadReply(String),
     /// Admission control predicted the SLO cannot be met (429).
     Rejected,
+    /// No engine serves the requested model (404, OpenAI's `model_not_found`).
+    ModelNotFound(String),
     /// No valid key for this endpoint (401).
     Unauthorized(AuthFailure),
 }
@@ -132,6 +134,7 @@ impl GatewayError {
             ErrorKind::Status { .. } => "status",
             ErrorKind::BadReply(_) => "bad_reply",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::ModelNotFound(_) => "model_not_found",
             ErrorKind::Unauthorized(_) => "invalid_api_key",
         }
     }
@@ -160,6 +163,7 @@ impl fmt::Display for GatewayError {
                 f,
                 "no worker can meet this request's latency targets now; retry later"
             ),
+            ErrorKind::ModelNotFound(model) => write!(f, "The model `{model}` does not exist."),
             ErrorKind::Unauthorized(AuthFailure::Missing) => write!(
                 f,
                 "no API key provided: send it as 'Authorization: Bearer <key>'"

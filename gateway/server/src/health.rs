@@ -19,6 +19,17 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
                 tokio::time::timeout(secs(cfg.timeout_secs), probe).await,
                 Ok(Ok((200..=299, _)))
             );
+            // The models it serves, before the health is recorded: once readiness says a
+            // worker is up, the edge also knows its models (crate::models).
+            if ok {
+                let list = state.upstream.get(&w.url, "/v1/models");
+                match tokio::time::timeout(secs(cfg.timeout_secs), list).await {
+                    Ok(Ok((200, body))) => w.set_models(crate::models::parse_ids(&body)),
+                    Ok(Ok(_)) => w.set_models(None),
+                    // Unreachable or slow this time: keep what it listed last.
+                    _ => {}
+                }
+            }
             let was = w.is_healthy();
             let now = w.record_health(ok, cfg.failure_threshold, cfg.success_threshold);
             if was != now {

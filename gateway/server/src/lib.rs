@@ -15,6 +15,7 @@ pub mod error;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod models;
 pub mod plugin_runner;
 pub mod pool;
 pub mod relay;

@@ -13,9 +13,13 @@ async fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs (stdout) are coloured only on a terminal: a file or `docker logs` gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let config = match cli.into_config() {
         Ok(c) => c,

@@ -19,6 +19,7 @@ pub fn status_of(e: &GatewayError) -> StatusCode {
         ErrorKind::Transport(_) | ErrorKind::BadReply(_) => StatusCode::BAD_GATEWAY,
         ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Rejected => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::ModelNotFound(_) => StatusCode::NOT_FOUND,
         ErrorKind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         // An engine's 4xx is the client's problem and keeps its status so
         // SDKs react as they would talking to the engine; an engine's 5xx
@@ -34,11 +35,20 @@ pub fn status_of(e: &GatewayError) -> StatusCode {
 
 /// The OpenAI error object for `e`.
 pub fn openai_error(e: &GatewayError) -> OpenAiError {
+    if let ErrorKind::Status {
+        status: 400..=499,
+        body,
+    } = &e.kind
+    {
+        return engine_client_error(e, body);
+    }
     let kind = match (&e.kind, e.leg) {
         (ErrorKind::BadRequest(_), _) | (ErrorKind::PayloadTooLarge { .. }, _) => {
             "invalid_request_error"
         }
-        (ErrorKind::NotFound, _) | (ErrorKind::MethodNotAllowed, _) => "invalid_request_error",
+        (ErrorKind::NotFound, _)
+        | (ErrorKind::MethodNotAllowed, _)
+        | (ErrorKind::ModelNotFound(_), _) => "invalid_request_error",
         (ErrorKind::Status { status, .. }, _) if *status < 500 => "invalid_request_error",
         (ErrorKind::Rejected, _) => "rate_limit_error",
         // What OpenAI answers for a missing or wrong key.
@@ -48,6 +58,7 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
     };
     let param = match &e.kind {
         ErrorKind::BadRequest(p) => p.param(),
+        ErrorKind::ModelNotFound(_) => Some("model"),
         _ => None,
     };
     let code = match e.leg {
@@ -57,6 +68,31 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
     OpenAiError::new(e.to_string(), kind)
         .with_param(param)
         .with_code(&code)
+}
+
+/// An engine's 4xx is the client's problem: relay it as the engine said it (message, type,
+/// `param`, `code`; vLLM and SGLang put them under `error` or at the top level), filling in only
+/// what the engine left out.
+fn engine_client_error(e: &GatewayError, body: &Bytes) -> OpenAiError {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let obj = match v.get("error") {
+        Some(inner) if inner.is_object() => inner,
+        _ => &v,
+    };
+    let text = |key: &str| {
+        obj.get(key)
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    let code = text("code")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}_{}", e.leg.label(), e.kind_label()));
+    OpenAiError::new(
+        text("message").map_or_else(|| e.to_string(), str::to_owned),
+        text("type").unwrap_or("invalid_request_error"),
+    )
+    .with_param(text("param"))
+    .with_code(&code)
 }
 
 /// A complete JSON error response.

@@ -437,6 +437,10 @@ async fn generate(
             return error_response(&err);
         }
     };
+    // A model no engine serves is the client's mistake: 404 here, before any engine work.
+    if let Err(e) = crate::models::check(state.mode, &state.pools.all(), creq.model.as_deref()) {
+        return error_response(&e);
+    }
     let span = tracing::debug_span!(
         "request",
         id = %request_id,

@@ -42,6 +42,9 @@ pub struct Worker {
     engine_running: AtomicU64,
     engine_waiting: AtomicU64,
     engine_load_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The model ids the engine listed (`GET /v1/models`) at its last health check; `None` until
+    /// then, or when it lists none (the gateway then cannot tell an unknown model).
+    models: std::sync::RwLock<Option<Arc<[String]>>>,
 }
 
 impl Worker {
@@ -66,6 +69,7 @@ impl Worker {
             engine_running: AtomicU64::new(0),
             engine_waiting: AtomicU64::new(0),
             engine_load_at: std::sync::Mutex::new(None),
+            models: std::sync::RwLock::new(None),
         }
     }
 
@@ -82,6 +86,17 @@ impl Worker {
     /// Healthy and breaker not open.
     pub fn is_available(&self) -> bool {
         self.is_healthy() && self.breaker.allows()
+    }
+
+    /// The models the engine serves, when known (see [`crate::models`]).
+    pub fn models(&self) -> Option<Arc<[String]>> {
+        self.models.read().map_or(None, |m| m.clone())
+    }
+
+    pub fn set_models(&self, models: Option<Vec<String>>) {
+        if let Ok(mut m) = self.models.write() {
+            *m = models.map(Arc::from);
+        }
     }
 
     pub fn in_flight(&self) -> u64 {
