@@ -608,3 +608,76 @@ async fn hostile_budget_headers_are_400s_naming_the_header_not_panics() {
     assert_eq!(engine.stats().requests, 1);
     gw.shutdown().await;
 }
+
+/// Every log line of a gateway serving good, bad and admin keys (and a
+/// failing engine, so errors are logged too) is free of keys.
+#[tokio::test]
+async fn keys_never_appear_in_logs() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime is single-threaded: the gateway's tasks log here too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let kv = VllmKvRegistry::default();
+    let p = MockEngine::new(Flavor::VllmPrefill)
+        .kv_registry(kv.clone())
+        .spawn()
+        .await;
+    let d = MockEngine::new(Flavor::VllmDecode)
+        .kv_registry(kv)
+        .spawn()
+        .await;
+    let mut cfg = secure(pd(&[(p.url(), None)], &[d.url()]));
+    cfg.api_key = Some(Secret::new("sk-router-key"));
+    let gw = start(cfg).await;
+    for key in [ACME_KEY, "sk-router-key", "sk-wrong-key", ADMIN_KEY] {
+        let _ = send(
+            &gw.url(),
+            "/v1/completions",
+            COMPLETION,
+            &forged(&bearer(key)),
+        )
+        .await;
+        let _ = get_with(&gw.url(), "/metrics", &[("authorization", &bearer(key))]).await;
+    }
+    d.shutdown();
+    let r = send(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &forged(&bearer(ACME_KEY)),
+    )
+    .await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    gw.shutdown().await;
+    let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("request failed"),
+        "logs were captured: {logs}"
+    );
+    for secret in [
+        ACME_KEY,
+        "sk-router-key",
+        "sk-wrong-key",
+        ADMIN_KEY,
+        WORKER_KEY,
+        FLEET,
+    ] {
+        assert!(!logs.contains(secret), "{secret} logged");
+    }
+}
