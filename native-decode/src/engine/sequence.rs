@@ -156,11 +156,14 @@ impl Seq {
             let delta = self
                 .detok
                 .push(tok, s.token, self.params.skip_special_tokens);
-            let out = self.stops.push(&delta);
-            if let Some(m) = out.matched.filter(|_| can_stop) {
-                stop = Some(StopReason::Text(m));
+            if can_stop {
+                let out = self.stops.push(&delta);
+                stop = out.matched.map(StopReason::Text);
+                out.emit
+            } else {
+                // Before `min_tokens`, stop strings are not looked for (as vLLM): the text passes on whole.
+                self.stops.pass(&delta)
             }
-            out.emit
         };
         let _ = self.events.send(Event::Token(TokenEvent {
             token: s.token,

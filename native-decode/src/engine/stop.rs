@@ -85,6 +85,14 @@ impl StopStrings {
         }
     }
 
+    /// Passes text on without looking for stop strings (while `min_tokens` forbids stopping), with whatever was
+    /// held back before it. Stop strings are then looked for only in text that comes later.
+    pub fn pass(&mut self, delta: &str) -> String {
+        let mut out = std::mem::take(&mut self.held);
+        out.push_str(delta);
+        out
+    }
+
     /// Releases the held-back text at the end of generation.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
@@ -112,6 +120,18 @@ mod tests {
         assert_eq!(s.finish(), "#");
         let mut none = StopStrings::new(vec![]).unwrap();
         assert_eq!(none.push("é").emit, "é");
+    }
+
+    #[test]
+    fn passed_text_is_kept_whole_and_not_matched_later() {
+        let mut s = StopStrings::new(vec!["END".into()]).unwrap();
+        assert_eq!(s.push("aE").emit, "");
+        // Stopping not allowed yet: the held "aE" and the delta, stop string included, pass on.
+        assert_eq!(s.pass("NDb"), "aENDb");
+        let o = s.push("cEN");
+        assert_eq!((o.emit.as_str(), o.matched), ("c", None));
+        let o = s.push("Dd");
+        assert_eq!((o.emit.as_str(), o.matched.as_deref()), ("", Some("END")));
     }
 
     #[test]

@@ -168,6 +168,31 @@ async fn prefix_cache_hits_give_identical_output() {
 }
 
 #[tokio::test]
+async fn cache_salts_share_blocks_only_within_one_salt() {
+    let e = engine(EngineConfig {
+        block_size: 4,
+        ..Default::default()
+    });
+    let p = prompt(5, 21);
+    let salted = |salt: Option<&str>| GenerateRequest {
+        cache_salt: salt.map(str::to_string),
+        ..greedy(p.clone(), 4)
+    };
+    let a = run_all(&e, vec![salted(Some("a"))]).await.remove(0);
+    let b = run_all(&e, vec![salted(Some("b"))]).await.remove(0);
+    let plain = run_all(&e, vec![salted(None)]).await.remove(0);
+    let a2 = run_all(&e, vec![salted(Some("a"))]).await.remove(0);
+    assert_eq!(
+        [a.1.cached_tokens, b.1.cached_tokens, plain.1.cached_tokens],
+        [0, 0, 0]
+    );
+    assert_eq!(a2.1.cached_tokens, 20, "the same salt hits");
+    for other in [&b, &plain, &a2] {
+        assert_eq!(other.0, a.0, "the salt changes nothing but sharing");
+    }
+}
+
+#[tokio::test]
 async fn cancellation_frees_blocks() {
     let e = engine(EngineConfig {
         block_size: 4,
@@ -392,6 +417,45 @@ async fn stop_strings_and_stop_tokens() {
     assert_eq!(got, toks[..=first].to_vec());
     assert_eq!(fin.reason, FinishReason::Stop);
     assert_eq!(fin.stop_reason, Some(StopReason::Token(toks[3])));
+}
+
+/// The text a request produced, and how it finished.
+async fn text(e: &EngineHandle, req: GenerateRequest) -> (String, Finish) {
+    let (_guard, mut rx) = e.submit(req).unwrap();
+    let mut out = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Token(t) => out.push_str(&t.text),
+            Event::Done(f) => {
+                out.push_str(&f.tail_text);
+                return (out, f);
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[tokio::test]
+async fn stop_strings_wait_for_min_tokens_and_text_before_is_kept() {
+    let e = engine(EngineConfig::default());
+    let p = prompt(4, 8);
+    let (full, _) = text(&e, greedy(p.clone(), 10)).await;
+    let first: String = full.chars().take(1).collect();
+    assert!(!first.is_empty(), "the tiny model writes text");
+    let mut req = greedy(p.clone(), 10);
+    req.params.stop = vec![first.clone()];
+    let (cut, fin) = text(&e, req).await;
+    assert_eq!(
+        (cut.as_str(), fin.stop_reason),
+        ("", Some(StopReason::Text(first.clone())))
+    );
+    // Stopping is not allowed for the whole output: nothing is cut, the stop string's text included.
+    let mut req = greedy(p, 10);
+    req.params.stop = vec![first];
+    req.params.min_tokens = 10;
+    let (kept, fin) = text(&e, req).await;
+    assert_eq!((kept, fin.reason), (full, FinishReason::Length));
 }
 
 #[tokio::test]
