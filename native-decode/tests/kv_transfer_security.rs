@@ -2,8 +2,10 @@
 //!
 //! The attack (issue 13, finding 2): prompt A ("...capital city of Japan...") is prefilled for a remote decoder;
 //! a request for prompt V (the same text with "France", the same token count) then carries A's
-//! `kv_transfer_params`. Even when that request is fleet-authenticated (a gateway bug, say), the decode engine
-//! must not remember A's KV as V's: later plain requests for V answer exactly as on a clean engine.
+//! `kv_transfer_params`. Even when that request is fleet-authenticated (a gateway bug, say), V is answered from
+//! V's own tokens (the holder's prompt digest does not match, so the import is refused), and later plain requests
+//! for V answer exactly as on a clean engine. (Imported KV is also never cached, whatever the digest says:
+//! `engine::tests::imported_kv_is_never_cached_and_must_be_for_the_same_tokens`.)
 
 // Shared helpers; this file needs only `model_path`.
 #[allow(dead_code)]
@@ -149,22 +151,21 @@ fn imported_kv_never_poisons_later_requests() {
     assert_eq!(st, 200, "{a}");
     let params = a["kv_transfer_params"].clone();
     assert_eq!(params["do_remote_prefill"], json!(true), "{a}");
-    // V arrives with A's params, authenticated: the decode engine pulls A's KV for it.
+    // V arrives with A's params, authenticated: the decode engine pulls A's KV, sees from the holder's prompt
+    // digest that it is not V's, and computes V itself.
     let mut v = completion(&france);
     v["kv_transfer_params"] = params;
-    let (st, poisoned) = http(decode.port, "/v1/completions", &v, &fleet_headers("v-1"));
-    assert_eq!(st, 200, "{poisoned}");
+    let (st, attacked) = http(decode.port, "/v1/completions", &v, &fleet_headers("v-1"));
+    assert_eq!(st, 200, "{attacked}");
+    assert_eq!(attacked["choices"][0]["text"], expected, "{attacked}");
     assert_eq!(metric(decode.port, "baton:kv_pulls_total"), 1.0);
-    // Every later plain request for V answers as a clean engine does. The first finds nothing of V cached (the
-    // imported blocks were never registered); the second may reuse what the first computed itself.
-    for i in 0..2 {
+    assert_eq!(metric(decode.port, "baton:kv_pull_recomputes_total"), 1.0);
+    // Every later plain request for V answers as a clean engine does (what they find cached is V's own KV,
+    // computed for the request above).
+    for _ in 0..2 {
         let (st, later) = http(decode.port, "/v1/completions", &completion(&france), &[]);
         assert_eq!(st, 200, "{later}");
         assert_eq!(later["choices"][0]["text"], expected, "{later}");
-        if i == 0 {
-            let cached = &later["usage"]["prompt_tokens_details"]["cached_tokens"];
-            assert!(cached.as_u64().unwrap_or(0) == 0, "{later}");
-        }
     }
 }
 

@@ -18,6 +18,8 @@ use crate::kv::store::BlockId;
 pub(super) struct Lease {
     pub(super) blocks: Vec<BlockId>,
     pub(super) num_tokens: usize,
+    /// [`crate::transfer::prompt_digest`] of the tokens the blocks hold.
+    pub(super) prompt_digest: [u8; 32],
     tenant: String,
     created: Instant,
     expires: Instant,
@@ -91,6 +93,7 @@ impl Leases {
         tenant: &str,
         blocks: Vec<BlockId>,
         num_tokens: usize,
+        prompt_digest: [u8; 32],
         now: Instant,
     ) -> Result<String, Vec<BlockId>> {
         let n = blocks.len();
@@ -109,6 +112,7 @@ impl Leases {
             Lease {
                 blocks,
                 num_tokens,
+                prompt_digest,
                 tenant: tenant.to_string(),
                 created: now,
                 expires: now + self.limits.ttl,
@@ -169,6 +173,9 @@ impl Leases {
 mod tests {
     use super::*;
 
+    /// Any prompt digest: the lease bookkeeping does not look at it.
+    const D: [u8; 32] = [0; 32];
+
     fn limits(grace: Duration) -> LeaseLimits {
         LeaseLimits::new(Duration::from_secs(600), grace, 100, 0.5, 0.2)
     }
@@ -185,27 +192,27 @@ mod tests {
     fn grants_stop_at_the_tenant_and_total_bounds() {
         let mut ls = Leases::new(limits(Duration::ZERO));
         let now = Instant::now();
-        let a = ls.grant("a", (0..15).collect(), 60, now).unwrap();
+        let a = ls.grant("a", (0..15).collect(), 60, D, now).unwrap();
         assert_eq!(
-            ls.grant("a", (15..21).collect(), 24, now),
+            ls.grant("a", (15..21).collect(), 24, D, now),
             Err((15..21).collect())
         );
-        ls.grant("b", (21..41).collect(), 80, now).unwrap();
+        ls.grant("b", (21..41).collect(), 80, D, now).unwrap();
         // 35 held; tenant c may have 20 but the total allows 15 more.
-        assert!(ls.grant("c", (41..57).collect(), 64, now).is_err());
-        ls.grant("c", (41..56).collect(), 60, now).unwrap();
+        assert!(ls.grant("c", (41..57).collect(), 64, D, now).is_err());
+        ls.grant("c", (41..56).collect(), 60, D, now).unwrap();
         // A pull gives the room back.
         assert_eq!(ls.take(&a).map(|l| l.blocks.len()), Some(15));
         assert!(ls.take(&a).is_none());
-        ls.grant("a", (0..15).collect(), 60, now).unwrap();
+        ls.grant("a", (0..15).collect(), 60, D, now).unwrap();
     }
 
     #[test]
     fn reclaim_takes_the_oldest_past_grace_and_expiry_takes_all_due() {
         let mut ls = Leases::new(limits(Duration::from_secs(5)));
         let t0 = Instant::now();
-        let first = ls.grant("a", vec![1], 4, t0).unwrap();
-        ls.grant("b", vec![2], 4, t0 + Duration::from_secs(3))
+        let first = ls.grant("a", vec![1], 4, D, t0).unwrap();
+        ls.grant("b", vec![2], 4, D, t0 + Duration::from_secs(3))
             .unwrap();
         assert!(ls.take_reclaimable(t0 + Duration::from_secs(4)).is_none());
         let r = ls.take_reclaimable(t0 + Duration::from_secs(5)).unwrap();

@@ -18,6 +18,7 @@ use crate::metrics::Stats;
 use crate::model::SeqInput;
 use crate::sampling::Pick;
 use crate::tokenizer::Tokenizer;
+use crate::transfer::prompt_digest;
 
 pub(super) struct Scheduler {
     backend: Backend,
@@ -130,6 +131,7 @@ impl Scheduler {
                         Ok(blocks) => Some(ExportedKv {
                             block_size: self.cfg.block_size,
                             num_tokens: lease.num_tokens,
+                            prompt_digest: lease.prompt_digest,
                             blocks,
                         }),
                         Err(e) => {
@@ -144,6 +146,7 @@ impl Scheduler {
                 let out = self.leases.take(&transfer_id).map(|l| CheckedOutKv {
                     block_size: self.cfg.block_size,
                     num_tokens: l.num_tokens,
+                    prompt_digest: l.prompt_digest,
                     block_ids: l.blocks,
                 });
                 if let Some(kv) = out.as_ref().filter(|_| reply.is_closed()) {
@@ -297,7 +300,14 @@ impl Scheduler {
         if let Some(imp) = s.imported.take() {
             let floats = (self.backend.block_floats(1)).checked_mul(imp.block_size);
             let covers = |n: usize| n.saturating_mul(imp.block_size) >= imp.num_tokens;
-            let well_formed = imp.block_size > 0
+            // The holder's KV must be for these very tokens (a mix-up, or a gateway bug pairing one prompt's
+            // params with another prompt, must not answer this request from someone else's prompt).
+            let same_tokens = s
+                .tokens
+                .get(..imp.num_tokens)
+                .is_some_and(|t| prompt_digest(t) == imp.prompt_digest);
+            let well_formed = same_tokens
+                && imp.block_size > 0
                 && match &imp.payload {
                     KvPayload::Host(blocks) => {
                         covers(blocks.len()) && blocks.iter().all(|b| Some(b.len()) == floats)
@@ -569,7 +579,11 @@ impl Scheduler {
             let keep: Vec<BlockId> = s.blocks[..n_blocks.min(s.blocks.len())].to_vec();
             self.blocks.free(&s.blocks[keep.len()..]);
             let tenant = s.tenant.as_deref().unwrap_or("");
-            match self.leases.grant(tenant, keep.clone(), s.prompt_len, now) {
+            let digest = prompt_digest(&s.tokens[..s.prompt_len]);
+            match self
+                .leases
+                .grant(tenant, keep.clone(), s.prompt_len, digest, now)
+            {
                 Ok(transfer_id) => {
                     kv_lease = Some(KvLease {
                         transfer_id,

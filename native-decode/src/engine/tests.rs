@@ -274,10 +274,57 @@ async fn prefill_lease_export_and_import_continue_exactly() {
     req.imported = Some(ImportedKv {
         block_size: exported.block_size,
         num_tokens: exported.num_tokens,
+        prompt_digest: exported.prompt_digest,
         payload: KvPayload::Host(exported.blocks),
     });
     let (toks, _) = run_all(&decode, vec![req]).await.remove(0);
     assert_eq!(toks, full);
+}
+
+#[tokio::test]
+async fn imported_kv_is_never_cached_and_must_be_for_the_same_tokens() {
+    use crate::transfer::prompt_digest;
+    let cfg = || EngineConfig {
+        block_size: 4,
+        ..Default::default()
+    };
+    // Two prompts of one length; A's KV is exported by a prefill engine.
+    let (a, v) = (prompt(1, 19), prompt(2, 19));
+    let fresh = run_all(&engine(cfg()), vec![greedy(v.clone(), 6)])
+        .await
+        .remove(0)
+        .0;
+    let prefill = engine(cfg());
+    let mut req = greedy(a.clone(), 1);
+    req.remote_decode = true;
+    let lease = run_all(&prefill, vec![req]).await.remove(0).1.kv_lease;
+    let kv = prefill
+        .export_kv(&lease.expect("lease").transfer_id)
+        .await
+        .expect("exported");
+    assert_eq!(kv.prompt_digest, prompt_digest(&a));
+    let imported = |digest: [u8; 32]| ImportedKv {
+        block_size: kv.block_size,
+        num_tokens: kv.num_tokens,
+        prompt_digest: digest,
+        payload: KvPayload::Host(kv.blocks.clone()),
+    };
+    let decode = engine(cfg());
+    let recomputes = || decode.stats.kv_pull_recomputes.load(Ordering::Relaxed);
+    // A's KV offered for V under A's digest: not imported; V is computed and answered exactly.
+    let mut req = greedy(v.clone(), 6);
+    req.imported = Some(imported(kv.prompt_digest));
+    assert_eq!(run_all(&decode, vec![req]).await.remove(0).0, fresh);
+    assert_eq!(recomputes(), 1);
+    // A holder that lies (V's digest on A's KV) gets its KV imported into that one request, but none of it is
+    // cached: later plain requests for V find nothing cached and answer as a fresh engine.
+    let decode = engine(cfg());
+    let mut req = greedy(v.clone(), 6);
+    req.imported = Some(imported(prompt_digest(&v)));
+    run_all(&decode, vec![req]).await;
+    assert_eq!(decode.stats.kv_pull_recomputes.load(Ordering::Relaxed), 0);
+    let (later, fin) = run_all(&decode, vec![greedy(v.clone(), 6)]).await.remove(0);
+    assert_eq!((later, fin.cached_tokens), (fresh, 0));
 }
 
 #[tokio::test]

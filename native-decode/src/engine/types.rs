@@ -33,6 +33,9 @@ impl Default for GenParams {
 pub struct ImportedKv {
     pub block_size: usize,
     pub num_tokens: usize,
+    /// The holder's [`crate::transfer::prompt_digest`] of the tokens it computed; the scheduler imports only
+    /// when it equals the digest of this request's own first `num_tokens` tokens.
+    pub prompt_digest: [u8; 32],
     pub payload: KvPayload,
 }
 
@@ -103,6 +106,7 @@ impl ImportDone {
 pub struct CheckedOutKv {
     pub block_size: usize,
     pub num_tokens: usize,
+    pub prompt_digest: [u8; 32],
     pub block_ids: Vec<u32>,
 }
 
@@ -189,5 +193,6 @@ pub enum Event {
 pub struct ExportedKv {
     pub block_size: usize,
     pub num_tokens: usize,
+    pub prompt_digest: [u8; 32],
     pub blocks: Vec<Vec<f32>>,
 }

@@ -131,6 +131,18 @@ pub struct PullBounds {
     pub floats_per_token: usize,
 }
 
+/// SHA-256 of a prompt's token ids (domain-separated, little-endian u32s): what a holder's KV was computed
+/// for. The decode side imports only when it matches its own prompt.
+pub fn prompt_digest(tokens: &[u32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"baton-prompt-v1");
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
 /// Largest holder block size accepted (vLLM and this engine use 16; a bigger claim only inflates frames).
 pub const MAX_REMOTE_BLOCK_SIZE: usize = 1024;
 

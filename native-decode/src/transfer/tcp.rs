@@ -78,11 +78,20 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A holder's `prompt_sha256`, which must be 32 bytes of hex.
+fn digest(hex_text: &str) -> Result<[u8; 32]> {
+    unhex(hex_text)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::Transfer("holder header rejected: bad prompt digest".into()))
+}
+
 /// Holder → puller for a device-to-device copy.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceHeader {
     pub block_size: usize,
     pub num_tokens: usize,
+    /// Hex of the [`super::prompt_digest`] of the tokens the blocks hold.
+    pub prompt_sha256: String,
     pub block_ids: Vec<u32>,
     pub pool: DevicePool,
 }
@@ -92,6 +101,8 @@ pub struct DeviceHeader {
 pub struct Header {
     pub block_size: usize,
     pub num_tokens: usize,
+    /// Hex of the [`super::prompt_digest`] of the tokens the blocks hold.
+    pub prompt_sha256: String,
     pub num_blocks: usize,
     pub floats_per_block: usize,
 }
@@ -165,6 +176,7 @@ async fn serve_one(sock: TcpStream, engine: &EngineHandle, key: &FleetKey) -> Re
             let h = DeviceHeader {
                 block_size: kv.block_size,
                 num_tokens: kv.num_tokens,
+                prompt_sha256: hex(&kv.prompt_digest),
                 block_ids: kv.block_ids,
                 pool: (**pool).clone(),
             };
@@ -189,6 +201,7 @@ async fn serve_one(sock: TcpStream, engine: &EngineHandle, key: &FleetKey) -> Re
     let header = Header {
         block_size: kv.block_size,
         num_tokens: kv.num_tokens,
+        prompt_sha256: hex(&kv.prompt_digest),
         num_blocks: kv.blocks.len(),
         floats_per_block: kv.blocks.first().map_or(0, Vec::len),
     };
@@ -294,6 +307,7 @@ impl TcpPuller {
                 let h: DeviceHeader = serde_json::from_slice(&payload)
                     .map_err(|e| Error::Transfer(format!("device header: {e}")))?;
                 bounds.check(h.block_size, h.num_tokens, h.block_ids.len())?;
+                let prompt_digest = digest(&h.prompt_sha256)?;
                 let (done, copied) = ImportDone::new();
                 // Keep the connection (and so the holder's reservation) until our scheduler has copied the
                 // blocks or dropped the request; then tell the holder to free them.
@@ -305,6 +319,7 @@ impl TcpPuller {
                 return Ok(ImportedKv {
                     block_size: h.block_size,
                     num_tokens: h.num_tokens,
+                    prompt_digest,
                     payload: KvPayload::Device(DeviceKv {
                         pool: h.pool,
                         src_blocks: h.block_ids,
@@ -320,6 +335,7 @@ impl TcpPuller {
             other => return Err(Error::Transfer(format!("unexpected {other:?} frame"))),
         };
         let block_bytes = bounds.check(header.block_size, header.num_tokens, header.num_blocks)?;
+        let prompt_digest = digest(&header.prompt_sha256)?;
         if header.floats_per_block.checked_mul(4) != Some(block_bytes) {
             return Err(Error::Transfer(format!(
                 "holder blocks of {} floats; this model's are {}",
@@ -353,6 +369,7 @@ impl TcpPuller {
         Ok(ImportedKv {
             block_size: header.block_size,
             num_tokens: header.num_tokens,
+            prompt_digest,
             payload: KvPayload::Host(blocks),
         })
     }
@@ -573,6 +590,7 @@ mod tests {
         serde_json::to_vec(&Header {
             block_size,
             num_tokens,
+            prompt_sha256: "00".repeat(32),
             num_blocks,
             floats_per_block: floats,
         })
@@ -601,7 +619,7 @@ mod tests {
         }
         // The same for a device offer.
         let port = fake_holder(move |mut s| async move {
-            let h = serde_json::json!({"block_size": 4, "num_tokens": 4usize << 57,
+            let h = serde_json::json!({"block_size": 4, "num_tokens": 4usize << 57, "prompt_sha256": "00",
                 "block_ids": [0, 1], "pool": {"host_id": "h", "k_handle": "", "v_handle": "",
                 "n_layers": 2, "n_kv_heads": 2, "head_dim": 8, "block_size": 4, "num_blocks": 9}});
             let h = serde_json::to_vec(&h).unwrap();
