@@ -11,6 +11,8 @@ here="$(cd "$(dirname "$0")" && pwd)"  # pd_identical.py lives beside this scrip
 cd "${BIN_DIR:-$here}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pids=()
+# Gateway and engines share one fleet key (KV transfer is refused without it); a fresh one unless given.
+export BATON_FLEET_KEY="${BATON_FLEET_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 stop_all() { for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; pids=(); }
 trap stop_all EXIT
 wait_up() { for p in "$@"; do for _ in $(seq 1 240); do curl -sf http://127.0.0.1:$p/health >/dev/null && break; sleep 0.5; done; done; }

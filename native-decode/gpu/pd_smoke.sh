@@ -9,6 +9,8 @@ here="$(cd "$(dirname "$0")" && pwd)"  # pd_identical.py lives beside this scrip
 cd "${BIN_DIR:-$here}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pids=()
+# Gateway and engines share one fleet key (KV transfer is refused without it); a fresh one unless given.
+export BATON_FLEET_KEY="${BATON_FLEET_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 eng() { local n=$1 port=$2; shift 2
   ./baton-engine --model dummy --load-format dummy --seed 7 --port $port --served-model-name m --device cuda "$@" >"$out/$n.log" 2>&1 & pids+=($!); }

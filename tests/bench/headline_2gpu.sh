@@ -14,6 +14,8 @@ cd "${BIN_DIR:-$(dirname "$0")}"
 out="${OUT:-/tmp/out}"; mkdir -p "$out/headline"
 setups="${SETUPS:-a,b,c}"; secs="${SECS:-15}"
 pids=()
+# Gateway and engines share one fleet key (KV transfer is refused without it); a fresh one unless given.
+export BATON_FLEET_KEY="${BATON_FLEET_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 stop_all() { for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait 2>/dev/null; pids=(); }
 trap stop_all EXIT
 # Engines on distinct GPUs by ordinal (not CUDA_VISIBLE_DEVICES): the device-to-device KV hand-off maps the

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
 use tokio::process::{Child, Command};
 
 /// Arguments of `baton up`.
@@ -68,6 +69,7 @@ impl Engine {
         port: u16,
         model: &std::path::Path,
         a: &UpArgs,
+        fleet_key: &str,
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the baton executable")?;
         let mut cmd = Command::new(exe);
@@ -78,6 +80,8 @@ impl Engine {
             .args(["--port", &port.to_string()])
             .args(["--served-model-name", &a.served_model_name])
             .args(["--kv-memory-mb", &a.kv_memory_mb.to_string()])
+            // In the environment, not on the command line, where any local user could read it.
+            .env("BATON_FLEET_KEY", fleet_key)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(t) = a.threads {
@@ -119,8 +123,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
     if !model.exists() {
         bail!("model {} does not exist", model.display());
     }
-    let mut prefill = Engine::spawn("prefill", "prefill", a.prefill_port, &model, &a)?;
-    let mut decode = Engine::spawn("decode", "decode", a.decode_port, &model, &a)?;
+    // One fleet key per run, shared by the gateway and its two engines only: KV transfer between them is
+    // authenticated with it, and nothing else can steer it.
+    let fleet_key = baton_protocol::fleet::hex(&rand::rng().random::<[u8; 32]>());
+    let mut prefill = Engine::spawn("prefill", "prefill", a.prefill_port, &model, &a, &fleet_key)?;
+    let mut decode = Engine::spawn("decode", "decode", a.decode_port, &model, &a, &fleet_key)?;
     let prefill_url = format!("http://127.0.0.1:{}", a.prefill_port);
     let decode_url = format!("http://127.0.0.1:{}", a.decode_port);
 
@@ -168,6 +175,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }];
     cfg.decode = vec![decode_url.clone()];
     cfg.pd_protocol = Some(PdProtocol::Vllm);
+    cfg.fleet_key_file = None;
+    cfg.fleet_key = Some(baton_gateway::auth::Secret::new(fleet_key));
     cfg.health.interval_secs = cfg.health.interval_secs.min(5.0);
     let gateway = baton_gateway::start(cfg).await?;
     let url = gateway.url();

@@ -24,6 +24,9 @@ impl Drop for Engine {
     }
 }
 
+/// The fleet key shared by the gateway and the engines of these tests.
+const FLEET_KEY: &str = "native-pd-test-fleet-key-0123456789";
+
 fn engine(role: &str, kv_mb: usize) -> Engine {
     let model = model();
     assert!(
@@ -44,6 +47,7 @@ fn engine(role: &str, kv_mb: usize) -> Engine {
             "smollm2",
         ])
         .args(["--kv-memory-mb", &kv_mb.to_string(), "--threads", "1"])
+        .env("BATON_FLEET_KEY", FLEET_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -96,6 +100,7 @@ fn gateway_config(prefill: u16, decode: u16) -> GatewayConfig {
         }],
         decode: vec![format!("http://127.0.0.1:{decode}")],
         pd_protocol: Some(PdProtocol::Vllm),
+        fleet_key: Some(baton_gateway::auth::Secret::new(FLEET_KEY)),
         ..GatewayConfig::default()
     }
 }
@@ -133,6 +138,14 @@ fn pd_through_the_gateway_matches_one_engine_and_gives_every_block_back() {
         m.contains("baton_pd_local_prefills_total 0"),
         "every decode pulled its KV:\n{m}"
     );
+    // The engines obeyed the gateway's (fleet-authenticated) transfer params: each decode pulled.
+    let (_, dm) = http(decode.port, "GET", "/metrics", "");
+    let pulls = dm
+        .lines()
+        .find(|l| l.starts_with("baton:kv_pulls_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<usize>().ok());
+    assert_eq!(pulls, Some(PROMPTS.len()), "{dm}");
 
     let base_p = kv_usage(prefill.port);
     let base_d = kv_usage(decode.port);
