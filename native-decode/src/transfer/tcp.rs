@@ -567,6 +567,50 @@ mod tests {
         assert_eq!(blocks.len(), 5);
     }
 
+    #[tokio::test]
+    async fn the_device_offer_goes_only_to_authenticated_pullers() {
+        // A holder whose pool is shared through CUDA IPC on "host-a" (what is under test is who gets the offer).
+        let mut engine = tiny_engine();
+        engine.device_pool = Some(Arc::new(DevicePool {
+            host_id: "host-a".into(),
+            k_handle: "00".repeat(64),
+            v_handle: "11".repeat(64),
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim: 8,
+            block_size: 4,
+            num_blocks: engine.num_blocks,
+        }));
+        let port = holder(&engine).await;
+        let prompt: Vec<u32> = (0..19).map(|i| 3 + i * 5 % 250).collect();
+        let id = lease(&engine, prompt.clone()).await;
+        // Knowing the host id (the world-readable boot id) is not enough.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (_, nonce) = read_frame_limited(&mut s, 64).await.unwrap();
+        let outsider = FleetKey::from_bytes(b"not-the-fleet-key-at-all").unwrap();
+        let parts = challenge_parts(&nonce, &id, Some("host-a"));
+        let req = serde_json::to_vec(&Request {
+            transfer_id: id.clone(),
+            device_host_id: Some("host-a".into()),
+            auth: hex(&outsider.mac(PULL_DOMAIN, &parts)),
+        })
+        .unwrap();
+        write_frame(&mut s, FrameKind::Request, &req).await.unwrap();
+        assert!(read_to_close(&mut s).await.is_empty(), "no IPC handles");
+        // The fleet's puller on that host gets the offer for the intact lease.
+        let mut puller = TcpPuller::new(Duration::from_secs(5), Some(key()));
+        puller.device = Some(DeviceImport {
+            host_id: "host-a".into(),
+            stats: engine.stats.clone(),
+        });
+        let kv = puller
+            .pull(&remote(port, &id), bounds(&engine, prompt.len()))
+            .await
+            .unwrap();
+        assert!(matches!(kv.payload, KvPayload::Device(_)));
+        assert_eq!(kv.prompt_digest, crate::transfer::prompt_digest(&prompt));
+    }
+
     /// A hostile holder: sends a challenge, reads the request, then runs `script` on the socket.
     async fn fake_holder<F, Fut>(script: F) -> u16
     where
