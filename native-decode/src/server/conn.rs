@@ -2,13 +2,15 @@
 //! backlog instead of exhausting file descriptors), a deadline for a new connection's first byte and for every
 //! request's headers, and an idle timeout that winds down connections on which nothing moves.
 
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,9 +28,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// A new connection must send its first byte, and every request its complete headers, within this.
     pub header_timeout: Duration,
-    /// A connection on which no byte moved for this long is wound down: no new requests, the ones in flight
-    /// finish (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY). If the peer is not even reading
-    /// our response, the connection is dropped.
+    /// A connection with no request in flight on which no byte moved for this long is wound down (HTTP/1
+    /// closes, HTTP/2 sends GOAWAY) and dropped if it stays silent. A request in flight may be silent for as
+    /// long as it computes, but a peer that stops reading our response for this long loses the connection, and
+    /// a request body must arrive within it.
     pub idle_timeout: Duration,
 }
 
@@ -135,12 +138,27 @@ async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: OwnedSemaph
         .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let st = state.clone();
-    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (st, busy) = (st.clone(), InFlight::new(&act));
+        async move {
+            let resp = handle(st, req).await?;
+            // The count drops when the response body is done or dropped (a stream the client left).
+            Ok::<_, Infallible>(resp.map(|b| {
+                b.map_frame(move |f| {
+                    let _ = &busy;
+                    f
+                })
+                .boxed_unsync()
+            }))
+        }
+    });
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    let idle = limits.idle_timeout;
     let mut winding_down = false;
+    let mut check_at = activity.last() + idle;
     loop {
-        let deadline = activity.last() + limits.idle_timeout;
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -148,28 +166,55 @@ async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: OwnedSemaph
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                if activity.last() + limits.idle_timeout > Instant::now() {
+            _ = tokio::time::sleep_until(check_at) => {
+                let now = Instant::now();
+                if activity.last() + idle > now {
+                    check_at = activity.last() + idle;
                     continue;
                 }
-                if activity.write_blocked() || winding_down {
-                    // The peer stopped reading our response, or ignored the wind-down: let it go.
-                    tracing::debug!("connection idle for {:?}: dropped", limits.idle_timeout);
+                if activity.write_blocked() {
+                    tracing::debug!("peer read nothing of our response for {idle:?}: connection dropped");
+                    return;
+                }
+                check_at = now + idle;
+                if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    // Silent because a request is still computing (a long non-streamed generation).
+                    continue;
+                }
+                if winding_down {
+                    tracing::debug!("idle connection ignored the wind-down for {idle:?}: dropped");
                     return;
                 }
                 winding_down = true;
                 conn.as_mut().graceful_shutdown();
-                activity.touch();
             }
         }
     }
 }
 
-/// When bytes last moved on a connection, and whether a write is waiting for the peer to read.
+/// Counts a request in its connection's `in_flight` while it exists.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// When bytes last moved on a connection, whether a write is waiting for the peer to read, and how many of its
+/// requests are in flight.
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     write_blocked: AtomicBool,
+    in_flight: AtomicUsize,
 }
 
 impl Activity {
@@ -178,6 +223,7 @@ impl Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 

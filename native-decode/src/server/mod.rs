@@ -100,12 +100,31 @@ async fn read_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes,
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read request body: {e}"
-        ))),
+    // The connection's idle timer spares a request in flight, so a body that stops arriving has its own
+    // deadline (between pieces, not for the whole body).
+    let wait = state.limits.idle_timeout;
+    let mut body = Limited::new(req.into_body(), max);
+    let mut out = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    loop {
+        match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::timeout(format!(
+                    "the request body stalled for {wait:?}"
+                )))
+            }
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(too_large()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot read request body: {e}"
+                )))
+            }
+        }
     }
 }
 

@@ -537,3 +537,41 @@ fn mentions_number(text: &str, n: u16) -> bool {
         before != Some(true) && after != Some(true)
     })
 }
+
+// Paused time: whenever the runtime waits (here for the scheduler thread's tokens), the clock jumps to the next
+// timer, so the connection's idle timer fires many times while the request computes without sending a byte.
+#[tokio::test(start_paused = true)]
+async fn a_silent_request_in_flight_keeps_its_connection_and_a_stalled_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        header_timeout: Duration::from_secs(3600),
+        idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = start_with(Role::Both, PullFailurePolicy::Recompute, limits).await;
+    let t0 = tokio::time::Instant::now();
+    let (st, r) = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": "hello", "max_tokens": 64, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["usage"]["completion_tokens"], json!(64));
+    assert!(
+        t0.elapsed() > Duration::from_secs(3),
+        "the idle timer had the chance to fire ({:?})",
+        t0.elapsed()
+    );
+
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(
+        b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\"",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).await.unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+}
