@@ -49,19 +49,21 @@ pub fn strip_reply_internals(reply: &[u8]) -> Option<Bytes> {
         return None;
     }
     let mut value: Value = serde_json::from_slice(reply).ok()?;
-    let mut removed = false;
     // SGLang batch answers are arrays of objects.
     let objects: Vec<&mut Map<String, Value>> = match &mut value {
         Value::Object(o) => vec![o],
         Value::Array(items) => items.iter_mut().filter_map(Value::as_object_mut).collect(),
         _ => Vec::new(),
     };
+    // vLLM always sends `"kv_transfer_params": null`: that reveals nothing,
+    // and leaving such replies byte-for-byte spares a re-serialization.
+    let mut leaks = false;
     for obj in objects {
         for field in REPLY_INTERNAL_FIELDS {
-            removed |= obj.remove(*field).is_some();
+            leaks |= obj.remove(*field).is_some_and(|v| !v.is_null());
         }
     }
-    removed.then(|| Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+    leaks.then(|| Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
 }
 
 impl ClientRequest {
@@ -139,9 +141,14 @@ mod tests {
         let clean = strip_reply_internals(leaky).unwrap();
         let v: Value = serde_json::from_slice(&clean).unwrap();
         assert_eq!(v, json!({"id": "x", "usage": {}}));
-        let batch = br#"[{"text":"a","kv_transfer_params":null},{"text":"b"}]"#;
+        let batch = br#"[{"text":"a","kv_transfer_params":null},{"text":"b","kv_transfer_params":{"remote_port":1}}]"#;
         let v: Value = serde_json::from_slice(&strip_reply_internals(batch).unwrap()).unwrap();
         assert_eq!(v, json!([{"text": "a"}, {"text": "b"}]));
+        // vLLM's usual `null` is left alone (nothing to hide).
+        assert_eq!(
+            strip_reply_internals(br#"{"id":"x","kv_transfer_params":null}"#),
+            None
+        );
         // The words inside an answer's text are not a field: nothing to strip.
         assert_eq!(
             strip_reply_internals(br#"{"text":"kv_transfer_params"}"#),
