@@ -35,8 +35,13 @@ impl Drop for Engine {
 }
 
 fn engine(role: &str, key: Option<&str>) -> Engine {
+    engine_with(role, key, &[])
+}
+
+fn engine_with(role: &str, key: Option<&str>, extra: &[&str]) -> Engine {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton-engine"));
-    cmd.arg("--model")
+    cmd.args(extra)
+        .arg("--model")
         .arg(common::model_path())
         .args(["--role", role, "--port", "0", "--served-model-name", "m"])
         .args(["--threads", "1", "--kv-memory-mb", "64"])
@@ -84,12 +89,30 @@ fn http(port: u16, path: &str, body: &Value, headers: &[(&str, String)]) -> (u16
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let json = resp
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 fn fleet_headers(request_id: &str) -> Vec<(&'static str, String)> {
@@ -202,4 +225,30 @@ fn disaggregated_roles_refuse_to_start_without_a_fleet_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 16"), "{err}");
     assert!(!err.contains("short-secret"), "{err}");
+    // From a file (its trailing newline trimmed), a prefill engine starts and authenticates the fleet with it.
+    let dir = std::env::temp_dir().join(format!("baton-fleet-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fleet.key");
+    std::fs::write(&file, format!("{KEY}\n")).unwrap();
+    let prefill = engine_with(
+        "prefill",
+        None,
+        &["--fleet-key-file", file.to_str().unwrap()],
+    );
+    let mut pre = completion(&prompt("Italy"));
+    pre["max_tokens"] = json!(1);
+    pre["kv_transfer_params"] = json!({"do_remote_decode": true});
+    let (st, r) = http(
+        prefill.port,
+        "/v1/completions",
+        &pre,
+        &fleet_headers("file-1"),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["kv_transfer_params"]["do_remote_prefill"],
+        json!(true),
+        "{r}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

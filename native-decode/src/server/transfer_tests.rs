@@ -76,6 +76,12 @@ async fn pd_pull_gives_the_same_tokens_and_failed_pull_recomputes_or_errors() {
     let params = pre_resp["kv_transfer_params"].clone();
     assert_eq!(params["do_remote_prefill"], json!(true));
     assert_eq!(params["remote_num_tokens"], plain["usage"]["prompt_tokens"]);
+    // The transfer id is 128 random bits, nothing derived from the request id.
+    let id = params["remote_request_id"].as_str().unwrap();
+    assert!(
+        id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()) && !id.contains("pd-1"),
+        "{id}"
+    );
     assert!(
         prefill.engine.stats.kv_usage() > 0.0,
         "prefill holds the blocks"
