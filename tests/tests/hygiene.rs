@@ -429,3 +429,64 @@ async fn unsafe_plugins_are_start_up_errors() {
         assert!(err.contains(name) && err.contains(expect), "{name}: {err}");
     }
 }
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// POSTs `body` over a fresh connection without copying it.
+async fn post_raw(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    read_response(&mut s).await.0
+}
+
+// One thread: every allocation comes from one allocator arena, so what a
+// request leaves behind shows in the RSS instead of hiding in per-thread
+// arenas.
+#[tokio::test(flavor = "current_thread")]
+async fn bodies_are_not_retained_after_their_request() {
+    // The mock keeps every request it saw unless told not to.
+    let engine = MockEngine::new(Flavor::OpenAi)
+        .record_requests(false)
+        .spawn()
+        .await;
+    let gw = start(aggregated(&[engine.url()])).await;
+    const PROMPT: usize = 24 << 20;
+    let body = format!(
+        r#"{{"model":"mock-model","prompt":"{}","max_tokens":1}}"#,
+        "x".repeat(PROMPT)
+    );
+    let target = gw.addr;
+    // Warm up: the first requests size the allocator's pools.
+    for _ in 0..2 {
+        assert_eq!(post_raw(target, body.as_bytes()).await, 200);
+    }
+    let before = rss_bytes();
+    const N: u64 = 8;
+    for _ in 0..N {
+        assert_eq!(post_raw(target, body.as_bytes()).await, 200);
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    // Keeping each body (or a parsed copy) would add N x 24 MiB or more.
+    assert!(
+        grown < (N / 2) * PROMPT as u64,
+        "RSS grew by {} MiB over {N} requests of {} MiB",
+        grown >> 20,
+        PROMPT >> 20
+    );
+    gw.shutdown().await;
+}
