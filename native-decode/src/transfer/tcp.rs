@@ -32,7 +32,9 @@ use crate::engine::types::{DeviceKv, DevicePool, ImportDone, ImportedKv, KvPaylo
 use crate::engine::EngineHandle;
 use crate::error::{Error, Result};
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to answer the challenge (a puller answers at once): bounds how long a silent
+/// connection holds one of the [`MAX_CONNECTIONS`] slots.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: u64 = 64 * 1024;
 /// Domain of the challenge-response MAC (see [`FleetKey::mac`]).
 pub const PULL_DOMAIN: &str = "baton-kv-pull-v1";
