@@ -12,11 +12,15 @@ pub mod stream;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use aho_corasick::{AhoCorasick, MatchKind};
+
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use bpe::Merges;
 use pretokenize::{PreTokenizer, PreTokenizerKind};
 
+/// Longest pre-tokenized piece whose BPE result is cached, in bytes.
+const MAX_CACHED_PIECE: usize = 64;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
@@ -27,8 +31,9 @@ pub struct Tokenizer {
     merges: Merges,
     byte_to_char: [char; 256],
     char_to_byte: HashMap<char, u8>,
-    /// Special token texts, longest first.
-    specials: Vec<(String, u32)>,
+    /// Finds special token texts in one pass (earliest, then longest); pattern i is `special_ids[i]`.
+    specials: Option<AhoCorasick>,
+    special_ids: Vec<u32>,
     is_special: Vec<bool>,
     pre: PreTokenizer,
     pub bos_id: Option<u32>,
@@ -87,7 +92,17 @@ impl Tokenizer {
                 specials.push((text.clone(), id));
             }
         }
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        let special_ids: Vec<u32> = specials.iter().map(|s| s.1).collect();
+        let specials = if specials.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(specials.iter().map(|s| s.0.as_str()))
+                    .map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))?,
+            )
+        };
         let check = |id: Option<u32>, what: &str| match id {
             Some(i) if i as usize >= p.tokens.len() => {
                 Err(Error::Tokenizer(format!("{what} id {i} out of range")))
@@ -106,6 +121,7 @@ impl Tokenizer {
             byte_to_char,
             char_to_byte: byte_level::unicode_to_bytes(),
             specials,
+            special_ids,
             is_special,
             cache: Mutex::new(HashMap::new()),
         })
@@ -207,29 +223,17 @@ impl Tokenizer {
         if add_special && self.add_bos {
             ids.extend(self.bos_id);
         }
-        let mut rest = text;
-        while !rest.is_empty() {
-            // Find the earliest special token (longest at a position).
-            let mut found: Option<(usize, &str, u32)> = None;
-            for (s, id) in &self.specials {
-                if let Some(p) = rest.find(s.as_str()) {
-                    if found.is_none_or(|(fp, fs, _)| p < fp || (p == fp && s.len() > fs.len())) {
-                        found = Some((p, s, *id));
-                    }
-                }
-            }
-            match found {
-                Some((p, s, id)) => {
-                    self.encode_ordinary(&rest[..p], &mut ids)?;
-                    ids.push(id);
-                    rest = &rest[p + s.len()..];
-                }
-                None => {
-                    self.encode_ordinary(rest, &mut ids)?;
-                    break;
-                }
+        // Special tokens: the earliest, the longest at a position; one pass over the text whatever their number
+        // (a search per special token and occurrence was quadratic in the text).
+        let mut done = 0;
+        if let Some(specials) = &self.specials {
+            for m in specials.find_iter(text) {
+                self.encode_ordinary(&text[done..m.start()], &mut ids)?;
+                ids.push(self.special_ids[m.pattern().as_usize()]);
+                done = m.end();
             }
         }
+        self.encode_ordinary(&text[done..], &mut ids)?;
         Ok(ids)
     }
 
@@ -257,7 +261,8 @@ impl Tokenizer {
                 symbols.push(id);
             }
             let merged = self.merges.apply(symbols);
-            if cache.len() < 100_000 {
+            // Words repeat; long pieces (a hostile prompt's megabyte "word") would only fill memory.
+            if cache.len() < 100_000 && piece.len() <= MAX_CACHED_PIECE {
                 cache.insert(piece.to_string(), merged.clone());
             }
             ids.extend(merged);
@@ -360,6 +365,28 @@ pub(crate) mod tests {
         assert_eq!(*ids.last().unwrap(), 2);
         assert_eq!(t.decode(&ids, true), "hi");
         assert_eq!(t.decode(&ids, false), "<|im_start|>hi<|im_end|>");
+    }
+
+    #[test]
+    fn specials_match_earliest_then_longest() {
+        let tokens: Vec<String> = ["<a>", "<a>b", "b<", "x"]
+            .into_iter()
+            .map(String::from)
+            .chain(byte_level::bytes_to_unicode().iter().map(|c| c.to_string()))
+            .collect();
+        let t = Tokenizer::from_parts(TokenizerParts {
+            tokens,
+            special_ids: vec![0, 1, 2],
+            ..Default::default()
+        })
+        .unwrap();
+        // "<a>b" beats "<a>" at the same place; "b<" starts later than "<a>b" and loses.
+        let ids = t.encode("x<a>b<a>x<a>", false).unwrap();
+        let x = t.token_id("x").unwrap();
+        assert_eq!(ids, vec![x, 1, 0, x, 0]);
+        assert_eq!(t.decode(&ids, false), "x<a>b<a>x<a>");
+        let many = "<a>".repeat(10_000);
+        assert_eq!(t.encode(&many, false).unwrap(), vec![0; 10_000]);
     }
 
     #[test]
