@@ -120,11 +120,11 @@ mod tests {
         for _ in 0..300 {
             // A table learnt the BPE way: each merge joins two tokens that exist already into a new one.
             let mut m = Merges::default();
-            let mut vocab = 4u32;
+            // Four single symbols (ids 0-3); merge `rank` makes token `4 + rank`.
             for rank in 0..rand(40) as u32 {
-                let (l, r) = (rand(vocab as usize) as u32, rand(vocab as usize) as u32);
-                m.insert(l, r, rank, vocab);
-                vocab += 1;
+                let known = 4 + rank as usize;
+                let (l, r) = (rand(known) as u32, rand(known) as u32);
+                m.insert(l, r, rank, 4 + rank);
             }
             for _ in 0..20 {
                 let input: Vec<u32> = (0..rand(40)).map(|_| rand(4) as u32).collect();
