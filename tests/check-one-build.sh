@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features() { # cargo tree args... → "name vX [features]" lines
-  cargo tree --locked --offline "$@" -f '{p} [{f}]' --prefix none |
+  cargo tree --locked "$@" -f '{p} [{f}]' --prefix none |
     sed -E 's/ \((\*|proc-macro)\)//g; s/ \(\/[^)]*\)//' | sort -u
 }
 tmp=$(mktemp -d)

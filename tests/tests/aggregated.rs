@@ -318,13 +318,15 @@ async fn health_readiness_models_and_metrics() {
     })
     .await;
     assert!(r, "readiness turned 503");
-    let r = post(&base, "/v1/completions", COMPLETION).await;
+    // A model the engines serve (the gateway refuses others with a 404 once it knows their lists).
+    let completion = r#"{"model":"m2","prompt":"one two three","max_tokens":8}"#;
+    let r = post(&base, "/v1/completions", completion).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(e1.stats().health_checks > 0);
     e2.set_healthy(true);
     assert!(wait_for(|| async { get(&base, "/readiness").await.status == StatusCode::OK }).await);
     assert_eq!(
-        post(&base, "/v1/completions", COMPLETION).await.status,
+        post(&base, "/v1/completions", completion).await.status,
         StatusCode::OK
     );
 

@@ -218,10 +218,10 @@ async fn an_engine_4xx_reaches_the_client_with_its_own_param_and_code() {
     let e = &r.json()["error"];
     assert_eq!(e["param"], "messages");
     assert_eq!(e["code"], "context_length_exceeded");
-    assert_eq!(e["type"], "BadRequestError");
+    assert_eq!(e["type"], "invalid_request_error");
     assert_eq!(
         e["message"],
-        "This model's maximum context length is 2048 tokens."
+        "worker returned HTTP 400: This model's maximum context length is 2048 tokens."
     );
     gw.shutdown().await;
 
@@ -235,7 +235,7 @@ async fn an_engine_4xx_reaches_the_client_with_its_own_param_and_code() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
     let e = &r.json()["error"];
     assert_eq!(e["param"], "stop");
-    assert_eq!(e["message"], "bad stop");
+    assert_eq!(e["message"], "worker returned HTTP 422: bad stop");
     // A numeric code is no OpenAI code: the gateway's own stands in.
     assert_eq!(e["code"], "worker_status");
     gw.shutdown().await;

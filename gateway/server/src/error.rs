@@ -143,6 +143,11 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let leg = self.leg.label();
+        // "prefill worker", "decode worker"; aggregated mode's is just "worker".
+        let who = match self.leg {
+            Leg::Worker => "worker".to_owned(),
+            other => format!("{} worker", other.label()),
+        };
         match &self.kind {
             ErrorKind::BadRequest(e) => write!(f, "{e}"),
             ErrorKind::PayloadTooLarge { limit } => {
@@ -150,15 +155,15 @@ impl fmt::Display for GatewayError {
             }
             ErrorKind::NotFound => write!(f, "no such endpoint"),
             ErrorKind::MethodNotAllowed => write!(f, "method not allowed on this endpoint"),
-            ErrorKind::NoWorker => write!(f, "no healthy {leg} worker available"),
-            ErrorKind::Connect(e) => write!(f, "{leg} worker unreachable: {e}"),
-            ErrorKind::Transport(e) => write!(f, "{leg} worker connection failed: {e}"),
+            ErrorKind::NoWorker => write!(f, "no healthy {who} available"),
+            ErrorKind::Connect(e) => write!(f, "{who} unreachable: {e}"),
+            ErrorKind::Transport(e) => write!(f, "{who} connection failed: {e}"),
             ErrorKind::Timeout(which) => write!(f, "{leg} leg timed out ({which} timeout)"),
             ErrorKind::Status { status, body } => {
                 let detail = upstream_message(body);
-                write!(f, "{leg} worker returned HTTP {status}: {detail}")
+                write!(f, "{who} returned HTTP {status}: {detail}")
             }
-            ErrorKind::BadReply(e) => write!(f, "{leg} worker sent an invalid reply: {e}"),
+            ErrorKind::BadReply(e) => write!(f, "{who} sent an invalid reply: {e}"),
             ErrorKind::Rejected => write!(
                 f,
                 "no worker can meet this request's latency targets now; retry later"

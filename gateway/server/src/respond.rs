@@ -70,9 +70,9 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
         .with_code(&code)
 }
 
-/// An engine's 4xx is the client's problem: relay it as the engine said it (message, type,
-/// `param`, `code`; vLLM and SGLang put them under `error` or at the top level), filling in only
-/// what the engine left out.
+/// An engine's 4xx is the client's problem: its `param` and `code` reach the client as the engine
+/// set them (vLLM and SGLang put them under `error` or at the top level; a numeric `code` is no
+/// OpenAI code, so the gateway's stands in), its message after the leg that refused.
 fn engine_client_error(e: &GatewayError, body: &Bytes) -> OpenAiError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let obj = match v.get("error") {
@@ -87,12 +87,9 @@ fn engine_client_error(e: &GatewayError, body: &Bytes) -> OpenAiError {
     let code = text("code")
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{}_{}", e.leg.label(), e.kind_label()));
-    OpenAiError::new(
-        text("message").map_or_else(|| e.to_string(), str::to_owned),
-        text("type").unwrap_or("invalid_request_error"),
-    )
-    .with_param(text("param"))
-    .with_code(&code)
+    OpenAiError::new(e.to_string(), "invalid_request_error")
+        .with_param(text("param"))
+        .with_code(&code)
 }
 
 /// A complete JSON error response.
