@@ -217,6 +217,31 @@ async fn an_idle_http2_connection_is_closed() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_idle_timeout_does_not_cut_a_stalled_stream() {
+    // Two seconds between tokens, four times the idle timeout: the stream is
+    // in progress, so its connection is not idle.
+    let engine = MockEngine::new(Flavor::OpenAi)
+        .token_delay(Duration::from_secs(2))
+        .spawn()
+        .await;
+    let gw = start(with_connections(
+        aggregated(&[engine.url()]),
+        None,
+        10.0,
+        0.5,
+    ))
+    .await;
+    let body = r#"{"model":"mock-model","prompt":"one two three","max_tokens":3,"stream":true}"#;
+    let reply = tokio::time::timeout(EVENT, post(&gw.url(), "/v1/completions", body))
+        .await
+        .expect("the stream ends within 30 s");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(stream_text(&reply.events()), expected_text(3));
+    assert_eq!(reply.events().last().map(String::as_str), Some("[DONE]"));
+    gw.shutdown().await;
+}
+
 fn assert_too_large(status: u16, body: &[u8]) {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(body));
     let v: Value = serde_json::from_slice(body).unwrap();

@@ -13,7 +13,9 @@
 //!   `header_read` of the accept: this bounds HTTP/1-vs-2 detection, the
 //!   HTTP/2 preface and settings, and the first HTTP/1 head.
 //! - **Idle**: after its first request, a connection with no request in
-//!   progress and no bytes either way for `idle` is shut down gracefully
+//!   progress (handler running or response body not yet sent: a stalled
+//!   stream is not idle) and no bytes either way for `idle` is shut down
+//!   gracefully
 //!   (HTTP/1: closed between requests; HTTP/2: GOAWAY, open streams
 //!   finish); one still silent `idle` later is dropped. Activity is checked
 //!   every `idle / 4`, so the close comes between `idle` and `1.25 × idle`
@@ -30,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -307,15 +310,17 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// The service, counting requests and those whose handler still runs (a
-/// request waiting on a slow engine moves no bytes but is not idle).
+/// The service, counting requests and those in progress: from the call
+/// until the response body is sent or dropped (a request waiting on a slow
+/// engine, or a stalled stream, moves no bytes but is not idle).
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
 }
 
-struct InProgress(Arc<Activity>);
+/// One request in progress on a connection (decremented on drop).
+pub struct InProgress(Arc<Activity>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
@@ -328,7 +333,7 @@ where
     S: Service<Request<Incoming>, Response = Response<GatewayBody>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = Response<GatewayBody>;
+    type Response = Response<TrackedBody<GatewayBody>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -342,9 +347,45 @@ where
         let guard = InProgress(Arc::clone(&self.activity));
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let _guard = guard;
-            fut.await
+            let resp = match fut.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok(resp.map(|inner| TrackedBody {
+                inner,
+                _guard: guard,
+            }))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding its request's in-progress mark until hyper
+    /// has sent it (or the connection dropped it).
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: InProgress,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
