@@ -75,6 +75,27 @@ where
     .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
 }
 
+/// Tokenizes a prompt; text too long for the context whatever its tokens is refused without tokenizing it (a
+/// token stands for at most `max_token_bytes` of text), so a huge prompt costs no tokenizer time.
+fn encode_prompt(
+    state: &ServerState,
+    text: &str,
+    add_special: bool,
+    param: &'static str,
+) -> Result<Vec<u32>, ApiError> {
+    let tok = &state.engine.tokenizer;
+    let ctx = state.engine.context_length;
+    let at_least = text.len() / tok.max_token_bytes();
+    if at_least >= ctx {
+        return Err(ApiError::bad_request(format!(
+            "This model's maximum context length is {ctx} tokens. However, your prompt has at least {at_least} \
+             tokens."
+        ))
+        .param(param));
+    }
+    Ok(tok.encode(text, add_special)?)
+}
+
 pub async fn completions(
     state: Arc<ServerState>,
     body: Bytes,
@@ -87,11 +108,12 @@ pub async fn completions(
         if req.echo.unwrap_or(false) {
             return Err(ApiError::bad_request("echo is not supported").param("echo"));
         }
-        let tok = &state.engine.tokenizer;
         let prompt = match req.prompt.take() {
             None => return Err(ApiError::bad_request("prompt is required").param("prompt")),
-            Some(PromptInput::Text(s)) => tok.encode(&s, true)?,
-            Some(PromptInput::Texts(v)) if v.len() == 1 => tok.encode(&v[0], true)?,
+            Some(PromptInput::Text(s)) => encode_prompt(state, &s, true, "prompt")?,
+            Some(PromptInput::Texts(v)) if v.len() == 1 => {
+                encode_prompt(state, &v[0], true, "prompt")?
+            }
             Some(PromptInput::Ids(ids)) => ids,
             Some(PromptInput::IdLists(mut v)) if v.len() == 1 => v.remove(0),
             Some(_) => {
@@ -143,7 +165,7 @@ pub async fn chat(
             .map(|m| m.to_chat())
             .collect::<Result<Vec<_>, _>>()?;
         let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
-        let prompt = state.engine.tokenizer.encode(&text, false)?;
+        let prompt = encode_prompt(state, &text, false, "messages")?;
         Ok((req, prompt))
     })
     .await?;

@@ -35,6 +35,8 @@ pub struct Tokenizer {
     specials: Option<AhoCorasick>,
     special_ids: Vec<u32>,
     is_special: Vec<bool>,
+    /// The most text bytes one token stands for.
+    max_token_bytes: usize,
     pre: PreTokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
@@ -109,7 +111,7 @@ impl Tokenizer {
             }
             _ => Ok(id),
         };
-        Ok(Self {
+        let mut t = Self {
             bos_id: check(p.bos_id, "BOS")?,
             eos_id: check(p.eos_id, "EOS")?,
             add_bos: p.add_bos,
@@ -123,8 +125,21 @@ impl Tokenizer {
             specials,
             special_ids,
             is_special,
+            max_token_bytes: 1,
             cache: Mutex::new(HashMap::new()),
-        })
+        };
+        t.max_token_bytes = (0..t.tokens.len() as u32)
+            .map(|id| t.token_bytes(id).len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(t)
+    }
+
+    /// The most text bytes one token stands for: a text of `n` bytes encodes to at least `n / max_token_bytes()`
+    /// tokens (every byte belongs to exactly one token).
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Reads `tokenizer.ggml.*` (model `gpt2` only).
@@ -387,6 +402,15 @@ pub(crate) mod tests {
         assert_eq!(t.decode(&ids, false), "x<a>b<a>x<a>");
         let many = "<a>".repeat(10_000);
         assert_eq!(t.encode(&many, false).unwrap(), vec![0; 10_000]);
+    }
+
+    #[test]
+    fn max_token_bytes_bounds_the_token_count() {
+        let t = tiny();
+        assert_eq!(t.max_token_bytes(), "<|endoftext|>".len());
+        for s in ["hello world", "<|im_end|><|im_end|>", "Café 😀 日本語"] {
+            assert!(t.encode(s, false).unwrap().len() >= s.len() / t.max_token_bytes());
+        }
     }
 
     #[test]
