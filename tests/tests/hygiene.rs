@@ -365,7 +365,7 @@ async fn a_looping_plugin_does_not_delay_health() {
     let a = MockEngine::new(Flavor::OpenAi).spawn().await;
     let b = MockEngine::new(Flavor::OpenAi).spawn().await;
     let mut c = aggregated(&[a.url(), b.url()]);
-    let limit = Duration::from_secs(3);
+    let limit = Duration::from_secs(5);
     slow_pipeline(&mut c, "loop", true, limit.as_millis() as u64);
     let gw = start(c).await;
     let url = gw.url();
