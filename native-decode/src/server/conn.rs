@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::body::Body;
 use super::{handle, ServerState};
 
 /// Request-size and connection limits of the HTTP listener.
@@ -144,13 +145,7 @@ async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: OwnedSemaph
         async move {
             let resp = handle(st, req).await?;
             // The count drops when the response body is done or dropped (a stream the client left).
-            Ok::<_, Infallible>(resp.map(|b| {
-                b.map_frame(move |f| {
-                    let _ = &busy;
-                    f
-                })
-                .boxed_unsync()
-            }))
+            Ok::<_, Infallible>(resp.map(|inner| Counted { inner, _busy: busy }))
         }
     });
     let conn = builder.serve_connection(io, svc);
@@ -189,6 +184,33 @@ async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: OwnedSemaph
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// A response body that keeps its request counted as in flight; sizes pass through (a known length stays a
+/// `Content-Length`).
+struct Counted {
+    inner: Body,
+    _busy: InFlight,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

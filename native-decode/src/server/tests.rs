@@ -410,6 +410,11 @@ async fn bodies_over_the_limit_get_413() {
         .unwrap();
     let resp = String::from_utf8_lossy(&resp);
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    // A whole body keeps its length through the connection's in-flight accounting (not chunked).
+    assert!(
+        resp.to_ascii_lowercase().contains("content-length:"),
+        "{resp}"
+    );
     // Within the limit: served.
     let (st, _) = post(
         s.addr,
