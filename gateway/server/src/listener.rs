@@ -147,6 +147,9 @@ struct Activity {
     writes: AtomicU64,
     requests: AtomicU64,
     in_progress: AtomicUsize,
+    /// Wakes the watchdog at the first request, so the idle clock starts
+    /// then rather than at the next first-byte check.
+    first_request: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -204,6 +207,7 @@ pub async fn serve<S>(
                 continue;
             }
             _ = tokio::time::sleep_until(check) => {}
+            _ = activity.first_request.notified(), if !serving => {}
         }
         let now = Instant::now();
         if !serving {
@@ -342,8 +346,10 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        self.activity.requests.fetch_add(1, Ordering::Relaxed);
         self.activity.in_progress.fetch_add(1, Ordering::Relaxed);
+        if self.activity.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.activity.first_request.notify_one();
+        }
         let guard = InProgress(Arc::clone(&self.activity));
         let fut = self.inner.call(req);
         Box::pin(async move {
