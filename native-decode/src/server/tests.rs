@@ -583,3 +583,40 @@ async fn a_silent_request_in_flight_keeps_its_connection_and_a_stalled_body_time
     let resp = String::from_utf8_lossy(&resp);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let s = start_with(Role::Both, PullFailurePolicy::Recompute, limits).await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then silence (no stream, no SETTINGS ack, no PING ack).
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle HTTP/2 connection still open");
+    // Frame type 0x7 is GOAWAY: the server said goodbye before closing.
+    let mut frames = &got[..];
+    let mut types = Vec::new();
+    while frames.len() >= 9 {
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        types.push(frames[3]);
+        frames = &frames[(9 + len).min(frames.len())..];
+    }
+    assert!(types.contains(&0x7), "frame types {types:?}");
+}
