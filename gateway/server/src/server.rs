@@ -187,13 +187,17 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        let Some(slot) = gate.admit() else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = RequestIdLayer.layer(GatewayService {
             state: Arc::clone(&state),
             metrics_only,
         });
-        // A token of its own: the select below polls it on every turn of the
-        // connection, and the shared root's waiter list is one lock for all.
+        // A token of its own: the connection's select polls it on every
+        // turn, and the shared root's waiter list is one lock for all.
         let stop = stop.child_token();
         tasks.spawn(crate::listener::serve(stream, slot, svc, limits, stop));
     }
