@@ -1,6 +1,8 @@
-//! The streaming OpenAI client: sends one request, reads its SSE stream through
-//! [`StreamTimer`], and classifies how it ended (ok, 429 rejected, HTTP error, aborted stream,
-//! connection failure, timeout).
+//! The streaming OpenAI client: sends one request, reads its SSE stream (the protocol crate's
+//! decoder) through [`StreamTimer`], and classifies how it ended (ok, 429 rejected, HTTP error,
+//! aborted stream, connection failure, timeout). [`post_stream`] is the part the e2e tests'
+//! load runs share: any request in, a measurement out; its clock is tokio's, so it runs as well
+//! under paused time.
 
 use std::time::Duration;
 
@@ -13,9 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{timeout_at, Instant};
 
+use baton_protocol::sse::SseDecoder;
+
+use crate::chunk::{truncate, Chunk};
 use crate::record::Outcome;
 use crate::request::RequestTemplate;
-use crate::sse::{truncate, Chunk, SseParser};
 use crate::timing::{StreamResult, StreamTimer};
 use crate::workload::RequestSpec;
 
@@ -28,10 +32,23 @@ pub enum ClientError {
     Header(String),
 }
 
+/// The pooled HTTP/1 client requests go through.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client with benchmark settings: no Nagle delay (token chunks are small), idle connections
+/// kept 30 s.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 /// Sends benchmark requests to one server.
 #[derive(Clone)]
 pub struct BenchClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: HttpClient,
     uri: Uri,
     template: RequestTemplate,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -41,6 +58,8 @@ pub struct BenchClient {
 /// How one request went.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sent {
+    /// The HTTP status (0: no answer).
+    pub status: u16,
     pub outcome: Outcome,
     pub stream: StreamResult,
 }
@@ -64,13 +83,8 @@ impl BenchClient {
                 Ok((name, value))
             })
             .collect::<Result<_, ClientError>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Ok(Self {
-            http,
+            http: http_client(),
             uri,
             template,
             headers,
@@ -84,8 +98,7 @@ impl BenchClient {
 
     /// Sends `spec` and measures its stream; never fails (failures are outcomes).
     pub async fn send(&self, spec: &RequestSpec) -> Sent {
-        let start = Instant::now();
-        let deadline = start + self.timeout;
+        let deadline = Instant::now() + self.timeout;
         let body = self.template.body(spec).to_string();
         let mut req = Request::builder()
             .method(Method::POST)
@@ -94,80 +107,94 @@ impl BenchClient {
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
-        let req = match req.body(Full::new(Bytes::from(body))) {
-            Ok(r) => r,
-            Err(e) => {
-                return failed(Outcome::Connect {
-                    message: e.to_string(),
-                })
-            }
-        };
-        let resp = match timeout_at(deadline, self.http.request(req)).await {
-            Err(_) => return failed(Outcome::Timeout),
-            Ok(Err(e)) => {
-                return failed(Outcome::Connect {
-                    message: error_chain(&e),
-                })
-            }
-            Ok(Ok(r)) => r,
-        };
-        let status = resp.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = resp
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return failed(Outcome::Rejected { retry_after });
+        match req.body(Full::new(Bytes::from(body))) {
+            Ok(r) => post_stream(&self.http, r, deadline).await,
+            Err(e) => failed(Outcome::Connect {
+                message: e.to_string(),
+            }),
         }
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let message = match timeout_at(deadline, body.collect()).await {
-                Ok(Ok(b)) => truncate(&String::from_utf8_lossy(&b.to_bytes()), 500).to_owned(),
-                _ => String::new(),
-            };
-            return failed(Outcome::HttpError {
-                status: status.as_u16(),
-                message,
-            });
+    }
+}
+
+/// Sends `req` and measures its SSE stream until `deadline`; never fails (failures are
+/// outcomes). Times are offsets from the call.
+pub async fn post_stream(http: &HttpClient, req: Request<Full<Bytes>>, deadline: Instant) -> Sent {
+    let start = Instant::now();
+    let resp = match timeout_at(deadline, http.request(req)).await {
+        Err(_) => return failed(Outcome::Timeout),
+        Ok(Err(e)) => {
+            return failed(Outcome::Connect {
+                message: error_chain(&e),
+            })
         }
-        let mut parser = SseParser::default();
-        let mut timer = StreamTimer::default();
-        let broken = 'read: loop {
-            let frame = match timeout_at(deadline, body.frame()).await {
-                Err(_) => {
-                    return Sent {
-                        outcome: Outcome::Timeout,
-                        stream: timer.finish(Some("timeout".into())),
-                    }
-                }
-                Ok(None) => break None,
-                Ok(Some(Err(e))) => break Some(format!("connection broke: {}", error_chain(&e))),
-                Ok(Some(Ok(f))) => f,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let at = start.elapsed();
-            for ev in parser.push(&data) {
-                if timer.on_chunk(&Chunk::classify(&ev), at) {
-                    break 'read None;
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let answered = |outcome| Sent {
+        status: status.as_u16(),
+        ..failed(outcome)
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return answered(Outcome::Rejected { retry_after });
+    }
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let message = match timeout_at(deadline, body.collect()).await {
+            Ok(Ok(b)) => truncate(&String::from_utf8_lossy(&b.to_bytes()), 500).to_owned(),
+            _ => String::new(),
+        };
+        return answered(Outcome::HttpError {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    let mut decoder = SseDecoder::new();
+    let mut timer = StreamTimer::default();
+    let broken = 'read: loop {
+        let frame = match timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Sent {
+                    status: status.as_u16(),
+                    outcome: Outcome::Timeout,
+                    stream: timer.finish(Some("timeout".into())),
                 }
             }
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => break Some(format!("connection broke: {}", error_chain(&e))),
+            Ok(Some(Ok(f))) => f,
         };
-        let stream = timer.finish(broken);
-        let outcome = match &stream.failure {
-            None => Outcome::Ok,
-            Some(reason) => Outcome::Aborted {
-                reason: reason.clone(),
-            },
+        let Ok(data) = frame.into_data() else {
+            continue;
         };
-        Sent { outcome, stream }
+        let at = start.elapsed();
+        for ev in decoder.push_named(&data) {
+            if timer.on_chunk(&Chunk::classify(&ev), at) {
+                break 'read None;
+            }
+        }
+    };
+    let stream = timer.finish(broken);
+    let outcome = match &stream.failure {
+        None => Outcome::Ok,
+        Some(reason) => Outcome::Aborted {
+            reason: reason.clone(),
+        },
+    };
+    Sent {
+        status: status.as_u16(),
+        outcome,
+        stream,
     }
 }
 
 fn failed(outcome: Outcome) -> Sent {
     Sent {
+        status: 0,
         outcome,
         stream: StreamResult {
             ttft: None,

@@ -4,11 +4,15 @@
 //! by DistServe's (the highest request rate at which ≥ 90% of requests meet the SLOs), reports
 //! as JSON, CSV and PNG plots.
 //!
-//! Pure pieces (arrivals, workloads, SSE parsing, stream timing, metrics, sweeps) are separate
-//! from the I/O ones (`client`, `runner`, `report`, `plot`).
+//! Pure pieces (arrivals, workloads, chunk classification, stream timing, metrics, sweeps) are
+//! separate from the I/O ones (`client`, `runner`, `report`, `plot`). SSE is read with the
+//! protocol crate's decoder. The e2e tests' load runs (`baton_e2e::sim::load`) send through
+//! [`client::post_stream`] and judge with [`record::RequestRecord`] and [`slo::Slo`], on tokio's
+//! clock like the rest of this crate.
 
 pub mod app;
 pub mod arrival;
+pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod metrics;
@@ -19,7 +23,6 @@ pub mod report;
 pub mod request;
 pub mod runner;
 pub mod slo;
-pub mod sse;
 pub mod sweep;
 pub mod timing;
 pub mod workload;

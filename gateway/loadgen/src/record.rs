@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::Sent;
+use crate::workload::RequestSpec;
+
 /// How a request ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -58,6 +61,31 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// The record of request `index` (`spec`), scheduled and sent at these offsets from the
+    /// run's start (seconds), as [`Sent`] measured it.
+    pub fn measured(
+        index: usize,
+        spec: &RequestSpec,
+        scheduled_s: f64,
+        sent_s: f64,
+        sent: Sent,
+    ) -> Self {
+        Self {
+            index,
+            label: spec.label.clone(),
+            scheduled_s,
+            sent_s,
+            prompt_len: spec.prompt_len,
+            output_len: spec.output_len,
+            outcome: sent.outcome,
+            ttft_s: sent.stream.ttft.map(|d| d.as_secs_f64()),
+            latency_s: sent.stream.latency.map(|d| d.as_secs_f64()),
+            itl_s: sent.stream.itl,
+            output_tokens: sent.stream.output_tokens,
+            prompt_tokens: sent.stream.prompt_tokens,
+        }
+    }
+
     /// vLLM's TPOT: (latency − TTFT) / (output tokens − 1), for successful requests with more
     /// than one output token.
     pub fn tpot_s(&self) -> Option<f64> {

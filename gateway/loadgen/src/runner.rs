@@ -83,20 +83,13 @@ pub async fn run(
             };
             let sent_at = start.elapsed();
             let sent = client.send(&spec).await;
-            RequestRecord {
+            RequestRecord::measured(
                 index,
-                label: spec.label,
-                scheduled_s: offset.as_secs_f64(),
-                sent_s: sent_at.as_secs_f64(),
-                prompt_len: spec.prompt_len,
-                output_len: spec.output_len,
-                outcome: sent.outcome,
-                ttft_s: sent.stream.ttft.map(|d| d.as_secs_f64()),
-                latency_s: sent.stream.latency.map(|d| d.as_secs_f64()),
-                itl_s: sent.stream.itl,
-                output_tokens: sent.stream.output_tokens,
-                prompt_tokens: sent.stream.prompt_tokens,
-            }
+                &spec,
+                offset.as_secs_f64(),
+                sent_at.as_secs_f64(),
+                sent,
+            )
         });
         // Collect what finished meanwhile, so the bar moves during long runs.
         while let Some(done) = tasks.try_join_next() {

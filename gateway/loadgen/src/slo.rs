@@ -1,6 +1,7 @@
 //! Service-level objectives as `vllm bench serve --goodput` takes them (`ttft:MS tpot:MS
 //! e2el:MS`): a request is good only if it completed and meets every SLO given.
 
+use baton_slo::{within_budget, Measured, Targets, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::record::RequestRecord;
@@ -61,20 +62,23 @@ impl Slo {
         }
     }
 
-    /// Completed and within every target. Like vLLM, a request with ≤ 1 output token has
-    /// TPOT 0 here.
+    /// Completed and within every target: TTFT and TPOT by the gateway's own rule
+    /// ([`baton_slo::Verdict`]), so the load generator and the gateway agree on what is good.
+    /// Like vLLM, a request with ≤ 1 output token has no TPOT to miss.
     pub fn is_good(&self, r: &RequestRecord) -> bool {
         if !r.outcome.is_ok() {
             return false;
         }
-        let within = |target: Option<f64>, secs: Option<f64>| match (target, secs) {
-            (None, _) => true,
-            (Some(t), Some(s)) => s * 1000.0 <= t,
-            (Some(_), None) => false,
+        let ms = |secs: Option<f64>| secs.map(|s| s * 1000.0);
+        let targets = Targets {
+            ttft_ms: self.ttft_ms,
+            tpot_ms: self.tpot_ms,
         };
-        within(self.ttft_ms, r.ttft_s)
-            && within(self.tpot_ms, Some(r.tpot_s().unwrap_or(0.0)))
-            && within(self.e2el_ms, r.latency_s)
+        let measured = Measured {
+            ttft_ms: ms(r.ttft_s),
+            tpot_ms: ms(r.tpot_s()),
+        };
+        Verdict::served(targets, measured).is_good() && within_budget(self.e2el_ms, ms(r.latency_s))
     }
 }
 

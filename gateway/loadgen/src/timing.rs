@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::sse::{Chunk, Usage};
+use crate::chunk::{Chunk, Usage};
 
 /// Accumulates one stream's timings; time is the offset from sending the request.
 #[derive(Clone, Debug, Default)]

@@ -20,6 +20,14 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// One event with its `event:` field ([`SseDecoder::push_named`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedEvent {
+    /// The `event:` field; `None` for the default type (`message`).
+    pub event: Option<String>,
+    pub data: String,
+}
+
 /// Splits a byte stream into events, across arbitrary chunk boundaries.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
@@ -69,12 +77,35 @@ impl SseDecoder {
         chunk: &'c [u8],
         mut on_data: impl FnMut(&str) -> bool,
     ) -> &'c [u8] {
+        self.push_raw(chunk, |raw| {
+            let mut stop = false;
+            emit(raw, &mut |d: &str| stop = on_data(d));
+            stop
+        })
+    }
+
+    /// Feeds bytes; returns the events completed by them with their `event:`
+    /// field, for readers that need it (a load generator told of an error by
+    /// `event: error`). Unlike [`push`](Self::push), an event that has an
+    /// `event:` line but no data is returned too, with empty data.
+    pub fn push_named(&mut self, chunk: &[u8]) -> Vec<NamedEvent> {
+        let mut events = Vec::new();
+        let rest = self.push_raw(chunk, |raw| {
+            events.extend(named(raw));
+            false
+        });
+        debug_assert!(rest.is_empty());
+        events
+    }
+
+    /// Splits `chunk` (after what is buffered) into raw events, handing
+    /// each to `on_raw` until it returns `true`; returns the part of `chunk`
+    /// after that event (empty if it never stopped).
+    fn push_raw<'c>(&mut self, chunk: &'c [u8], mut on_raw: impl FnMut(&[u8]) -> bool) -> &'c [u8] {
         let mut stop = false;
         let mut rest = chunk;
         if !self.buf.is_empty() {
-            let Some(r) =
-                self.finish_buffered(rest, |raw| emit(raw, &mut |d: &str| stop = on_data(d)))
-            else {
+            let Some(r) = self.finish_buffered(rest, |raw| stop = on_raw(raw)) else {
                 return &[];
             };
             rest = r;
@@ -83,7 +114,7 @@ impl SseDecoder {
             }
         }
         while let Some((end, sep)) = find_event_end(rest, 0) {
-            emit(&rest[..end], &mut |d: &str| stop = on_data(d));
+            stop = on_raw(&rest[..end]);
             rest = &rest[end + sep..];
             if stop {
                 return rest;
@@ -213,6 +244,28 @@ fn emit(raw: &[u8], f: &mut impl FnMut(&str)) {
     if let Some(d) = data {
         f(&d);
     }
+}
+
+/// One event with its type: the last `event:` line's value (`None` without
+/// one) and the data as [`emit`] joins it; `None` for an event with neither.
+fn named(raw: &[u8]) -> Option<NamedEvent> {
+    let mut event = None;
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(v) = line.strip_prefix(b"event:") {
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            event = Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    let mut data = None;
+    emit(raw, &mut |d: &str| data = Some(d.to_owned()));
+    if data.is_none() && event.is_none() {
+        return None;
+    }
+    Some(NamedEvent {
+        event,
+        data: data.unwrap_or_default(),
+    })
 }
 
 /// One event of [`SseDecoder::push_counting`]: handed over (`suspect`, or
@@ -594,6 +647,33 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(handed.len(), 1);
         assert_eq!(inspect(&handed[0]).completion_tokens, Some(3));
+    }
+
+    #[test]
+    fn named_events_keep_their_type_across_any_split() {
+        let stream = "data: {\"a\":1}\r\n\r\n: comment\n\nevent: error\ndata: x\ndata: y\n\n\
+                      event: ping\n\ndata: é\n\ndata: [DONE]\n\n";
+        let ev = |event: Option<&str>, data: &str| NamedEvent {
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+        };
+        let want = vec![
+            ev(None, "{\"a\":1}"),
+            ev(Some("error"), "x\ny"),
+            ev(Some("ping"), ""),
+            ev(None, "é"),
+            ev(None, "[DONE]"),
+        ];
+        for split in 0..=stream.len() {
+            let mut d = SseDecoder::new();
+            let mut got = d.push_named(&stream.as_bytes()[..split]);
+            got.extend(d.push_named(&stream.as_bytes()[split..]));
+            assert_eq!(got, want, "split at {split}");
+        }
+        // Byte by byte, through the multi-byte character too.
+        let mut d = SseDecoder::new();
+        let got: Vec<_> = stream.bytes().flat_map(|b| d.push_named(&[b])).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -1,11 +1,144 @@
-//! Sliding-window goodput counters: bucketing, field names, aggregation.
-//! Shared by the memory and Redis stores so both count the same way.
+//! Goodput: the one "good request" rule ([`Verdict`]), the one sliding
+//! window of goodput counters ([`GoodputWindow`]), bucketing, field names and
+//! aggregation. Shared by the memory and Redis stores, by each gateway
+//! replica's live accounting and by the load generator, so all count the
+//! same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::{GoodputRow, OutcomeRecord};
+use crate::GoodputRow;
+
+/// Latency budgets a request is held to, in milliseconds; `None` constrains
+/// nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Targets {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+}
+
+/// What a served request measured, in milliseconds. `tpot_ms` is `None` for
+/// an answer of at most one token: it has no time per output token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measured {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+}
+
+/// How one request ended against its targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub ttft_met: bool,
+    pub tpot_met: bool,
+    /// Rejected at admission (a miss).
+    pub rejected: bool,
+    /// Failed or aborted (a miss).
+    pub failed: bool,
+}
+
+impl Verdict {
+    /// A request that was served to the end (DistServe's rule): TTFT met
+    /// when measured within its budget; TPOT met when within its budget or
+    /// when there is none to measure (one token).
+    pub fn served(targets: Targets, measured: Measured) -> Self {
+        Self {
+            ttft_met: within_budget(targets.ttft_ms, measured.ttft_ms),
+            tpot_met: measured.tpot_ms.is_none()
+                || within_budget(targets.tpot_ms, measured.tpot_ms),
+            rejected: false,
+            failed: false,
+        }
+    }
+
+    /// A request that was not served: every target missed.
+    pub fn unserved(rejected: bool, failed: bool) -> Self {
+        Self {
+            rejected,
+            failed,
+            ..Self::default()
+        }
+    }
+
+    /// Good: served, and both targets met. The only place this is decided.
+    pub fn is_good(&self) -> bool {
+        self.ttft_met && self.tpot_met && !self.rejected && !self.failed
+    }
+}
+
+/// A measurement within a budget: no budget is always met, a missing
+/// measurement never meets one.
+pub fn within_budget(budget_ms: Option<f64>, got_ms: Option<f64>) -> bool {
+    match (budget_ms, got_ms) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(limit), Some(got)) => got <= limit,
+    }
+}
+
+/// Goodput counters in time buckets, per (class, tenant): the one sliding
+/// window, used by the embedded store and by each gateway replica's live
+/// accounting. Times are milliseconds on any clock the caller keeps
+/// monotonic enough (wall clock in the store, tokio's in the gateway).
+#[derive(Debug, Default)]
+pub struct GoodputWindow {
+    config: GoodputConfig,
+    /// bucket → (class, tenant) → counters.
+    buckets: BTreeMap<u64, HashMap<(String, String), GoodputRow>>,
+}
+
+impl GoodputWindow {
+    pub fn new(config: GoodputConfig) -> Self {
+        Self {
+            config,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one request that ended at `at_ms`; drops buckets past the
+    /// retention.
+    pub fn record(&mut self, at_ms: u64, class: &str, tenant: &str, v: &Verdict) {
+        let row = self
+            .buckets
+            .entry(self.config.bucket_of(at_ms))
+            .or_default()
+            .entry((class.to_owned(), tenant.to_owned()))
+            .or_default();
+        for c in GoodputCounter::of(v) {
+            add(row, c, 1);
+        }
+        if let Some(&newest) = self.buckets.keys().next_back() {
+            let keep_from = self.config.oldest_kept(newest);
+            self.buckets = self.buckets.split_off(&keep_from);
+        }
+    }
+
+    /// Counters over `[now_ms - window, now_ms]`, one row per (class,
+    /// tenant), sorted.
+    pub fn rows(&self, window: Duration, now_ms: u64) -> Vec<GoodputRow> {
+        let range = self.config.bucket_range(window, now_ms);
+        let mut rows = RowSet::default();
+        for counters in self.buckets.range(range).map(|(_, m)| m) {
+            for ((class, tenant), c) in counters {
+                let row = rows.row(class, tenant);
+                for k in GoodputCounter::ALL {
+                    add(row, k, counter(c, k));
+                }
+            }
+        }
+        rows.into_rows()
+    }
+
+    /// Buckets held (for tests of pruning).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The newest bucket held.
+    pub fn newest_bucket(&self) -> Option<u64> {
+        self.buckets.keys().next_back().copied()
+    }
+}
 
 /// How outcomes are bucketed and how long they are kept.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,14 +226,14 @@ impl GoodputCounter {
     }
 
     /// The counters one outcome increments (by one each).
-    pub fn of(o: &OutcomeRecord) -> impl Iterator<Item = GoodputCounter> {
+    pub fn of(v: &Verdict) -> impl Iterator<Item = GoodputCounter> {
         [
             (GoodputCounter::Requests, true),
-            (GoodputCounter::Good, o.is_good()),
-            (GoodputCounter::TtftMet, o.ttft_met),
-            (GoodputCounter::TpotMet, o.tpot_met),
-            (GoodputCounter::Rejected, o.rejected),
-            (GoodputCounter::Failed, o.failed),
+            (GoodputCounter::Good, v.is_good()),
+            (GoodputCounter::TtftMet, v.ttft_met),
+            (GoodputCounter::TpotMet, v.tpot_met),
+            (GoodputCounter::Rejected, v.rejected),
+            (GoodputCounter::Failed, v.failed),
         ]
         .into_iter()
         .filter_map(|(c, on)| on.then_some(c))
@@ -109,15 +242,31 @@ impl GoodputCounter {
 
 /// Adds `n` to one counter of a row.
 pub(crate) fn add(row: &mut GoodputRow, c: GoodputCounter, n: u64) {
-    let slot = match c {
+    let slot = slot(row, c);
+    *slot = slot.saturating_add(n);
+}
+
+/// One counter of a row.
+pub fn counter(row: &GoodputRow, c: GoodputCounter) -> u64 {
+    match c {
+        GoodputCounter::Requests => row.requests,
+        GoodputCounter::Good => row.good,
+        GoodputCounter::TtftMet => row.ttft_met,
+        GoodputCounter::TpotMet => row.tpot_met,
+        GoodputCounter::Rejected => row.rejected,
+        GoodputCounter::Failed => row.failed,
+    }
+}
+
+fn slot(row: &mut GoodputRow, c: GoodputCounter) -> &mut u64 {
+    match c {
         GoodputCounter::Requests => &mut row.requests,
         GoodputCounter::Good => &mut row.good,
         GoodputCounter::TtftMet => &mut row.ttft_met,
         GoodputCounter::TpotMet => &mut row.tpot_met,
         GoodputCounter::Rejected => &mut row.rejected,
         GoodputCounter::Failed => &mut row.failed,
-    };
-    *slot = slot.saturating_add(n);
+    }
 }
 
 /// Rows keyed by (class, tenant), sorted.

@@ -22,7 +22,10 @@ mod store;
 mod types;
 
 pub use error::SloStoreError;
-pub use goodput::{GoodputConfig, GoodputCounter};
+pub use goodput::{
+    counter as goodput_counter, within_budget, GoodputConfig, GoodputCounter, GoodputWindow,
+    Measured, Targets, Verdict,
+};
 pub use memory::MemoryStore;
 pub use redis::{key_id, RedisConfig, RedisStore};
 pub use resilient::{ResilientConfig, ResilientStats, ResilientStatsSnapshot, ResilientStore};

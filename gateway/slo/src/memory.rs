@@ -1,12 +1,12 @@
 //! The embedded store: mutex'd maps, TTLs honoured lazily on tokio's clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::goodput::{self, GoodputConfig, GoodputCounter, RowSet};
+use crate::goodput::{GoodputConfig, GoodputWindow};
 use crate::{
     AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, SloStore, StoreFuture,
 };
@@ -30,8 +30,7 @@ struct State {
     /// Finished request ids (outcome dedup).
     done: HashMap<String, Instant>,
     replicas: HashMap<String, Expiring<ReplicaState>>,
-    /// bucket → (class, tenant) → counters.
-    buckets: BTreeMap<u64, HashMap<(String, String), GoodputRow>>,
+    goodput: GoodputWindow,
     last_sweep: Option<Instant>,
 }
 
@@ -49,8 +48,12 @@ impl<T> Expiring<T> {
 
 impl MemoryStore {
     pub fn new(config: GoodputConfig) -> Self {
+        let state = State {
+            goodput: GoodputWindow::new(config.clone()),
+            ..State::default()
+        };
         Self {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             config: Arc::new(config),
         }
     }
@@ -83,7 +86,7 @@ impl MemoryStore {
     /// (for tests of pruning).
     pub fn len(&self) -> usize {
         let st = self.lock(Instant::now());
-        st.requests.len() + st.done.len() + st.replicas.len() + st.buckets.len()
+        st.requests.len() + st.done.len() + st.replicas.len() + st.goodput.bucket_count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -133,20 +136,8 @@ impl MemoryStore {
             return;
         }
         st.done.insert(o.request_id.clone(), now + cfg.dedup_ttl);
-        let bucket = cfg.bucket_of(o.finished_at_ms);
-        let row = st
-            .buckets
-            .entry(bucket)
-            .or_default()
-            .entry((o.class.clone(), o.tenant.clone()))
-            .or_default();
-        for c in GoodputCounter::of(o) {
-            goodput::add(row, c, 1);
-        }
-        if let Some(&newest) = st.buckets.keys().next_back() {
-            let keep_from = cfg.oldest_kept(newest);
-            st.buckets = st.buckets.split_off(&keep_from);
-        }
+        st.goodput
+            .record(o.finished_at_ms, &o.class, &o.tenant, &o.verdict());
     }
 
     fn publish(&self, s: &ReplicaState, ttl: Duration) {
@@ -172,21 +163,7 @@ impl MemoryStore {
     }
 
     fn sum(&self, window: Duration, now_ms: u64) -> Vec<GoodputRow> {
-        let range = self.config.bucket_range(window, now_ms);
-        let st = self.lock(Instant::now());
-        let mut rows = RowSet::default();
-        for counters in st.buckets.range(range).map(|(_, m)| m) {
-            for ((class, tenant), c) in counters {
-                let row = rows.row(class, tenant);
-                goodput::add(row, GoodputCounter::Requests, c.requests);
-                goodput::add(row, GoodputCounter::Good, c.good);
-                goodput::add(row, GoodputCounter::TtftMet, c.ttft_met);
-                goodput::add(row, GoodputCounter::TpotMet, c.tpot_met);
-                goodput::add(row, GoodputCounter::Rejected, c.rejected);
-                goodput::add(row, GoodputCounter::Failed, c.failed);
-            }
-        }
-        rows.into_rows()
+        self.lock(Instant::now()).goodput.rows(window, now_ms)
     }
 
     fn get(&self, request_id: &str) -> Option<AdmissionRecord> {
@@ -266,8 +243,9 @@ mod tests {
             store.outcome(&outcome(&format!("r{i}"), i * 1000));
         }
         let st = store.lock(Instant::now());
-        assert!(st.buckets.len() <= 12, "{} buckets", st.buckets.len());
-        assert_eq!(st.buckets.keys().next_back(), Some(&99));
+        let held = st.goodput.bucket_count();
+        assert!(held <= 12, "{held} buckets");
+        assert_eq!(st.goodput.newest_bucket(), Some(99));
     }
 
     #[tokio::test(start_paused = true)]

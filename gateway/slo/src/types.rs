@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::goodput::Verdict;
+
 /// Where a request is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,9 +94,19 @@ pub struct OutcomeRecord {
 }
 
 impl OutcomeRecord {
+    /// How the request ended against its targets.
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            ttft_met: self.ttft_met,
+            tpot_met: self.tpot_met,
+            rejected: self.rejected,
+            failed: self.failed,
+        }
+    }
+
     /// Goodput: both SLOs met, and the request was served.
     pub fn is_good(&self) -> bool {
-        self.ttft_met && self.tpot_met && !self.rejected && !self.failed
+        self.verdict().is_good()
     }
 }
 

@@ -1,16 +1,25 @@
-//! A seeded open-loop workload and a small streaming client that measures what `vllm bench serve`
-//! measures (protocols.md §4): TTFT = first SSE chunk with non-empty `choices`, TPOT =
-//! (latency − TTFT) / (output tokens − 1) with the token count from the usage chunk. A request is
-//! *good* when it streamed to the end (`[DONE]`, all tokens) within both budgets of its class;
-//! rejected (429), failed and timed-out requests are misses.
+//! A seeded open-loop workload of classed requests, sent and measured by the load generator
+//! (`baton_loadgen`): its client reads the stream with the protocol crate's SSE decoder and
+//! measures what `vllm bench serve` measures: TTFT = first SSE chunk with non-empty `choices`,
+//! TPOT = (latency − TTFT) / (output tokens − 1), latency at the last chunk with `choices`, the
+//! token count from the usage chunk. A request is *good* when it streamed to the end (`[DONE]`,
+//! all tokens) within both budgets of its class, by the gateway's own rule
+//! ([`baton_slo::Verdict`]); rejected (429), failed and timed-out requests are misses.
+//!
+//! What is this module's own: the workload (classes, a plan of prompt/output lengths and
+//! arrival times, the request bodies the sim counts exactly) and the per-class summary.
 
 use std::time::Duration;
 
+use baton_loadgen::client::post_stream;
+pub use baton_loadgen::client::{http_client as client, HttpClient};
+use baton_loadgen::record::{Outcome, RequestRecord};
+use baton_loadgen::slo::Slo;
+use baton_loadgen::workload::RequestSpec;
+use baton_slo::{Measured, Targets, Verdict};
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -166,16 +175,6 @@ impl Default for RunOptions {
     }
 }
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub fn client() -> HttpClient {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(c)
-}
-
 /// Sends `plan` open-loop to `base` (e.g. the gateway's URL): each request at its time,
 /// regardless of the others. Returns one result per planned request, in plan order.
 pub async fn run_open_loop(
@@ -212,6 +211,32 @@ pub async fn run_open_loop(
     out
 }
 
+impl Class {
+    /// The class's budgets as the load generator's SLO.
+    fn slo(&self) -> Slo {
+        Slo {
+            ttft_ms: Some(self.ttft_ms),
+            tpot_ms: Some(self.tpot_ms),
+            e2el_ms: None,
+        }
+    }
+
+    /// Which of the class's budgets a completed request met (the gateway's rule).
+    fn verdict(&self, r: &RequestResult) -> Verdict {
+        let targets = Targets {
+            ttft_ms: Some(self.ttft_ms),
+            tpot_ms: Some(self.tpot_ms),
+        };
+        Verdict::served(
+            targets,
+            Measured {
+                ttft_ms: r.ttft_ms,
+                tpot_ms: r.tpot_ms,
+            },
+        )
+    }
+}
+
 async fn one(
     client: &HttpClient,
     url: &str,
@@ -220,105 +245,45 @@ async fn one(
     p: &Planned,
     give_up: Duration,
 ) -> RequestResult {
-    let mut r = RequestResult {
+    let t0 = Instant::now();
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-slo-class", &class.name)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a request built from valid parts");
+    let sent = post_stream(client, req, t0 + give_up).await;
+    let status = sent.status;
+    let spec = RequestSpec {
+        prompt: String::new(),
+        prompt_len: u32::try_from(p.prompt_tokens).unwrap_or(u32::MAX),
+        output_len: u32::try_from(p.output_tokens).unwrap_or(u32::MAX),
+        label: class.name.clone(),
+    };
+    let record = RequestRecord::measured(0, &spec, 0.0, 0.0, sent);
+    let tokens = record.output_tokens.unwrap_or(0);
+    let completed = record.outcome.is_ok() && tokens == p.output_tokens as u64;
+    let error = match &record.outcome {
+        _ if completed => None,
+        Outcome::Ok => Some("stream ended early".to_owned()),
+        Outcome::Timeout => Some("gave up (could no longer meet the SLO)".to_owned()),
+        Outcome::Rejected { .. } | Outcome::HttpError { .. } => Some(format!("HTTP {status}")),
+        Outcome::Aborted { reason } => Some(reason.clone()),
+        Outcome::Connect { message } => Some(message.clone()),
+    };
+    let secs_ms = |s: Option<f64>| s.map(|s| s * 1000.0);
+    RequestResult {
         class: class.name.clone(),
         prompt_tokens: p.prompt_tokens,
         output_tokens: p.output_tokens,
-        status: 0,
-        ttft_ms: None,
-        tpot_ms: None,
-        latency_ms: 0.0,
-        tokens: 0,
-        completed: false,
-        good: false,
-        error: None,
-    };
-    let t0 = Instant::now();
-    let run = async {
-        let req = Request::post(url)
-            .header("content-type", "application/json")
-            .header("x-slo-class", &class.name)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        r.status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", r.status));
-        }
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut first: Option<Instant> = None;
-        let mut done = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buf.extend_from_slice(&data);
-            while let Some(pos) = find_event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..pos + 2).collect();
-                for line in event.split(|b| *b == b'\n') {
-                    let Some(payload) = line.strip_prefix(b"data:") else {
-                        continue;
-                    };
-                    let payload = payload.trim_ascii();
-                    if payload == b"[DONE]" {
-                        done = true;
-                        continue;
-                    }
-                    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
-                        continue;
-                    };
-                    if first.is_none()
-                        && v.get("choices")
-                            .and_then(Value::as_array)
-                            .is_some_and(|c| !c.is_empty())
-                    {
-                        first = Some(Instant::now());
-                    }
-                    if let Some(n) = v
-                        .pointer("/usage/completion_tokens")
-                        .and_then(Value::as_u64)
-                    {
-                        r.tokens = n;
-                    }
-                    if let Some(e) = v.get("error") {
-                        return Err(format!("stream error: {e}"));
-                    }
-                }
-            }
-        }
-        let end = Instant::now();
-        r.latency_ms = ms(end - t0);
-        if let Some(f) = first {
-            r.ttft_ms = Some(ms(f - t0));
-            if r.tokens > 1 {
-                r.tpot_ms = Some(ms(end - f) / (r.tokens - 1) as f64);
-            }
-        }
-        r.completed = done && r.tokens == p.output_tokens as u64;
-        if !r.completed {
-            return Err("stream ended early".to_owned());
-        }
-        Ok(())
-    };
-    let outcome = tokio::time::timeout(give_up, run).await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => r.error = Some(e),
-        Err(_) => r.error = Some("gave up (could no longer meet the SLO)".to_owned()),
+        status,
+        ttft_ms: secs_ms(record.ttft_s),
+        tpot_ms: secs_ms(record.tpot_s()),
+        latency_ms: secs_ms(record.latency_s).unwrap_or_else(|| ms(t0.elapsed())),
+        tokens,
+        completed,
+        good: completed && class.slo().is_good(&record),
+        error,
     }
-    if r.latency_ms == 0.0 {
-        r.latency_ms = ms(t0.elapsed());
-    }
-    r.good = r.completed
-        && r.ttft_ms.is_some_and(|t| t <= class.ttft_ms)
-        && r.tpot_ms.is_none_or(|t| t <= class.tpot_ms);
-    r
-}
-
-fn find_event_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -354,15 +319,15 @@ pub struct Summary {
     pub errors: Vec<(String, usize)>,
 }
 
-/// Nearest-rank percentile (`q` in 0..=1) of unsorted values; 0 when empty.
+/// The `q`-quantile (`q` in 0..=1) of unsorted values, interpolated as the load generator
+/// reports percentiles (numpy's linear rule); 0 when empty.
 pub fn percentile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    baton_loadgen::metrics::percentile(&v, q * 100.0)
 }
 
 pub fn summarize(workload: &Workload, results: &[RequestResult]) -> Summary {
@@ -375,16 +340,13 @@ pub fn summarize(workload: &Workload, results: &[RequestResult]) -> Summary {
         .filter_map(|r| r.tpot_ms)
         .collect();
     let budget = |r: &RequestResult| workload.classes.iter().find(|c| c.name == r.class);
-    let ttft_met = results
+    let verdicts: Vec<Verdict> = results
         .iter()
         .filter(|r| r.completed)
-        .filter(|r| budget(r).is_some_and(|c| r.ttft_ms.is_some_and(|t| t <= c.ttft_ms)))
-        .count();
-    let tpot_met = results
-        .iter()
-        .filter(|r| r.completed)
-        .filter(|r| budget(r).is_some_and(|c| r.tpot_ms.is_none_or(|t| t <= c.tpot_ms)))
-        .count();
+        .filter_map(|r| budget(r).map(|c| c.verdict(r)))
+        .collect();
+    let ttft_met = verdicts.iter().filter(|v| v.ttft_met).count();
+    let tpot_met = verdicts.iter().filter(|v| v.tpot_met).count();
     let attainment = if n == 0 { 0.0 } else { good as f64 / n as f64 };
     let mut errors: Vec<(String, usize)> = Vec::new();
     for e in results.iter().filter_map(|r| r.error.as_deref()) {

@@ -2,28 +2,19 @@
 //!
 //! A request counts once, when it ends: good only if it met every target of
 //! its class; rejected and failed requests are misses (DistServe's rule).
+//! The rule and the window are `baton_slo`'s ([`Verdict`],
+//! [`GoodputWindow`]), the same the SLO store counts with; here the window
+//! runs on tokio's clock so tests can pause it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use baton_slo::{GoodputConfig, GoodputCounter, GoodputRow, GoodputWindow};
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// How one request ended, against its targets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub ttft_met: bool,
-    pub tpot_met: bool,
-    pub rejected: bool,
-    pub failed: bool,
-}
-
-impl Verdict {
-    pub fn good(&self) -> bool {
-        self.ttft_met && self.tpot_met && !self.rejected && !self.failed
-    }
-}
+pub use baton_slo::Verdict;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -46,12 +37,37 @@ impl Counts {
     }
 
     fn record(&mut self, v: &Verdict) {
-        self.requests += 1;
-        self.good += u64::from(v.good());
-        self.ttft_met += u64::from(v.ttft_met && !v.rejected && !v.failed);
-        self.tpot_met += u64::from(v.tpot_met && !v.rejected && !v.failed);
-        self.rejected += u64::from(v.rejected);
-        self.failed += u64::from(v.failed);
+        self.add(&Counts::of(v));
+    }
+
+    /// One request's counts.
+    fn of(v: &Verdict) -> Counts {
+        let mut c = Counts::default();
+        for k in GoodputCounter::of(v) {
+            *c.slot(k) += 1;
+        }
+        c
+    }
+
+    fn slot(&mut self, k: GoodputCounter) -> &mut u64 {
+        match k {
+            GoodputCounter::Requests => &mut self.requests,
+            GoodputCounter::Good => &mut self.good,
+            GoodputCounter::TtftMet => &mut self.ttft_met,
+            GoodputCounter::TpotMet => &mut self.tpot_met,
+            GoodputCounter::Rejected => &mut self.rejected,
+            GoodputCounter::Failed => &mut self.failed,
+        }
+    }
+}
+
+impl From<&GoodputRow> for Counts {
+    fn from(r: &GoodputRow) -> Self {
+        let mut c = Counts::default();
+        for k in GoodputCounter::ALL {
+            *c.slot(k) = baton_slo::goodput_counter(r, k);
+        }
+        c
     }
 }
 
@@ -61,17 +77,24 @@ type Key = (String, String);
 pub struct Accounting {
     window: Duration,
     origin: Instant,
-    buckets: Mutex<VecDeque<(u64, BTreeMap<Key, Counts>)>>,
+    buckets: Mutex<GoodputWindow>,
     /// Since start, never pruned (Prometheus counters).
     totals: Mutex<BTreeMap<Key, Counts>>,
 }
 
 impl Accounting {
     pub fn new(window: Duration) -> Self {
+        let window = window.max(Duration::from_secs(1));
+        // One-second buckets, kept as long as the window reaches back.
+        let config = GoodputConfig {
+            bucket: Duration::from_secs(1),
+            retention: window,
+            ..GoodputConfig::default()
+        };
         Self {
-            window: window.max(Duration::from_secs(1)),
+            window,
             origin: Instant::now(),
-            buckets: Mutex::new(VecDeque::new()),
+            buckets: Mutex::new(GoodputWindow::new(config)),
             totals: Mutex::new(BTreeMap::new()),
         }
     }
@@ -80,45 +103,30 @@ impl Accounting {
         self.window
     }
 
-    fn second(&self) -> u64 {
-        self.origin.elapsed().as_secs()
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn record(&self, class: &str, tenant: &str, v: &Verdict) {
-        let now = self.second();
-        let key = (class.to_owned(), tenant.to_owned());
-        {
-            let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            if b.back().is_none_or(|(s, _)| *s != now) {
-                b.push_back((now, BTreeMap::new()));
-            }
-            if let Some((_, m)) = b.back_mut() {
-                m.entry(key.clone()).or_default().record(v);
-            }
-            let horizon = now.saturating_sub(self.window.as_secs());
-            while b.front().is_some_and(|(s, _)| *s < horizon) {
-                b.pop_front();
-            }
-        }
+        let now = self.now_ms();
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now, class, tenant, v);
         let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-        t.entry(key).or_default().record(v);
+        t.entry((class.to_owned(), tenant.to_owned()))
+            .or_default()
+            .record(v);
     }
 
     /// Counts over the window, per (class, tenant).
     pub fn window_counts(&self) -> BTreeMap<Key, Counts> {
-        let now = self.second();
-        let horizon = now.saturating_sub(self.window.as_secs());
+        let now = self.now_ms();
         let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: BTreeMap<Key, Counts> = BTreeMap::new();
-        for (s, m) in b.iter() {
-            if *s < horizon {
-                continue;
-            }
-            for (k, c) in m {
-                out.entry(k.clone()).or_default().add(c);
-            }
-        }
-        out
+        b.rows(self.window, now)
+            .iter()
+            .map(|r| ((r.class.clone(), r.tenant.clone()), Counts::from(r)))
+            .collect()
     }
 
     pub fn totals(&self) -> BTreeMap<Key, Counts> {
@@ -141,10 +149,7 @@ mod tests {
             tpot_met: true,
             ..Verdict::default()
         };
-        let rejected = Verdict {
-            rejected: true,
-            ..Verdict::default()
-        };
+        let rejected = Verdict::unserved(true, false);
         a.record("interactive", "acme", &good);
         a.record("interactive", "acme", &rejected);
         let w = a.window_counts();

@@ -314,19 +314,14 @@ impl SloEngine {
         rejected: bool,
         failed: bool,
     ) -> Verdict {
-        let meets = |limit: Option<f64>, got: Option<f64>| match (limit, got) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(l), Some(g)) => g <= l,
-        };
-        let v = Verdict {
-            ttft_met: !rejected && !failed && meets(target.budget.ttft_ms, ttft_ms),
-            // A one-token answer has no TPOT: nothing to miss.
-            tpot_met: !rejected
-                && !failed
-                && (tpot_ms.is_none() || meets(target.budget.tpot_ms, tpot_ms)),
-            rejected,
-            failed,
+        let v = if rejected || failed {
+            Verdict::unserved(rejected, failed)
+        } else {
+            let targets = baton_slo::Targets {
+                ttft_ms: target.budget.ttft_ms,
+                tpot_ms: target.budget.tpot_ms,
+            };
+            Verdict::served(targets, baton_slo::Measured { ttft_ms, tpot_ms })
         };
         self.accounting.record(&target.class, &target.tenant, &v);
         let result = if v.rejected {
@@ -413,14 +408,7 @@ impl SloEngine {
         };
         let mut out = std::collections::BTreeMap::new();
         for r in rows {
-            let c = accounting::Counts {
-                requests: r.requests,
-                good: r.good,
-                ttft_met: r.ttft_met,
-                tpot_met: r.tpot_met,
-                rejected: r.rejected,
-                failed: r.failed,
-            };
+            let c = accounting::Counts::from(&r);
             out.insert((r.class, r.tenant), c);
         }
         out

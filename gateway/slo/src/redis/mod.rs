@@ -165,7 +165,7 @@ impl RedisStore {
             .arg(ttl_ms(cfg.dedup_ttl))
             .arg(bucket_ttl)
             .arg(goodput::field_prefix(&o.class, &o.tenant));
-        for c in goodput::GoodputCounter::of(o) {
+        for c in goodput::GoodputCounter::of(&o.verdict()) {
             inv.arg(c.as_str());
         }
         inv

@@ -1,68 +1,10 @@
-//! Server-sent events: an incremental parser (bytes in, events out) and the classification of
-//! an OpenAI streaming chunk (choices, usage, error, `[DONE]`).
+//! The classification of one OpenAI streaming chunk (choices, usage, error, `[DONE]`) for the
+//! measurement. The events come from the protocol crate's SSE decoder
+//! ([`baton_protocol::sse::SseDecoder::push_named`]): one SSE reader for the gateway, this load
+//! generator and the tests.
 
+pub use baton_protocol::sse::NamedEvent as SseEvent;
 use serde_json::Value;
-
-/// One event: its `event:` field (if any) and its `data:` lines joined by `\n`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
-}
-
-/// Splits a byte stream into events; chunks may cut anywhere (even inside a UTF-8 character).
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    event: Option<String>,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    /// Feeds bytes; returns the events they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        let mut start = 0;
-        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + nl;
-            let mut line = &self.buf[start..end];
-            if let [rest @ .., b'\r'] = line {
-                line = rest;
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
-            if let Some(ev) = self.line(&line) {
-                out.push(ev);
-            }
-        }
-        self.buf.drain(..start);
-        out
-    }
-
-    fn line(&mut self, line: &str) -> Option<SseEvent> {
-        if line.is_empty() {
-            if self.data.is_empty() && self.event.is_none() {
-                return None;
-            }
-            return Some(SseEvent {
-                event: self.event.take(),
-                data: std::mem::take(&mut self.data).join("\n"),
-            });
-        }
-        if line.starts_with(':') {
-            return None;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "data" => self.data.push(value.to_owned()),
-            "event" => self.event = Some(value.to_owned()),
-            _ => {}
-        }
-        None
-    }
-}
 
 /// Token counts from a `usage` object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,29 +102,6 @@ mod tests {
             event: None,
             data: d.into(),
         }
-    }
-
-    #[test]
-    fn parses_across_arbitrary_splits() {
-        let stream = "data: {\"a\":1}\r\n\r\n: comment\n\nevent: error\ndata: x\ndata: y\n\ndata: [DONE]\n\n";
-        let want = vec![
-            data("{\"a\":1}"),
-            SseEvent {
-                event: Some("error".into()),
-                data: "x\ny".into(),
-            },
-            data("[DONE]"),
-        ];
-        for split in 1..stream.len() {
-            let mut p = SseParser::default();
-            let mut got = p.push(&stream.as_bytes()[..split]);
-            got.extend(p.push(&stream.as_bytes()[split..]));
-            assert_eq!(got, want, "split at {split}");
-        }
-        // Byte by byte, including a multi-byte character.
-        let mut p = SseParser::default();
-        let got: Vec<_> = "data: é\n\n".bytes().flat_map(|b| p.push(&[b])).collect();
-        assert_eq!(got, vec![data("é")]);
     }
 
     #[test]
