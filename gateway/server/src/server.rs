@@ -187,10 +187,6 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        let Some(slot) = gate.admit() else {
-            drop(stream);
-            continue;
-        };
         let _ = stream.set_nodelay(true);
         let svc = RequestIdLayer.layer(GatewayService {
             state: Arc::clone(&state),
