@@ -124,9 +124,10 @@ pub struct Args {
     /// Largest request body in MiB (larger ones get 413).
     #[arg(long, default_value_t = 32)]
     pub max_body_mb: usize,
-    /// Open HTTP connections at most; more wait in the listen backlog.
-    #[arg(long, default_value_t = 1024)]
-    pub max_connections: usize,
+    /// Open HTTP connections at most; more wait in the listen backlog. Default: 1024, or fewer when the open-files
+    /// limit (`ulimit -n`) is lower.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Seconds a new connection may take to send its first byte, and a request its headers (also the HTTP/1
     /// keep-alive idle limit).
     #[arg(long, default_value_t = 10)]
@@ -290,7 +291,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             pull_failure: args.kv_pull_failure,
             limits: Limits {
                 max_body: args.max_body_mb.saturating_mul(1024 * 1024).max(1),
-                max_connections: args.max_connections.max(1),
+                max_connections: args
+                    .max_connections
+                    .unwrap_or_else(crate::server::conn::default_max_connections)
+                    .max(1),
                 header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             },

@@ -39,11 +39,34 @@ pub struct Limits {
 /// Default largest request body (a full-context prompt is far smaller; JSON token-id lists stay well within).
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// Open connections allowed by default: 1024, or fewer when the process may open fewer files (leaving room for
+/// the model, the KV listener and its peers), so that the limit is reached before `accept` fails.
+pub fn default_max_connections() -> usize {
+    const HEADROOM: usize = 64;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_soft_limit(&text));
+    match soft {
+        Some(n) => n.saturating_sub(HEADROOM).clamp(16, 1024),
+        None => 1024,
+    }
+}
+
+/// The soft "Max open files" limit from `/proc/self/limits` ("unlimited" is none).
+fn open_files_soft_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body: DEFAULT_MAX_BODY,
-            max_connections: 1024,
+            max_connections: default_max_connections(),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }
@@ -328,5 +351,23 @@ impl Tracked {
             }
             Poll::Ready(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_under_the_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(open_files_soft_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_files_soft_limit(unlimited), None);
+        assert_eq!(open_files_soft_limit("nothing"), None);
+        let n = default_max_connections();
+        assert!((16..=1024).contains(&n), "{n}");
     }
 }
