@@ -104,9 +104,7 @@ impl GoodputWindow {
             .or_default()
             .entry((class.to_owned(), tenant.to_owned()))
             .or_default();
-        for c in GoodputCounter::of(v) {
-            add(row, c, 1);
-        }
+        row.count(v);
         if let Some(&newest) = self.buckets.keys().next_back() {
             let keep_from = self.config.oldest_kept(newest);
             self.buckets = self.buckets.split_off(&keep_from);
@@ -240,6 +238,15 @@ impl GoodputCounter {
     }
 }
 
+impl GoodputRow {
+    /// Counts one request that ended so.
+    pub fn count(&mut self, v: &Verdict) {
+        for c in GoodputCounter::of(v) {
+            add(self, c, 1);
+        }
+    }
+}
+
 /// Adds `n` to one counter of a row.
 pub(crate) fn add(row: &mut GoodputRow, c: GoodputCounter, n: u64) {
     let slot = slot(row, c);
@@ -247,7 +254,7 @@ pub(crate) fn add(row: &mut GoodputRow, c: GoodputCounter, n: u64) {
 }
 
 /// One counter of a row.
-pub fn counter(row: &GoodputRow, c: GoodputCounter) -> u64 {
+fn counter(row: &GoodputRow, c: GoodputCounter) -> u64 {
     match c {
         GoodputCounter::Requests => row.requests,
         GoodputCounter::Good => row.good,

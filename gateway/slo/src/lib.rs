@@ -23,8 +23,7 @@ mod types;
 
 pub use error::SloStoreError;
 pub use goodput::{
-    counter as goodput_counter, within_budget, GoodputConfig, GoodputCounter, GoodputWindow,
-    Measured, Targets, Verdict,
+    within_budget, GoodputConfig, GoodputCounter, GoodputWindow, Measured, Targets, Verdict,
 };
 pub use memory::MemoryStore;
 pub use redis::{key_id, RedisConfig, RedisStore};

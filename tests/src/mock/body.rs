@@ -2,27 +2,17 @@
 //! body dropped before its end (client gone) counts as cancelled.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::time::Instant;
 
 use super::stats::{Outcome, RequestGuard};
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type MockBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A body written at once.
-pub(crate) fn full(data: impl Into<Bytes>) -> MockBody {
-    Full::new(data.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
-}
+pub(crate) use crate::engine_http::{BoxError, EngineBody as MockBody};
 
 /// One chunk of a timed body, written `gap` after the previous one (or after the headers).
 pub(crate) struct Step {

@@ -21,6 +21,8 @@ mod sglang;
 mod stats;
 pub(crate) mod vllm;
 
+pub(crate) use openai::{error_body, token_text};
+
 #[cfg(test)]
 mod tests;
 

@@ -1,23 +1,18 @@
-//! The HTTP side of a mock: accept loop, one hyper http1 connection task per socket (so a client
-//! disconnect drops the handler future), routing, faults, and turning replies into responses.
+//! The HTTP side of a mock: routing, faults, and turning replies into responses (the accept loop
+//! and connection tasks are [`crate::engine_http`]'s, shared with the sim engines).
 
 use std::convert::Infallible;
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::body::{self, BoxError, MockBody, Step};
@@ -27,6 +22,7 @@ use super::rendezvous::Rendezvous;
 use super::stats::{lock, Outcome, Recorder, RequestGuard, StatsCell};
 use super::vllm::VllmKvRegistry;
 use super::{sglang, vllm, Config, Flavor};
+use crate::engine_http::{self, error_response, json_response};
 
 /// State shared by a mock's accept loop, its connections and its handles.
 pub(crate) struct Shared {
@@ -138,52 +134,14 @@ impl Reply {
     }
 }
 
-async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, i.e. the mock is gone too.
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 /// Accepts connections until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>) {
-    let mut stop = shared.shutdown.subscribe();
-    loop {
-        let accept = poll_fn(|cx| match lock(&shared.listener).as_ref() {
-            Some(listener) => listener.poll_accept(cx).map(Some),
-            None => Poll::Ready(None),
-        });
-        let accepted = tokio::select! {
-            () = shutdown_signal(&mut stop) => return,
-            accepted = accept => accepted,
-        };
-        match accepted {
-            None => return,
-            Some(Ok((stream, _))) => {
-                tokio::spawn(connection(stream, shared.clone()));
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "mock engine accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let stop = shared.shutdown.subscribe();
+    engine_http::serve(shared, listener, stop, "mock engine", handle).await;
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let mut stop = shared.shutdown.subscribe();
-    let svc = service_fn({
-        let shared = shared.clone();
-        move |req| handle(shared.clone(), req)
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        result = conn => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "mock engine connection ended");
-            }
-        }
-        () = shutdown_signal(&mut stop) => {}
-    }
+fn listener(shared: &Shared) -> &Mutex<Option<TcpListener>> {
+    &shared.listener
 }
 
 async fn handle(
@@ -201,7 +159,7 @@ async fn handle(
         (&Method::GET, "/health") => {
             shared.stats.update(|s| s.health_checks += 1);
             if shared.healthy.load(Ordering::SeqCst) {
-                Response::new(body::full(Bytes::new()))
+                Response::new(engine_http::full(Bytes::new()))
             } else {
                 error_response(503, "engine unhealthy")
             }
@@ -330,28 +288,16 @@ fn respond(
         .collect();
     let mut resp = Response::new(body::timed(steps, abort_after.is_some(), guard));
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(rendered.content_type),
-    );
     if stream {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    } else if abort_after.is_none() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        engine_http::event_stream_headers(headers);
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(rendered.content_type),
+        );
+        if abort_after.is_none() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
     }
     Ok(resp)
-}
-
-fn json_response(status: u16, value: &Value) -> Response<MockBody> {
-    let mut resp = Response::new(body::full(value.to_string()));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn error_response(status: u16, message: &str) -> Response<MockBody> {
-    json_response(status, &openai::error_body(status, message))
 }

@@ -140,6 +140,4 @@ impl Drop for RequestGuard {
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test must not cascade into every other one).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use crate::engine_http::lock;

@@ -1,35 +1,33 @@
 //! The HTTP side of a sim engine: OpenAI completions/chat (SSE with a usage chunk), vLLM
 //! NixlConnector prefill/decode semantics, `/health`, `/v1/models`, `/metrics`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::sched::{SeqRequest, Token};
-use super::{lock, SimConfig, SimRole, SimStats};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type SimBody = UnsyncBoxBody<Bytes, BoxError>;
+use super::{SimConfig, SimRole, SimStats};
+use crate::engine_http::{
+    self, error_response as error, full, json_response, lock, sse_event, BoxError,
+    EngineBody as SimBody, SSE_DONE,
+};
+use crate::mock::token_text;
 
 pub(crate) struct Shared {
     pub cfg: SimConfig,
     pub engine_id: String,
     pub addr: SocketAddr,
+    /// Taken by the accept loop's end.
+    pub listener: Mutex<Option<TcpListener>>,
     pub submit: mpsc::UnboundedSender<SeqRequest>,
     pub stats: Arc<Mutex<SimStats>>,
     pub stop: watch::Sender<bool>,
@@ -63,41 +61,14 @@ pub fn prompt_tokens(body: &Value) -> Option<usize> {
     }
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut stop = shared.stop.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, Arc::clone(&shared)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "sim engine accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+/// Accepts connections until [`super::SimHandle::shutdown`].
+pub(crate) async fn serve(shared: Arc<Shared>) {
+    let stop = shared.stop.subscribe();
+    engine_http::serve(shared, listener, stop, "sim engine", handle).await;
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let mut stop = shared.stop.subscribe();
-    let svc = service_fn({
-        let shared = Arc::clone(&shared);
-        move |req| handle(Arc::clone(&shared), req)
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "sim engine connection ended");
-            }
-        }
-        _ = stop.wait_for(|s| *s) => {}
-    }
+fn listener(shared: &Shared) -> &Mutex<Option<TcpListener>> {
+    &shared.listener
 }
 
 async fn handle(
@@ -346,10 +317,6 @@ struct Render {
     include_usage: bool,
 }
 
-fn token_text(i: usize) -> String {
-    format!("t{i} ")
-}
-
 impl Render {
     fn usage(&self) -> Value {
         json!({
@@ -386,11 +353,10 @@ impl Render {
     }
 
     fn chunk(&self, choices: Value) -> String {
-        let v = json!({
+        sse_event(&json!({
             "id": self.id, "object": self.object(true), "created": self.created,
             "model": self.model, "choices": choices,
-        });
-        format!("data: {v}\n\n")
+        }))
     }
 
     /// The SSE bytes of token `t` (the chat role chunk comes with the first token; the last
@@ -421,9 +387,9 @@ impl Render {
                     "id": self.id, "object": self.object(true), "created": self.created,
                     "model": self.model, "choices": [], "usage": self.usage(),
                 });
-                out.push_str(&format!("data: {v}\n\n"));
+                out.push_str(&sse_event(&v));
             }
-            out.push_str("data: [DONE]\n\n");
+            out.push_str(SSE_DONE);
         }
         Bytes::from(out)
     }
@@ -448,34 +414,6 @@ fn sse_response(render: Render, rx: mpsc::UnboundedReceiver<Token>) -> Response<
         }
     });
     let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    engine_http::event_stream_headers(r.headers_mut());
     r
-}
-
-fn full(data: impl Into<Bytes>) -> SimBody {
-    Full::new(data.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
-}
-
-fn json_response(status: u16, v: &Value) -> Response<SimBody> {
-    let mut r = Response::new(full(v.to_string()));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: u16, message: &str) -> Response<SimBody> {
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": "BadRequestError", "param": null, "code": status}}),
-    )
 }

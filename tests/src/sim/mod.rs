@@ -63,6 +63,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use http::prompt_tokens;
 
+use crate::engine_http::lock;
+
 /// Which serving role a sim engine plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimRole {
@@ -246,12 +248,13 @@ impl SimEngine {
             cfg: self.cfg.clone(),
             engine_id: format!("sim-{:016x}", rand::random::<u64>()),
             addr,
+            listener: Mutex::new(Some(listener)),
             submit: tx,
             stats: Arc::clone(&stats),
             stop: stop.clone(),
         });
         tokio::spawn(sched::run(self.cfg.latency, rx, Arc::clone(&stats)));
-        tokio::spawn(http::serve(listener, Arc::clone(&shared)));
+        tokio::spawn(http::serve(Arc::clone(&shared)));
         Ok(SimHandle { shared })
     }
 }
@@ -288,8 +291,4 @@ impl SimHandle {
     pub fn shutdown(&self) {
         self.shared.stop.send_replace(true);
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

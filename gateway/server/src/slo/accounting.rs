@@ -10,66 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use baton_slo::{GoodputConfig, GoodputCounter, GoodputRow, GoodputWindow};
-use serde::Serialize;
+use baton_slo::{GoodputConfig, GoodputRow, GoodputWindow};
 use tokio::time::Instant;
 
 pub use baton_slo::Verdict;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub requests: u64,
-    pub good: u64,
-    pub ttft_met: u64,
-    pub tpot_met: u64,
-    pub rejected: u64,
-    pub failed: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, o: &Counts) {
-        self.requests += o.requests;
-        self.good += o.good;
-        self.ttft_met += o.ttft_met;
-        self.tpot_met += o.tpot_met;
-        self.rejected += o.rejected;
-        self.failed += o.failed;
-    }
-
-    fn record(&mut self, v: &Verdict) {
-        self.add(&Counts::of(v));
-    }
-
-    /// One request's counts.
-    fn of(v: &Verdict) -> Counts {
-        let mut c = Counts::default();
-        for k in GoodputCounter::of(v) {
-            *c.slot(k) += 1;
-        }
-        c
-    }
-
-    fn slot(&mut self, k: GoodputCounter) -> &mut u64 {
-        match k {
-            GoodputCounter::Requests => &mut self.requests,
-            GoodputCounter::Good => &mut self.good,
-            GoodputCounter::TtftMet => &mut self.ttft_met,
-            GoodputCounter::TpotMet => &mut self.tpot_met,
-            GoodputCounter::Rejected => &mut self.rejected,
-            GoodputCounter::Failed => &mut self.failed,
-        }
-    }
-}
-
-impl From<&GoodputRow> for Counts {
-    fn from(r: &GoodputRow) -> Self {
-        let mut c = Counts::default();
-        for k in GoodputCounter::ALL {
-            *c.slot(k) = baton_slo::goodput_counter(r, k);
-        }
-        c
-    }
-}
+/// Goodput counters of one (class, tenant): the store's row.
+pub type Counts = GoodputRow;
 
 type Key = (String, String);
 
@@ -116,7 +63,7 @@ impl Accounting {
         let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         t.entry((class.to_owned(), tenant.to_owned()))
             .or_default()
-            .record(v);
+            .count(v);
     }
 
     /// Counts over the window, per (class, tenant).
@@ -124,8 +71,8 @@ impl Accounting {
         let now = self.now_ms();
         let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         b.rows(self.window, now)
-            .iter()
-            .map(|r| ((r.class.clone(), r.tenant.clone()), Counts::from(r)))
+            .into_iter()
+            .map(|r| ((r.class.clone(), r.tenant.clone()), r))
             .collect()
     }
 
@@ -153,7 +100,7 @@ mod tests {
         a.record("interactive", "acme", &good);
         a.record("interactive", "acme", &rejected);
         let w = a.window_counts();
-        let c = w[&("interactive".into(), "acme".into())];
+        let c = &w[&("interactive".into(), "acme".into())];
         assert_eq!((c.requests, c.good, c.rejected, c.ttft_met), (2, 1, 1, 1));
         tokio::time::advance(Duration::from_secs(12)).await;
         a.record("batch", "x", &good);

@@ -408,8 +408,7 @@ impl SloEngine {
         };
         let mut out = std::collections::BTreeMap::new();
         for r in rows {
-            let c = accounting::Counts::from(&r);
-            out.insert((r.class, r.tenant), c);
+            out.insert((r.class.clone(), r.tenant.clone()), r);
         }
         out
     }

@@ -1,0 +1,139 @@
+//! The HTTP plumbing both fake-engine families share ([`crate::mock`]: protocol-faithful, with
+//! fixed delays and injected faults; [`crate::sim`]: a continuous-batching timing model): the
+//! accept loop and one hyper HTTP/1 task per connection (so a client that hangs up drops its
+//! handler future), response bodies, JSON and OpenAI error responses, SSE framing, and a lock
+//! that survives poisoning. The OpenAI bodies themselves (token text, error shape, KV transfer
+//! params) live in the mock's protocol modules and the sim renders with them too.
+
+use std::future::{poll_fn, Future};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every fake engine's response body.
+pub(crate) type EngineBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Locks `m`, recovering a poisoned lock: every update leaves the state consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A body written at once.
+pub(crate) fn full(data: impl Into<Bytes>) -> EngineBody {
+    Full::new(data.into())
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn json_response(status: u16, value: &Value) -> Response<EngineBody> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An OpenAI-style error answer.
+pub(crate) fn error_response(status: u16, message: &str) -> Response<EngineBody> {
+    json_response(status, &crate::mock::error_body(status, message))
+}
+
+/// One SSE event carrying `v` as its data.
+pub(crate) fn sse_event(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// The event that ends an OpenAI stream.
+pub(crate) const SSE_DONE: &str = "data: [DONE]\n\n";
+
+/// The headers of a streamed (SSE) answer.
+pub(crate) fn event_stream_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+/// Accepts connections from the listener in `slot(&shared)` until `stop` turns true or the slot
+/// is emptied (a shutdown that closes the socket at once), serving each connection with
+/// `handle` on its own task; a connection ends at `stop` too. The listener is closed on return.
+pub(crate) async fn serve<S, H, F>(
+    shared: Arc<S>,
+    slot: fn(&S) -> &Mutex<Option<TcpListener>>,
+    stop: watch::Receiver<bool>,
+    name: &'static str,
+    handle: H,
+) where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static,
+{
+    let mut stopped = stop.clone();
+    loop {
+        let accept = poll_fn(|cx| match lock(slot(&shared)).as_ref() {
+            Some(listener) => listener.poll_accept(cx).map(Some),
+            None => Poll::Ready(None),
+        });
+        let accepted = tokio::select! {
+            () = stopped_signal(&mut stopped) => break,
+            accepted = accept => accepted,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, _))) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(connection(stream, shared, stop.clone(), name, handle));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "{name} accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(lock(slot(&shared)).take());
+}
+
+async fn connection<S, H, F>(
+    stream: TcpStream,
+    shared: Arc<S>,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    handle: H,
+) where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "{name} connection ended");
+            }
+        }
+        () = stopped_signal(&mut stop) => {}
+    }
+}
+
+async fn stopped_signal(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. the engine is gone too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
