@@ -127,8 +127,26 @@ async fn silent_connections_past_the_limit_do_not_stop_health() {
         (13, 7),
         "connections past the limit of 8 are closed"
     );
-    // ... while the admitted connection still answers.
+    // ... while the admitted connection still answers, and counts them.
     assert_eq!(health_on(&mut checker).await, 200);
+    checker
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, text) = read_response(&mut checker).await;
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "baton_client_connections_refused_total{listener=\"main\"}"
+        ),
+        13.0
+    );
+    assert_eq!(
+        metric(&text, "baton_client_connections_open{listener=\"main\"}"),
+        8.0
+    );
     // The silent admitted ones are closed at the first-byte deadline, which
     // frees their slots for new clients.
     for (_, mut s) in admitted {

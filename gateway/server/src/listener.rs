@@ -37,6 +37,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +48,7 @@ use tower::Service;
 
 use crate::body::GatewayBody;
 use crate::config::{secs, ConnectionConfig};
+use crate::metrics::{ListenerLabels, Metrics};
 
 /// The largest default connection limit (when the fd limit allows more).
 pub const MAX_CONNECTIONS_CAP: usize = 10_000;
@@ -99,24 +102,47 @@ pub struct ConnGate {
     listener: &'static str,
     refused: AtomicU64,
     last_log: Mutex<Option<Instant>>,
+    open_gauge: Gauge,
+    refused_total: Counter,
+}
+
+/// One open connection's place under the limit (freed on drop).
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open_gauge: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open_gauge.dec();
+    }
 }
 
 impl ConnGate {
-    pub fn new(max: usize, listener: &'static str) -> Self {
+    pub fn new(max: usize, listener: &'static str, metrics: &Metrics) -> Self {
+        let labels = ListenerLabels { listener };
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
             listener,
             refused: AtomicU64::new(0),
             last_log: Mutex::new(None),
+            open_gauge: metrics.connections_open.get_or_create(&labels).clone(),
+            refused_total: metrics.connections_refused.get_or_create(&labels).clone(),
         }
     }
 
-    /// A slot for a new connection, or `None` (logged) at the limit.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Some(slot);
+    /// A slot for a new connection, or `None` (logged, counted) at the limit.
+    pub fn admit(&self) -> Option<Slot> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            self.open_gauge.inc();
+            return Some(Slot {
+                _permit: permit,
+                open_gauge: self.open_gauge.clone(),
+            });
         }
+        self.refused_total.inc();
         self.refused.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,7 +188,7 @@ impl Activity {
 /// shutdown) or one of [`ConnLimits`] closes it. `slot` is held until then.
 pub async fn serve<S>(
     stream: TcpStream,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     svc: S,
     limits: ConnLimits,
     stop: CancellationToken,
@@ -410,7 +436,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_gate_refuses_past_its_limit_and_frees_slots() {
-        let gate = ConnGate::new(2, "test");
+        let metrics = Metrics::new();
+        let gate = ConnGate::new(2, "test", &metrics);
         let a = gate.admit().unwrap();
         let _b = gate.admit().unwrap();
         assert!(gate.admit().is_none());
@@ -418,5 +445,14 @@ mod tests {
         assert_eq!(gate.open(), 2);
         drop(a);
         assert!(gate.admit().is_some());
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("baton_client_connections_refused_total{listener=\"test\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_client_connections_open{listener=\"test\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -52,6 +52,11 @@ pub struct SloLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatLabels {
     pub stat: &'static str,
 }
@@ -81,6 +86,10 @@ pub struct Metrics {
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub local_prefills: Counter,
     pub slo_local_prefills: Counter,
+    /// Client connections open, per listener (`listener.rs`).
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Client connections closed at accept because the listener was full.
+    pub connections_refused: Family<ListenerLabels, Counter>,
     pub slo_requests: Family<SloLabels, Counter>,
     slo_attainment: Family<SloWindowLabels, FloatGauge>,
     slo_ttft_attainment: Family<SloWindowLabels, FloatGauge>,
@@ -167,6 +176,18 @@ impl Metrics {
             "Requests the SLO policy sent to a decode worker's own prefill (conditional disaggregation)",
             slo_local_prefills.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "client_connections_open",
+            "Client connections open, per listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "client_connections_refused",
+            "Client connections closed at accept because the listener had --max-connections open",
+            connections_refused.clone(),
+        );
         let slo_requests = Family::<SloLabels, Counter>::default();
         registry.register(
             "slo_requests",
@@ -233,6 +254,8 @@ impl Metrics {
             upstream_errors,
             local_prefills,
             slo_local_prefills,
+            connections_open,
+            connections_refused,
             slo_requests,
             slo_attainment,
             slo_ttft_attainment,

@@ -161,15 +161,14 @@ async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let limits = crate::listener::ConnLimits::from_config(&state.config.connections);
-    let gate = if metrics_only {
-        crate::listener::ConnGate::new(ADMIN_MAX_CONNECTIONS, "metrics")
+    let (name, max) = if metrics_only {
+        ("metrics", ADMIN_MAX_CONNECTIONS)
     } else {
         let max = state.config.connections.max;
-        crate::listener::ConnGate::new(
-            max.unwrap_or_else(crate::listener::default_max_connections),
-            "main",
-        )
+        let max = max.unwrap_or_else(crate::listener::default_max_connections);
+        ("main", max)
     };
+    let gate = crate::listener::ConnGate::new(max, name, &state.metrics);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = stop.cancelled() => return,
