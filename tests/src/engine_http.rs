@@ -70,20 +70,31 @@ pub(crate) fn event_stream_headers(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
+/// A request handler of an engine whose state is `S`.
+pub(crate) trait Handler<S>:
+    Fn(Arc<S>, Request<Incoming>) -> Self::Answer + Copy + Send + Sync + 'static
+{
+    type Answer: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static;
+}
+
+impl<S, H, F> Handler<S> for H
+where
+    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static,
+{
+    type Answer = F;
+}
+
 /// Accepts connections from the listener in `slot(&shared)` until `stop` turns true or the slot
 /// is emptied (a shutdown that closes the socket at once), serving each connection with
 /// `handle` on its own task; a connection ends at `stop` too. The listener is closed on return.
-pub(crate) async fn serve<S, H, F>(
+pub(crate) async fn serve<S: Send + Sync + 'static>(
     shared: Arc<S>,
     slot: fn(&S) -> &Mutex<Option<TcpListener>>,
     stop: watch::Receiver<bool>,
     name: &'static str,
-    handle: H,
-) where
-    S: Send + Sync + 'static,
-    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
-    F: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static,
-{
+    handle: impl Handler<S>,
+) {
     let mut stopped = stop.clone();
     loop {
         let accept = poll_fn(|cx| match lock(slot(&shared)).as_ref() {
@@ -109,17 +120,13 @@ pub(crate) async fn serve<S, H, F>(
     drop(lock(slot(&shared)).take());
 }
 
-async fn connection<S, H, F>(
+async fn connection<S: Send + Sync + 'static>(
     stream: TcpStream,
     shared: Arc<S>,
     mut stop: watch::Receiver<bool>,
     name: &'static str,
-    handle: H,
-) where
-    S: Send + Sync + 'static,
-    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
-    F: Future<Output = Result<Response<EngineBody>, BoxError>> + Send + 'static,
-{
+    handle: impl Handler<S>,
+) {
     let _ = stream.set_nodelay(true);
     let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
