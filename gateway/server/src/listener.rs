@@ -15,12 +15,16 @@
 //! - **Idle**: after its first request, a connection with no request in
 //!   progress (handler running or response body not yet sent: a stalled
 //!   stream is not idle) and no bytes either way for `idle` is shut down
-//!   gracefully
-//!   (HTTP/1: closed between requests; HTTP/2: GOAWAY, open streams
-//!   finish); one still silent `idle` later is dropped. Activity is checked
-//!   every `idle / 4`, so the close comes between `idle` and `1.25 × idle`
-//!   after the last byte. hyper's header read timeout (`header_read`) also
-//!   bounds an HTTP/1 connection waiting for its next request.
+//!   gracefully (HTTP/1: closed between requests; HTTP/2: GOAWAY, open
+//!   streams finish); one still silent `idle` later is dropped. Activity is
+//!   checked every `idle / 4`, so the close comes between `idle` and
+//!   `1.25 × idle` after the last byte. hyper's header read timeout
+//!   (`header_read`) also bounds an HTTP/1 connection waiting for its next
+//!   request.
+//!
+//! No HTTP/2 keep-alive PINGs: they and their answers would count as
+//! traffic, so a live but idle client would never look idle. A dead peer
+//! with a request in flight is bounded by that request's own timeouts.
 
 use std::convert::Infallible;
 use std::future::Future;
