@@ -15,6 +15,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod quant;
+pub mod safetensors_dir;
 pub mod sampling;
 pub mod server;
 pub mod tokenizer;

@@ -1,12 +1,13 @@
 //! Loading a model and its tokenizer from a GGUF file, an HF folder (config.json + *.safetensors +
 //! tokenizer.json), or as random weights (`dummy`) shaped by either.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::matrix::Matrix;
 use crate::model::{Model, ModelConfig, Weights};
+use crate::safetensors_dir::SafetensorsDir;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,38 +92,8 @@ pub fn load_config(path: &Path, format: LoadFormat) -> Result<(ModelConfig, Toke
 }
 
 fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
-    use safetensors::SafeTensors;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::UnsupportedModel(format!(
-            "no *.safetensors in {}",
-            dir.display()
-        )));
-    }
-    let buffers = files
-        .iter()
-        .map(|p| {
-            std::fs::read(p).map_err(|source| Error::Io {
-                path: p.clone(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let tensors = buffers
-        .iter()
-        .map(|b| {
-            SafeTensors::deserialize(b).map_err(|e| Error::corrupt(format!("safetensors: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let load = |name: &str, shape: &[usize]| load_tensor(&tensors, name, shape);
+    let tensors = SafetensorsDir::open(dir)?;
+    let load = |name: &str, shape: &[usize]| tensors.f32(name, shape);
     let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
         Ok(Matrix::from_f32(rows, cols, load(name, &[rows, cols])?))
     };
@@ -143,7 +114,7 @@ fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let has_head = tensors.iter().any(|st| st.tensor("lm_head.weight").is_ok());
+    let has_head = tensors.contains("lm_head.weight");
     Ok(Weights {
         embed: mat("model.embed_tokens.weight", cfg.vocab, h)?,
         layers,
@@ -154,36 +125,4 @@ fn hf_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights> {
             Some(mat("lm_head.weight", cfg.vocab, h)?)
         },
     })
-}
-
-fn load_tensor(
-    tensors: &[safetensors::SafeTensors<'_>],
-    name: &str,
-    shape: &[usize],
-) -> Result<Vec<f32>> {
-    use safetensors::Dtype;
-    {
-        let t = tensors
-            .iter()
-            .find_map(|st| st.tensor(name).ok())
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        if t.shape() != shape {
-            return Err(Error::BadShape {
-                name: name.to_string(),
-                got: t.shape().to_vec(),
-                expected: shape.to_vec(),
-            });
-        }
-        let ty = match t.dtype() {
-            Dtype::F32 => crate::quant::TensorType::F32,
-            Dtype::F16 => crate::quant::TensorType::F16,
-            Dtype::BF16 => crate::quant::TensorType::BF16,
-            other => {
-                return Err(Error::UnsupportedTensorType(format!(
-                    "safetensors {other:?}"
-                )))
-            }
-        };
-        crate::quant::dequantize(ty, t.data(), shape.iter().product())
-    }
 }

@@ -10,7 +10,7 @@
 //! Entry point: [`CudaModel`] (`forward` mirrors [`crate::model::Model::forward`]).
 
 // The one place in the crate (besides `kernels.rs`) where `unsafe` is allowed: kernel launches, raw cuBLAS calls,
-// raw device pointers captured in CUDA graphs and the memory map of safetensors files have no safe wrappers.
+// raw device pointers captured in CUDA graphs and CUDA IPC handles have no safe wrappers.
 // Each unsafe block states the invariant it relies on.
 #![allow(unsafe_code)]
 
@@ -23,7 +23,6 @@ mod ipc;
 mod kernels;
 mod kv;
 mod model;
-mod safetensors;
 mod weights;
 
 pub use device::{GpuDevice, LibraryReport};

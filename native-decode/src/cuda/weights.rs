@@ -3,11 +3,12 @@
 use std::path::Path;
 
 use crate::model::{ModelConfig, Weights};
+use crate::quant::TensorType;
+use crate::safetensors_dir::SafetensorsDir;
 
 use super::buffer::DevBuf;
 use super::device::GpuDevice;
 use super::kernels::{launch_1d, Arg};
-use super::safetensors::SafeTensors;
 use super::{CudaError, CudaResult};
 
 /// One transformer block; matrices row-major `[out, in]` bf16.
@@ -208,9 +209,21 @@ impl GpuWeights {
     /// Loads an HF Llama folder (`config.json` + `*.safetensors`); returns the config too.
     pub fn from_hf_dir(dev: &GpuDevice, dir: &Path) -> CudaResult<(ModelConfig, Self)> {
         let cfg = hf_config(dir)?;
-        let st = SafeTensors::open_dir(dir)?;
+        let st = SafetensorsDir::open(dir)?;
         let has_head = st.contains("lm_head.weight");
-        let w = Self::build(dev, &cfg, &mut |n, s| st.bf16(n, s), has_head)?;
+        let mut get = |name: &str, shape: &[usize]| -> CudaResult<Vec<u16>> {
+            let t = st.tensor(name, shape)?;
+            Ok(if t.ty == TensorType::BF16 {
+                // Already bf16: the bits go up unchanged.
+                t.bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect()
+            } else {
+                bf16_bits(&st.f32(name, shape)?)
+            })
+        };
+        let w = Self::build(dev, &cfg, &mut get, has_head)?;
         Ok((cfg, w))
     }
 
