@@ -100,6 +100,10 @@ pub struct Observer {
     output_chunks: u64,
     usage_tokens: Option<u64>,
     outcome: Option<Outcome>,
+    /// When the outcome was settled (the end for TPOT and e2e latency).
+    ended: Option<Instant>,
+    /// The last bytes watched, to see the `[DONE]` that ends the stream.
+    tail: Tail,
     /// The worker whose stream this is; its breaker hears the outcome.
     worker: Option<Arc<Worker>>,
     _guards: Vec<LoadGuard>,
@@ -127,6 +131,8 @@ impl Observer {
             output_chunks: 0,
             usage_tokens: None,
             outcome: None,
+            ended: None,
+            tail: Tail::default(),
             worker: None,
             _guards: Vec::new(),
             _watcher: None,
@@ -180,6 +186,7 @@ impl Observer {
 
     /// Watches streamed bytes.
     pub fn observe(&mut self, bytes: &[u8]) {
+        self.tail.push(bytes);
         if self.first_output.is_some() {
             self.observe_tokens(bytes);
             return;
@@ -253,9 +260,22 @@ impl Observer {
         self.usage_tokens = completion_tokens;
     }
 
+    /// Whether the bytes watched so far end with the `[DONE]` event: the
+    /// stream's last event (vLLM, SGLang and OpenAI end every stream so).
+    pub fn saw_done(&self) -> bool {
+        self.tail.ends_with_done()
+    }
+
+    /// Whether the outcome is settled (later events change nothing).
+    pub fn settled(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Settles the outcome; the first one stands.
     pub fn finish(&mut self, outcome: Outcome) {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);
+            self.ended = Some(Instant::now());
         }
     }
 
@@ -287,7 +307,7 @@ impl Drop for Observer {
                 w.breaker.record_success();
             }
         }
-        let now = Instant::now();
+        let now = self.ended.unwrap_or_else(Instant::now);
         let ttft = self.first_output.map(|f| (f - self.start).as_secs_f64());
         let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
         let tpot = match (self.first_output, tokens > 1) {
@@ -322,6 +342,55 @@ impl Drop for Observer {
             }
         }
     }
+}
+
+/// The last bytes of a stream, kept in place (no allocation per chunk) so
+/// a `[DONE]` split over two reads is still seen.
+#[derive(Debug, Default)]
+struct Tail {
+    buf: [u8; Tail::LEN],
+    len: usize,
+}
+
+impl Tail {
+    /// Room for `data: [DONE]` and its line endings.
+    const LEN: usize = 32;
+
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() >= Self::LEN {
+            self.buf.copy_from_slice(&bytes[bytes.len() - Self::LEN..]);
+            self.len = Self::LEN;
+            return;
+        }
+        let keep = (Self::LEN - bytes.len()).min(self.len);
+        self.buf.copy_within(self.len - keep..self.len, 0);
+        self.buf[keep..keep + bytes.len()].copy_from_slice(bytes);
+        self.len = keep + bytes.len();
+    }
+
+    /// A complete `data: [DONE]` event (its blank line included) at the end.
+    fn ends_with_done(&self) -> bool {
+        ends_with_done(&self.buf[..self.len])
+    }
+}
+
+/// Whether `b` ends with a complete `[DONE]` event: a `data:` line whose
+/// value is `[DONE]`, then the blank line that dispatches an event.
+fn ends_with_done(b: &[u8]) -> bool {
+    let Some(b) = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+        .iter()
+        .find_map(|sep| b.strip_suffix(*sep))
+    else {
+        return false;
+    };
+    let Some(b) = b.strip_suffix(b"[DONE]") else {
+        return false;
+    };
+    let b = b.strip_suffix(b" ").unwrap_or(b);
+    let Some(b) = b.strip_suffix(b"data:") else {
+        return false;
+    };
+    b.is_empty() || b.ends_with(b"\n") || b.ends_with(b"\r")
 }
 
 /// Timeouts that bound a stream.
@@ -403,7 +472,20 @@ impl RelayBody {
         }
         let next = tokio::time::Instant::now() + self.limits.idle;
         self.idle.as_mut().reset(next);
+        // While priming, the frame is held back: it counts once handed over.
+        if self.gather {
+            self.settle_if_done();
+        }
         Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    /// The `[DONE]` event is in the client connection's hands: the request
+    /// succeeded, whatever the client or the engine does next (a client
+    /// closing at once must not turn a delivered stream into `cancelled`).
+    fn settle_if_done(&mut self) {
+        if !self.observer.settled() && self.observer.saw_done() {
+            self.observer.finish(Outcome::Success);
+        }
     }
 
     /// The upstream ended cleanly: the stream ends after what was sent.
@@ -416,6 +498,15 @@ impl RelayBody {
     /// Ends the stream with an error event; the upstream is dropped at once
     /// (which cancels it).
     fn fail(&mut self, e: GatewayError) {
+        if self.observer.settled() {
+            // After the `[DONE]` the client has its whole answer: an engine
+            // that then breaks or stalls just ends the stream.
+            tracing::debug!(error = %e, "stream ended after its [DONE]");
+            self.upstream = None;
+            self.other_leg = None;
+            self.done = true;
+            return;
+        }
         tracing::warn!(error = %e, "stream failed");
         self.observer.record_error(&e);
         if e.counts_against_worker() && e.leg == self.leg {
@@ -440,6 +531,7 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if let Some(f) = this.primed.take() {
+            this.settle_if_done();
             return Poll::Ready(Some(Ok(f)));
         }
         if let Some(t) = this.trailer.take() {
@@ -595,5 +687,27 @@ pub async fn collect(
                 return Err(GatewayError::new(leg, ErrorKind::Timeout("request")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_is_seen_only_as_a_complete_event_even_when_split() {
+        assert!(ends_with_done(b"data: [DONE]\n\n"));
+        assert!(ends_with_done(b"data: {}\n\ndata:[DONE]\r\n\r\n"));
+        assert!(!ends_with_done(b"data: [DONE]\n"), "not dispatched yet");
+        assert!(!ends_with_done(b"data: {\"text\":\"[DONE]\n\n"));
+        assert!(!ends_with_done(b"xdata: [DONE]\n\n"));
+        let mut t = Tail::default();
+        t.push(&[b'x'; 100]);
+        t.push(b"data: {\"choices\":[]}\n\ndata: [DO");
+        assert!(!t.ends_with_done());
+        t.push(b"NE]\n");
+        assert!(!t.ends_with_done());
+        t.push(b"\n");
+        assert!(t.ends_with_done());
     }
 }
