@@ -39,7 +39,12 @@ pub(crate) fn full(data: impl Into<Bytes>) -> EngineBody {
 }
 
 pub(crate) fn json_response(status: u16, value: &Value) -> Response<EngineBody> {
-    let mut resp = Response::new(full(value.to_string()));
+    json_bytes_response(status, value.to_string().into())
+}
+
+/// A JSON answer already serialized.
+pub(crate) fn json_bytes_response(status: u16, json: Bytes) -> Response<EngineBody> {
+    let mut resp = Response::new(full(json));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,7 +14,7 @@
 
 mod body;
 mod faults;
-mod openai;
+pub(crate) mod openai;
 mod rendezvous;
 mod server;
 mod sglang;

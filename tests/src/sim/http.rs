@@ -17,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 use super::sched::{SeqRequest, Token};
 use super::{SimConfig, SimRole, SimStats};
 use crate::engine_http::{
-    self, error_response as error, full, json_response, lock, sse_event, BoxError,
-    EngineBody as SimBody, SSE_DONE,
+    self, error_response as error, full, json_bytes_response, json_response, lock, sse_event,
+    BoxError, EngineBody as SimBody, SSE_DONE,
 };
+use crate::mock::openai::{self, Completion, Endpoint, GenRequest};
 use crate::mock::token_text;
 
 pub(crate) struct Shared {
@@ -123,36 +124,24 @@ async fn handle(
     })
 }
 
-/// The request fields the sim acts on.
+/// The request fields the sim acts on: the mocks' parse (the same validation), then the sim's
+/// own prompt count (the gateway's estimate) and `ignore_eos`.
 struct Gen {
+    req: GenRequest,
     chat: bool,
-    stream: bool,
-    include_usage: bool,
-    max_tokens: Option<usize>,
     ignore_eos: bool,
     prompt_tokens: usize,
     model: String,
 }
 
 fn parse(chat: bool, body: &Value, served: &str) -> Result<Gen, String> {
-    let obj = body
-        .as_object()
-        .ok_or("request body must be a JSON object")?;
-    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let opts = obj.get("stream_options").filter(|v| !v.is_null());
-    if opts.is_some() && !stream {
-        return Err("Stream options can only be defined when `stream=True`.".into());
-    }
-    let count = |k: &str| obj.get(k).and_then(Value::as_u64).map(|n| n as usize);
-    let max_tokens = if chat {
-        count("max_completion_tokens").or_else(|| count("max_tokens"))
+    let endpoint = if chat {
+        Endpoint::Chat
     } else {
-        count("max_tokens")
+        Endpoint::Completions
     };
-    if max_tokens == Some(0) {
-        return Err("max_tokens must be at least 1, got 0.".into());
-    }
-    if count("n").unwrap_or(1) != 1 {
+    let mut req = GenRequest::parse(endpoint, body)?;
+    if req.n != 1 {
         return Err("the sim engine serves n=1 only".into());
     }
     let prompt_tokens = prompt_tokens(body).ok_or(if chat {
@@ -160,24 +149,18 @@ fn parse(chat: bool, body: &Value, served: &str) -> Result<Gen, String> {
     } else {
         "`prompt` must be a string or a list of token ids"
     })?;
+    // Usage reports the sim's count, not the mocks' word count.
+    req.prompt_tokens = vec![prompt_tokens];
+    let model = req.model.clone().unwrap_or_else(|| served.to_owned());
     Ok(Gen {
+        req,
         chat,
-        stream,
-        include_usage: opts
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        max_tokens,
-        ignore_eos: obj
+        ignore_eos: body
             .get("ignore_eos")
             .and_then(Value::as_bool)
             .unwrap_or(false),
         prompt_tokens,
-        model: obj
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(served)
-            .to_owned(),
+        model,
     })
 }
 
@@ -196,8 +179,8 @@ async fn generation(
     };
     let params = body.get("kv_transfer_params").filter(|v| !v.is_null());
     // Output length and finish reason.
-    let cap = g.max_tokens.unwrap_or(shared.cfg.default_tokens);
-    let (mut tokens, mut finish) = match g.max_tokens {
+    let cap = g.req.max_tokens.unwrap_or(shared.cfg.default_tokens);
+    let (mut tokens, mut finish) = match g.req.max_tokens {
         Some(m) => (m, "length"),
         None => (cap, "stop"),
     };
@@ -216,7 +199,7 @@ async fn generation(
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             if remote_decode {
-                if g.stream {
+                if g.req.stream {
                     return error(400, "do_remote_decode requires stream=false");
                 }
                 // vLLM returns params only when prefill stopped at the length cap.
@@ -260,9 +243,9 @@ async fn generation(
         tokens,
         finish,
         prompt_tokens: g.prompt_tokens,
-        include_usage: g.include_usage,
+        include_usage: g.req.include_usage,
     };
-    if g.stream {
+    if g.req.stream {
         return sse_response(render, rx);
     }
     let mut rx = rx;
@@ -295,7 +278,19 @@ async fn generation(
         extra.insert("kv_transfer_params".into(), params);
         lock(&shared.stats).kv_issued += 1;
     }
-    json_response(200, &render.full(extra))
+    let completion = Completion {
+        tokens,
+        finish_reason: finish,
+        extra,
+    };
+    let answer = openai::render(&g.req, &completion, &shared.cfg.model);
+    // A whole answer renders as one chunk.
+    let body = answer
+        .chunks
+        .into_iter()
+        .next()
+        .map_or_else(Bytes::new, |c| c.data);
+    json_bytes_response(200, body)
 }
 
 /// What a decode-side params object must look like (no registry is shared: lenient).
@@ -332,24 +327,6 @@ impl Render {
             (true, false) => "chat.completion",
             (false, _) => "text_completion",
         }
-    }
-
-    fn full(&self, extra: Map<String, Value>) -> Value {
-        let text: String = (0..self.tokens).map(token_text).collect();
-        let choice = if self.chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text},
-                   "logprobs": null, "finish_reason": self.finish})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": self.finish})
-        };
-        let mut v = json!({
-            "id": self.id, "object": self.object(false), "created": self.created,
-            "model": self.model, "choices": [choice], "usage": self.usage(),
-        });
-        if let Value::Object(m) = &mut v {
-            m.extend(extra);
-        }
-        v
     }
 
     fn chunk(&self, choices: Value) -> String {
