@@ -1,8 +1,8 @@
-//! API errors and their one mapping to HTTP: OpenAI-style `{"error": {message, type, param, code}}`.
+//! API errors and their one mapping to HTTP: OpenAI-style `{"error": {message, type, param, code}}`, built by the
+//! protocol crate's [`OpenAiError`] (the gateway's builder too) with vLLM's numeric `code` (the HTTP status).
 
-use bytes::Bytes;
+use baton_protocol::OpenAiError;
 use http::{Response, StatusCode};
-use serde_json::json;
 
 use super::body::{full, Body};
 use crate::error::Error;
@@ -75,18 +75,15 @@ impl ApiError {
         }
     }
 
-    pub fn json_body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.status.as_u16(),
-        }})
+    /// The error object, for a whole response or as an SSE event of a stream that already started.
+    pub fn openai(&self) -> OpenAiError {
+        OpenAiError::new(self.message.as_str(), self.kind)
+            .with_param(self.param)
+            .with_numeric_code(self.status.as_u16())
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let body = Bytes::from(self.json_body().to_string());
-        let mut r = Response::new(full(body));
+        let mut r = Response::new(full(self.openai().to_json()));
         *r.status_mut() = self.status;
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -375,8 +375,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
                     return;
                 }
                 Event::Error(e) => {
-                    let err = ApiError::internal(e).json_body();
-                    let _ = send(err).await;
+                    let _ = tx.send(ApiError::internal(e).openai().to_sse_event()).await;
                     return;
                 }
             }
