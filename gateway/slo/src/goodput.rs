@@ -1,13 +1,14 @@
-//! Goodput: the one "good request" rule ([`Verdict`]), the one sliding
-//! window of goodput counters ([`GoodputWindow`]), bucketing, field names and
+//! Goodput: the one "good request" rule ([`Verdict`]), the goodput rows of
+//! the one sliding window ([`GoodputWindow`]), bucketing, field names and
 //! aggregation. Shared by the memory and Redis stores, by each gateway
 //! replica's live accounting and by the load generator, so all count the
 //! same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::window::{SlidingWindow, WindowCounts};
 use crate::GoodputRow;
 
 /// Latency budgets a request is held to, in milliseconds; `None` constrains
@@ -76,65 +77,31 @@ pub fn within_budget(budget_ms: Option<f64>, got_ms: Option<f64>) -> bool {
     }
 }
 
-/// Goodput counters in time buckets, per (class, tenant): the one sliding
-/// window, used by the embedded store and by each gateway replica's live
-/// accounting. Times are milliseconds on any clock the caller keeps
-/// monotonic enough (wall clock in the store, tokio's in the gateway).
-#[derive(Debug, Default)]
-pub struct GoodputWindow {
-    config: GoodputConfig,
-    /// bucket → (class, tenant) → counters.
-    buckets: BTreeMap<u64, HashMap<(String, String), GoodputRow>>,
-}
+/// Goodput rows in time buckets, per (class, tenant): the window of the
+/// embedded store and of each gateway replica's live accounting.
+pub type GoodputWindow = SlidingWindow<GoodputRow>;
 
-impl GoodputWindow {
-    pub fn new(config: GoodputConfig) -> Self {
-        Self {
-            config,
-            buckets: BTreeMap::new(),
+impl WindowCounts for GoodputRow {
+    fn merge(&mut self, other: &Self) {
+        for k in GoodputCounter::ALL {
+            add(self, k, counter(other, k));
         }
     }
+}
 
-    /// Counts one request that ended at `at_ms`; drops buckets past the
-    /// retention.
+impl SlidingWindow<GoodputRow> {
+    /// Counts one request that ended at `at_ms`.
     pub fn record(&mut self, at_ms: u64, class: &str, tenant: &str, v: &Verdict) {
-        let row = self
-            .buckets
-            .entry(self.config.bucket_of(at_ms))
-            .or_default()
-            .entry((class.to_owned(), tenant.to_owned()))
-            .or_default();
-        row.count(v);
-        if let Some(&newest) = self.buckets.keys().next_back() {
-            let keep_from = self.config.oldest_kept(newest);
-            self.buckets = self.buckets.split_off(&keep_from);
-        }
+        self.add(at_ms, class, tenant, |row| row.count(v));
     }
 
     /// Counters over `[now_ms - window, now_ms]`, one row per (class,
     /// tenant), sorted.
     pub fn rows(&self, window: Duration, now_ms: u64) -> Vec<GoodputRow> {
-        let range = self.config.bucket_range(window, now_ms);
-        let mut rows = RowSet::default();
-        for counters in self.buckets.range(range).map(|(_, m)| m) {
-            for ((class, tenant), c) in counters {
-                let row = rows.row(class, tenant);
-                for k in GoodputCounter::ALL {
-                    add(row, k, counter(c, k));
-                }
-            }
-        }
-        rows.into_rows()
-    }
-
-    /// Buckets held (for tests of pruning).
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
-    }
-
-    /// The newest bucket held.
-    pub fn newest_bucket(&self) -> Option<u64> {
-        self.buckets.keys().next_back().copied()
+        self.sum(window, now_ms)
+            .into_iter()
+            .map(|((class, tenant), c)| GoodputRow { class, tenant, ..c })
+            .collect()
     }
 }
 

@@ -20,6 +20,7 @@ mod redis;
 mod resilient;
 mod store;
 mod types;
+mod window;
 
 pub use error::SloStoreError;
 pub use goodput::{
@@ -30,3 +31,4 @@ pub use redis::{key_id, RedisConfig, RedisStore};
 pub use resilient::{ResilientConfig, ResilientStats, ResilientStatsSnapshot, ResilientStore};
 pub use store::{SloStore, StoreFuture};
 pub use types::{AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, WorkerLoad};
+pub use window::{SlidingWindow, WindowCounts};
