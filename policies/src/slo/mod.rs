@@ -12,7 +12,7 @@ mod fit;
 mod predict;
 
 pub use fit::{Ewma, TpotFit};
-pub use predict::{decide, Placement, Prediction, Verdict};
+pub use predict::{decide, Decision, Placement, Prediction};
 
 use serde::Deserialize;
 

@@ -21,7 +21,7 @@ pub struct Prediction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Verdict {
+pub enum Decision {
     Admit {
         placement: Placement,
         prediction: Prediction,
@@ -58,7 +58,7 @@ pub fn decide(
     req: &SloRequest,
     prefills: &[PrefillLoad<'_>],
     decodes: &[DecodeLoad<'_>],
-) -> Verdict {
+) -> Decision {
     let mut best: Option<(Placement, Prediction)> = None;
     let mut consider = |placement: Placement, p: Prediction| {
         let better = match &best {
@@ -115,13 +115,13 @@ pub fn decide(
         }
     }
     match best {
-        None => Verdict::Reject {
+        None => Decision::Reject {
             retry_after_ms: cfg.min_retry_after_ms,
             best: None,
         },
         Some((placement, prediction)) => {
             if cfg.admission == AdmissionMode::Off || prediction.slack >= cfg.min_slack {
-                Verdict::Admit {
+                Decision::Admit {
                     placement,
                     prediction,
                 }
@@ -132,7 +132,7 @@ pub fn decide(
                     .budget
                     .ttft_ms
                     .map_or(0.0, |t| (prediction.ttft_ms - t).max(0.0));
-                Verdict::Reject {
+                Decision::Reject {
                     retry_after_ms: late.max(cfg.min_retry_after_ms),
                     best: Some(prediction),
                 }
@@ -188,7 +188,7 @@ mod tests {
         let ps = [prefill("a", 0), prefill("b", 50_000)];
         let ds = [decode("a", 0), decode("b", 40)];
         match decide(&cfg, &req(2000, 10_000.0, 100.0), &ps, &ds) {
-            Verdict::Admit { placement, .. } => assert_eq!(
+            Decision::Admit { placement, .. } => assert_eq!(
                 placement,
                 Placement::Disaggregated {
                     prefill: 0,
@@ -208,7 +208,7 @@ mod tests {
         let ps = [prefill("p0", 20_000), prefill("p1", 0)];
         let ds = [decode("d0", 30), decode("d1", 2)];
         match decide(&cfg, &req(2000, 500.0, 50.0), &ps, &ds) {
-            Verdict::Admit {
+            Decision::Admit {
                 placement,
                 prediction,
             } => {
@@ -233,7 +233,7 @@ mod tests {
         let ps = [prefill("p0", 100_000)];
         let ds = [decode("d0", 0)];
         match decide(&cfg, &req(4000, 500.0, 50.0), &ps, &ds) {
-            Verdict::Reject {
+            Decision::Reject {
                 retry_after_ms,
                 best,
             } => {
@@ -250,7 +250,7 @@ mod tests {
         };
         assert!(matches!(
             decide(&off, &req(4000, 500.0, 50.0), &ps, &ds),
-            Verdict::Admit { .. }
+            Decision::Admit { .. }
         ));
     }
 
@@ -260,14 +260,14 @@ mod tests {
         let ps = [prefill("p0", 5_000)]; // 500 ms queue
         let ds = [decode("d0", 4)];
         match decide(&cfg, &req(100, 300.0, 50.0), &ps, &ds) {
-            Verdict::Admit { placement, .. } => {
+            Decision::Admit { placement, .. } => {
                 assert_eq!(placement, Placement::Local { decode: 0 })
             }
             v => panic!("{v:?}"),
         }
         // Long prompts never take the local path.
         match decide(&cfg, &req(2000, 3000.0, 50.0), &ps, &ds) {
-            Verdict::Admit { placement, .. } => {
+            Decision::Admit { placement, .. } => {
                 assert!(matches!(placement, Placement::Disaggregated { .. }))
             }
             v => panic!("{v:?}"),
@@ -285,7 +285,7 @@ mod tests {
         busy.pending = 30;
         let ds = [busy, decode("d1", 10)];
         match decide(&cfg, &req(10, 500.0, 50.0), &ps, &ds) {
-            Verdict::Admit { placement, .. } => {
+            Decision::Admit { placement, .. } => {
                 assert_eq!(
                     placement,
                     Placement::Disaggregated {
@@ -307,11 +307,11 @@ mod tests {
         d.available = false;
         assert!(matches!(
             decide(&cfg, &req(10, 1.0, 1.0), &[p], &[d]),
-            Verdict::Reject { best: None, .. }
+            Decision::Reject { best: None, .. }
         ));
         assert!(matches!(
             decide(&cfg, &req(10, 1.0, 1.0), &[], &[]),
-            Verdict::Reject { .. }
+            Decision::Reject { .. }
         ));
     }
 
@@ -326,7 +326,7 @@ mod tests {
             budget: Budget::default(),
         };
         match decide(&cfg, &r, &ps, &ds) {
-            Verdict::Admit {
+            Decision::Admit {
                 placement,
                 prediction,
             } => {

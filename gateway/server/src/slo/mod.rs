@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_policies::slo::{
-    self as policy, AdmissionMode, DecodeLoad, Placement, PrefillLoad, SloRequest,
-    Verdict as PolicyVerdict,
+    self as policy, AdmissionMode, Decision, DecodeLoad, Placement, PrefillLoad, SloRequest,
 };
 use baton_protocol::ClientRequest;
 use tokio::time::Instant;
@@ -148,7 +147,7 @@ impl SloEngine {
         mode: Mode,
         pools: &Pools,
         req: &SloRequest,
-    ) -> (PolicyVerdict, Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
+    ) -> (Decision, Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
         let (prefill_workers, decode_workers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) = match pools {
             Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
             Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
@@ -234,7 +233,7 @@ impl SloEngine {
             if my_turn {
                 let (verdict, pw, dw) = self.decide(mode, pools, req);
                 match verdict {
-                    PolicyVerdict::Admit { placement, .. } => {
+                    Decision::Admit { placement, .. } => {
                         let forced = match placement {
                             Placement::Disaggregated { prefill, decode } => Forced {
                                 prefill: pw.get(prefill).cloned(),
@@ -250,7 +249,7 @@ impl SloEngine {
                         self.tracker.freed.notify_waiters();
                         return Admission::Admit(Some(forced));
                     }
-                    PolicyVerdict::Reject { retry_after_ms, .. } => {
+                    Decision::Reject { retry_after_ms, .. } => {
                         let retry_after =
                             ms_duration(retry_after_ms).unwrap_or(Duration::from_secs(1));
                         if !queueing {

@@ -22,7 +22,7 @@ pub enum BodyError {
     #[error("reading the response body: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad response body: {0}")]
-    Protocol(#[from] super::http1::ProtocolError),
+    Protocol(#[from] super::http1::MalformedHttp1),
 }
 
 pub struct UpstreamBody {

@@ -23,10 +23,10 @@ const MAX_SKIPPED: usize = 16 << 10;
 /// Something in the engine's response that is not HTTP/1.1 as it should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ProtocolError(pub String);
+pub struct MalformedHttp1(pub String);
 
-fn bad(msg: impl Into<String>) -> ProtocolError {
-    ProtocolError(msg.into())
+fn bad(msg: impl Into<String>) -> MalformedHttp1 {
+    MalformedHttp1(msg.into())
 }
 
 /// Writes a request with a `Content-Length` body (none for an empty GET).
@@ -82,7 +82,7 @@ pub struct Head {
 /// Parses a response head from the start of `buf`: `Ok(None)` while it is
 /// incomplete, else the head and its length in bytes. Interim (1xx)
 /// responses are returned like any other; the caller skips them.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ProtocolError> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, MalformedHttp1> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -172,7 +172,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ProtocolError> {
     )))
 }
 
-fn parse_length(v: &[u8]) -> Result<u64, ProtocolError> {
+fn parse_length(v: &[u8]) -> Result<u64, MalformedHttp1> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(bad("bad content-length"));
@@ -266,7 +266,7 @@ impl Decoder {
 
     /// Takes the body bytes at the front of `buf` (possibly none), consuming
     /// the framing around them. Stops at the end of the body.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Bytes, ProtocolError> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Bytes, MalformedHttp1> {
         match &mut self.state {
             State::Done => Ok(Bytes::new()),
             State::Close => Ok(buf.split().freeze()),
@@ -283,7 +283,7 @@ impl Decoder {
     }
 
     /// The engine closed the connection: fine only for a body that ends so.
-    pub fn eof(&mut self) -> Result<(), ProtocolError> {
+    pub fn eof(&mut self) -> Result<(), MalformedHttp1> {
         match self.state {
             State::Close | State::Done => {
                 self.state = State::Done;
@@ -298,7 +298,7 @@ impl Decoder {
 
     /// Data is moved left over the framing before it (`copy_within`), so
     /// the data of every chunk in `buf` ends up contiguous at its front.
-    fn decode_chunked(&mut self, buf: &mut BytesMut) -> Result<Bytes, ProtocolError> {
+    fn decode_chunked(&mut self, buf: &mut BytesMut) -> Result<Bytes, MalformedHttp1> {
         let State::Chunked(mut st) = self.state else {
             return Ok(Bytes::new());
         };

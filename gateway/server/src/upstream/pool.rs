@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::http1::{self, Head, ProtocolError};
+use super::http1::{self, Head, MalformedHttp1};
 
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -46,7 +46,7 @@ pub enum ExchangeError {
     /// The request could not be written: it never reached the engine.
     Unsent(io::Error),
     Io(io::Error),
-    Protocol(ProtocolError),
+    Protocol(MalformedHttp1),
 }
 
 impl std::fmt::Display for ExchangeError {
@@ -143,7 +143,7 @@ async fn read_head(
             match http1::parse_head(buf).map_err(ExchangeError::Protocol)? {
                 Some((head, len)) if head.status.is_informational() => {
                     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(ExchangeError::Protocol(ProtocolError(
+                        return Err(ExchangeError::Protocol(MalformedHttp1(
                             "unrequested protocol switch".into(),
                         )));
                     }
