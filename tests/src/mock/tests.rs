@@ -60,14 +60,10 @@ impl Answer {
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 
-    /// The `data:` payloads of an SSE body.
+    /// The `data:` payloads of an SSE body (read with the protocol crate's decoder).
     fn events(&self) -> Vec<String> {
-        std::str::from_utf8(&self.body)
-            .expect("utf-8")
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").expect("data line").to_owned())
-            .collect()
+        let mut decoder = baton_protocol::sse::SseDecoder::new();
+        decoder.push(&self.body).into_iter().map(|e| e.data).collect()
     }
 }
 
