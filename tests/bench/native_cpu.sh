@@ -3,7 +3,7 @@
 # 64 output tokens) and aggregate throughput at 1/4/16 concurrent streams,
 # plus resident memory, on SmolLM2-135M-Instruct Q4_1. Compare with
 # llama.cpp's 69.6 tok/s single stream on the same machine kind
-# (shared/reference/anchors.md). Usage: tests/bench/native_cpu.sh [OUT_DIR]
+# (docs/BENCHMARKS.md). Usage: tests/bench/native_cpu.sh [OUT_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"

@@ -1,7 +1,7 @@
 //! End-to-end harness for Baton.
 //!
 //! [`mock`] holds in-process mock LLM engines (plain OpenAI, vLLM NixlConnector prefill/decode, SGLang
-//! bootstrap-room prefill/decode) that speak the wire protocols of `shared/reference/protocols.md`, with
+//! bootstrap-room prefill/decode) that speak the wire protocols of `docs/PROTOCOLS.md`, with
 //! deterministic output, configurable latency and fault injection, and counters that tests await
 //! without sleeping. [`sim`] holds simulated engines with a continuous-batching latency model and
 //! an open-loop goodput workload (`tests/tests/goodput.rs`, `tests/bench/goodput_cpu.rs`) sent by

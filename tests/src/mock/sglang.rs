@@ -1,4 +1,4 @@
-//! SGLang PD disaggregation (protocols.md §2): both legs get the same body carrying
+//! SGLang PD disaggregation (docs/PROTOCOLS.md §2): both legs get the same body carrying
 //! `bootstrap_host` / `bootstrap_port` / `bootstrap_room`; the prefill blocks until the decode
 //! joined the room, then "transfers" the KV; the decode waits for that transfer.
 

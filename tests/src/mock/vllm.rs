@@ -1,4 +1,4 @@
-//! vLLM NixlConnector "pull" mode (protocols.md §1): the prefill issues `kv_transfer_params`,
+//! vLLM NixlConnector "pull" mode (docs/PROTOCOLS.md §1): the prefill issues `kv_transfer_params`,
 //! the decode must present them verbatim to pull the KV blocks.
 
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //!
 //! A [`SimEngine`] is a hyper 1 server on `127.0.0.1:0` that speaks the OpenAI API (streaming
 //! `/v1/completions` and `/v1/chat/completions` with the usage chunk) and vLLM's NixlConnector
-//! prefill/decode protocol (protocols.md §1). Unlike the [`crate::mock`] engines, whose delays are
+//! prefill/decode protocol (docs/PROTOCOLS.md §1). Unlike the [`crate::mock`] engines, whose delays are
 //! fixed per request, every sim engine runs **one scheduler task** that owns its state and runs a
 //! continuous-batching iteration loop like vLLM's:
 //!
