@@ -2,7 +2,7 @@
 //! CPU loader dequantizes tensors to f32, the CUDA backend converts them to bf16.
 //!
 //! Headers are parsed and validated by the `safetensors` crate (offsets contiguous, sizes matching shapes, the file
-//! exactly as long as the header says); files are memory-mapped through [`crate::kernels::map_file`], so this module
+//! exactly as long as the header says); files are memory-mapped through [`crate::cpu_ops::map_file`], so this module
 //! needs no `unsafe` of its own.
 
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ impl SafetensorsDir {
         let mut owner = HashMap::new();
         for path in paths {
             let file = std::fs::File::open(&path).map_err(io(&path))?;
-            let map = crate::kernels::map_file(&file).map_err(io(&path))?;
+            let map = crate::cpu_ops::map_file(&file).map_err(io(&path))?;
             let (header_len, meta) = SafeTensors::read_metadata(&map)
                 .map_err(|e| Error::corrupt(format!("safetensors {}: {e}", path.display())))?;
             for name in meta.tensors().into_keys() {

@@ -166,7 +166,7 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let mmap = crate::kernels::map_file(&file).map_err(io)?;
+        let mmap = crate::cpu_ops::map_file(&file).map_err(io)?;
         Self::from_storage(Storage::Mapped(mmap))
     }
 

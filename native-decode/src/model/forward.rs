@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{axpy, dot};
+use crate::cpu_ops::{axpy, dot};
 use crate::kv::store::{BlockId, KvStore};
 use crate::model::matrix::matmul_multi;
 use crate::model::Model;

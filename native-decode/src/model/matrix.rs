@@ -7,8 +7,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::cpu_ops;
 use crate::error::{Error, Result};
-use crate::kernels;
 use crate::quant::{dequantize, TensorType};
 
 pub const QK: usize = 32;
@@ -26,7 +26,7 @@ pub enum Matrix {
         cols: usize,
         d: Vec<f32>,
         m: Vec<f32>,
-        /// 16 bytes per block in the kernels' packed layout ([`kernels::pack_q4`]).
+        /// 16 bytes per block in the packed layout of `cpu_ops` ([`cpu_ops::pack_q4`]).
         qs: Vec<u8>,
     },
     /// 8-bit: value = q·d.
@@ -34,7 +34,7 @@ pub enum Matrix {
         rows: usize,
         cols: usize,
         d: Vec<f32>,
-        /// 32 bytes per block in the kernels' packed layout ([`kernels::pack_q8`]).
+        /// 32 bytes per block in the packed layout of `cpu_ops` ([`cpu_ops::pack_q8`]).
         qs: Vec<i8>,
     },
 }
@@ -78,10 +78,10 @@ impl Matrix {
                     d.push(dd);
                     if ty == TensorType::Q4_1 {
                         m.push(h(&blk[2..4]));
-                        qs.extend_from_slice(&kernels::pack_q4(&blk[4..]));
+                        qs.extend_from_slice(&cpu_ops::pack_q4(&blk[4..]));
                     } else {
                         m.push(-8.0 * dd);
-                        qs.extend_from_slice(&kernels::pack_q4(&blk[2..]));
+                        qs.extend_from_slice(&cpu_ops::pack_q4(&blk[2..]));
                     }
                 }
                 Ok(Self::Q4 {
@@ -98,7 +98,7 @@ impl Matrix {
                 for blk in bytes.chunks_exact(34) {
                     d.push(h(&blk[..2]));
                     let vals: Vec<i8> = blk[2..].iter().map(|&b| b as i8).collect();
-                    qs.extend_from_slice(&kernels::pack_q8(&vals));
+                    qs.extend_from_slice(&cpu_ops::pack_q8(&vals));
                 }
                 Ok(Self::Q8 { rows, cols, d, qs })
             }
@@ -131,7 +131,7 @@ impl Matrix {
                 let mut q = [0u8; QK];
                 for b in 0..nb {
                     let i = r * nb + b;
-                    kernels::unpack_q4(&qs[i * 16..(i + 1) * 16], &mut q);
+                    cpu_ops::unpack_q4(&qs[i * 16..(i + 1) * 16], &mut q);
                     for (o, q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
                         *o = f32::from(q) * d[i] + m[i];
                     }
@@ -142,7 +142,7 @@ impl Matrix {
                 let mut q = [0i8; QK];
                 for b in 0..nb {
                     let i = r * nb + b;
-                    kernels::unpack_q8(&qs[i * QK..(i + 1) * QK], &mut q);
+                    cpu_ops::unpack_q8(&qs[i * QK..(i + 1) * QK], &mut q);
                     for (o, q) in out[b * QK..(b + 1) * QK].iter_mut().zip(q) {
                         *o = d[i] * f32::from(q);
                     }
@@ -165,8 +165,8 @@ impl Matrix {
         let cols = self.cols();
         let nb = cols / QK;
         match self {
-            Self::F32 { data, .. } => kernels::dot(&data[r * cols..(r + 1) * cols], x),
-            Self::Q4 { d, m, qs, .. } => kernels::dot_q4(
+            Self::F32 { data, .. } => cpu_ops::dot(&data[r * cols..(r + 1) * cols], x),
+            Self::Q4 { d, m, qs, .. } => cpu_ops::dot_q4(
                 &d[r * nb..(r + 1) * nb],
                 &m[r * nb..(r + 1) * nb],
                 &qs[r * nb * 16..(r + 1) * nb * 16],
@@ -174,7 +174,7 @@ impl Matrix {
                 xsum,
             ),
             Self::Q8 { d, qs, .. } => {
-                kernels::dot_q8(&d[r * nb..(r + 1) * nb], &qs[r * cols..(r + 1) * cols], x)
+                cpu_ops::dot_q8(&d[r * nb..(r + 1) * nb], &qs[r * cols..(r + 1) * cols], x)
             }
         }
     }
@@ -245,13 +245,13 @@ pub fn matmul_multi(mats: &[&Matrix], x: &[f32], n_tok: usize, outs: &mut [&mut 
                 row(g, &mut s0);
                 row(g + 1, &mut s1);
                 let (o0, o1) = pair.split_at_mut(n_tok);
-                kernels::dot_rows2_tokens([&s0, &s1], x, n_tok, [o0, o1]);
+                cpu_ops::dot_rows2_tokens([&s0, &s1], x, n_tok, [o0, o1]);
                 g += 2;
             }
             let rest = pairs.into_remainder();
             if !rest.is_empty() {
                 row(g, &mut s0);
-                kernels::dot_row_tokens(&s0, x, n_tok, rest);
+                cpu_ops::dot_row_tokens(&s0, x, n_tok, rest);
             }
         });
     let mut off = 0;

@@ -1,10 +1,14 @@
-//! Hot numeric kernels, and the crate's only `unsafe` code.
+//! The CPU backend's hot numeric operations, and the crate's only `unsafe` code outside the `cuda` feature.
 //!
-//! The workspace forbids `unsafe`; this crate relaxes that to `deny` (see its Cargo.toml) so that this one module
-//! can opt in. It holds exactly two kinds of unsafe code:
-//! - the read-only memory map of a model file ([`map_file`]);
+//! The workspace forbids `unsafe`; this crate relaxes that to `deny` (see its Cargo.toml) so that exactly two
+//! modules can opt in: this one, and `cuda/` (built only with the `cuda` feature: kernel launches, cuBLAS calls,
+//! device pointers and CUDA IPC). This one holds two kinds of unsafe code:
+//! - the read-only memory map of a model file ([`map_file`], used for GGUF and safetensors);
 //! - AVX2+FMA dot products, selected at run time with `is_x86_feature_detected!` (no `-C target-cpu` needed),
 //!   with portable fallbacks that LLVM vectorizes for the baseline target.
+//!
+//! (Not to be confused with the GPU kernels: CUDA C in `native-decode/kernels/*.cu`, launched from
+//! `cuda/kernels.rs`.)
 #![allow(unsafe_code)]
 
 use std::fs::File;
