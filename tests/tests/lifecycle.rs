@@ -171,3 +171,152 @@ async fn done_then_close_counts_before_the_engine_ends_its_stream() {
     assert_eq!(slo_row(&report)["good"], 20, "{report}");
     gw.shutdown().await;
 }
+
+/// The `client_errors`, `failed` and `requests` of the standard/anonymous
+/// row of `/v1/slo`, and `baton_requests_total{outcome="client_error"}`.
+async fn client_errors(admin: &str) -> (Value, Value, Value, f64) {
+    let report = get(admin, "/v1/slo").await.json();
+    let row = slo_row(&report).clone();
+    let m = get(admin, "/metrics").await.text();
+    let counted = metric(
+        &m,
+        "baton_requests_total{endpoint=\"completions\",mode=\"aggregated\",outcome=\"client_error\"}",
+    );
+    (
+        row["client_errors"].clone(),
+        row["failed"].clone(),
+        row["requests"].clone(),
+        counted,
+    )
+}
+
+/// The gateway with its admin endpoints on their own open listener.
+async fn gateway(cfg: baton_gateway::GatewayConfig) -> (baton_gateway::RunningGateway, String) {
+    let mut cfg = cfg;
+    cfg.prometheus_port = Some(0);
+    let gw = start(cfg).await;
+    let admin = format!("http://{}", gw.metrics_addr.expect("admin listener"));
+    (gw, admin)
+}
+
+/// Each edge refusal is counted once as a client error, never as an SLO miss.
+async fn assert_one_client_error(admin: &str) {
+    let (slo, failed, requests, counted) = client_errors(admin).await;
+    assert_eq!((slo, failed, requests), (1.into(), 0.into(), 0.into()));
+    assert_eq!(counted, 1.0);
+}
+
+#[tokio::test]
+async fn bad_json_is_a_counted_client_error() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let (gw, admin) = gateway(aggregated(&[engine.url()])).await;
+    let r = post(&gw.url(), "/v1/completions", "{not json").await;
+    assert_eq!(r.status, 400);
+    assert_one_client_error(&admin).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_api_key_is_a_counted_client_error() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[engine.url()]);
+    cfg.api_key = Some(baton_gateway::auth::Secret::new("sk-right"));
+    let (gw, admin) = gateway(cfg).await;
+    let r = post_with(
+        &gw.url(),
+        "/v1/completions",
+        COMPLETION,
+        &[("authorization", "Bearer sk-wrong")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_one_client_error(&admin).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn big_body_is_a_counted_client_error() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = aggregated(&[engine.url()]);
+    cfg.max_payload_size = 1024;
+    let (gw, admin) = gateway(cfg).await;
+    let big = format!(
+        r#"{{"model":"mock-model","prompt":"{}","max_tokens":8}}"#,
+        "a".repeat(2000)
+    );
+    let r = post(&gw.url(), "/v1/completions", &big).await;
+    assert_eq!(r.status, 413);
+    assert_one_client_error(&admin).await;
+    gw.shutdown().await;
+}
+
+/// A body that stops arriving: 408 once the body-read limit (60 s, on the
+/// paused clock) passes.
+#[tokio::test(start_paused = true)]
+async fn slow_body_is_a_counted_client_error() {
+    let engine = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let (gw, admin) = gateway(aggregated(&[engine.url()])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert_one_client_error(&admin).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_engine_refusing_a_request_is_a_client_error_not_a_miss() {
+    let engine = MockEngine::new(Flavor::OpenAi)
+        .fault(baton_e2e::mock::Fault::StatusAlways { status: 400 })
+        .spawn()
+        .await;
+    let (gw, admin) = gateway(aggregated(&[engine.url()])).await;
+    let r = post(&gw.url(), "/v1/completions", COMPLETION).await;
+    assert_eq!(r.status, 400);
+    assert_one_client_error(&admin).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_is_cancelled_and_no_miss() {
+    let engine = MockEngine::new(Flavor::OpenAi)
+        .token_delay(Duration::from_millis(200))
+        .spawn()
+        .await;
+    let (gw, admin) = gateway(aggregated(&[engine.url()])).await;
+    let resp = open(&gw.url(), "/v1/completions", COMPLETION_STREAM, &[]).await;
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    assert!(body.frame().await.unwrap().unwrap().data_ref().is_some());
+    drop(body);
+    assert!(engine
+        .wait_until(|s| s.cancelled == 1, Duration::from_secs(5))
+        .await
+        .is_ok());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let row = loop {
+        let report = get(&admin, "/v1/slo").await.json();
+        let row = slo_row(&report).clone();
+        if row["cancelled"] == 1 || tokio::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (&row["cancelled"], &row["requests"], &row["failed"]),
+        (&1.into(), &0.into(), &0.into()),
+        "{row}"
+    );
+    gw.shutdown().await;
+}

@@ -93,7 +93,7 @@ async fn every_request_is_counted_once_against_its_class() {
 }
 
 #[tokio::test]
-async fn explicit_budgets_and_failures_count_as_misses() {
+async fn refusals_as_invalid_are_client_errors_not_misses() {
     let engine = MockEngine::new(Flavor::OpenAi)
         .fault(Fault::StatusNth { n: 1, status: 400 })
         .spawn()
@@ -116,14 +116,18 @@ async fn explicit_budgets_and_failures_count_as_misses() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let report = get(&gw.url(), "/v1/slo").await.json();
+    // The engine's 400 and the gateway's (a bad budget header) are the
+    // client's mistakes: counted apart, neither served nor missed.
     let std = row(&report, "standard", "anonymous");
     assert_eq!(
         (
             std["requests"].as_u64(),
             std["failed"].as_u64(),
-            std["good"].as_u64()
+            std["good"].as_u64(),
+            std["client_errors"].as_u64()
         ),
-        (Some(1), Some(1), Some(0))
+        (Some(0), Some(0), Some(0), Some(2)),
+        "{report}"
     );
     gw.shutdown().await;
 }

@@ -59,8 +59,11 @@ pub enum ErrorKind {
     },
     /// The engine's reply could not be understood.
     BadReply(String),
-    /// Admission control predicted the SLO cannot be met (429).
-    Rejected,
+    /// Admission control predicted the SLO cannot be met, or a policy plugin
+    /// shed the request (429); the client may retry after this long.
+    Rejected {
+        retry_after: std::time::Duration,
+    },
     /// No engine serves the requested model (404, OpenAI's `model_not_found`).
     ModelNotFound(String),
     /// No valid key for this endpoint (401).
@@ -133,7 +136,7 @@ impl GatewayError {
             ErrorKind::Timeout(_) => "timeout",
             ErrorKind::Status { .. } => "status",
             ErrorKind::BadReply(_) => "bad_reply",
-            ErrorKind::Rejected => "rejected",
+            ErrorKind::Rejected { .. } => "rejected",
             ErrorKind::ModelNotFound(_) => "model_not_found",
             ErrorKind::Unauthorized(_) => "invalid_api_key",
         }
@@ -164,7 +167,7 @@ impl fmt::Display for GatewayError {
                 write!(f, "{who} returned HTTP {status}: {detail}")
             }
             ErrorKind::BadReply(e) => write!(f, "{who} sent an invalid reply: {e}"),
-            ErrorKind::Rejected => write!(
+            ErrorKind::Rejected { .. } => write!(
                 f,
                 "no worker can meet this request's latency targets now; retry later"
             ),

@@ -3,6 +3,7 @@
 //! protocols). This is the only Baton crate that does network I/O; protocol
 //! planning lives in `baton-protocol`, routing in `baton-policies`.
 
+pub mod abort;
 pub mod auth;
 pub mod body;
 pub mod breaker;
@@ -13,6 +14,7 @@ pub mod dispatch;
 pub mod engine_load;
 pub mod error;
 pub mod health;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod models;

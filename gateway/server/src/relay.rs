@@ -20,16 +20,14 @@ use baton_protocol::sse::{inspect, may_carry_metadata, SseDecoder};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
+use crate::abort::AbortOnDrop;
 use crate::coalesce::Coalescer;
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::metrics::{ErrorLabels, Metrics, ModeLabels, RequestLabels};
+use crate::lifecycle::{Ending, Lifecycle, Outcome};
 use crate::respond::openai_error;
-use crate::slo::classify::SloTarget;
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
-use crate::slo::SloEngine;
 use crate::upstream::body::BodyError;
 use crate::upstream::{error_chain, UpstreamBody};
 use crate::worker::{LoadGuard, Worker};
@@ -37,129 +35,48 @@ use crate::worker::{LoadGuard, Worker};
 /// Result of the other leg running beside the stream (SGLang prefill).
 pub type LegResult = Result<(), GatewayError>;
 
-/// Aborts a background task when dropped (ties the prefill watcher's life to
-/// the client's stream).
-#[derive(Debug)]
-pub struct AbortOnDrop(pub JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// How a request ended, as a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    ClientError,
-    UpstreamError,
-    Timeout,
-    Cancelled,
-    NoWorker,
-    Rejected,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::ClientError => "client_error",
-            Self::UpstreamError => "upstream_error",
-            Self::Timeout => "timeout",
-            Self::Cancelled => "cancelled",
-            Self::NoWorker => "no_worker",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    pub fn of(e: &GatewayError) -> Self {
-        match (&e.kind, e.leg) {
-            (_, Leg::Client) => Self::ClientError,
-            (ErrorKind::Status { status, .. }, _)
-                if (400..500).contains(status) && *status != 408 && *status != 429 =>
-            {
-                Self::ClientError
-            }
-            (ErrorKind::Timeout(_), _) => Self::Timeout,
-            (ErrorKind::NoWorker, _) => Self::NoWorker,
-            _ => Self::UpstreamError,
-        }
-    }
-}
-
-/// Per-request accounting, finalized exactly once (on drop).
+/// Watches a reply on its way to the client: when the first output came,
+/// how many tokens followed, and how the stream ended. On drop it hands
+/// that to the request's [`Lifecycle`], which records it.
 #[derive(Debug)]
 pub struct Observer {
-    metrics: Arc<Metrics>,
-    endpoint: &'static str,
-    mode: &'static str,
-    start: Instant,
+    life: Lifecycle,
     decoder: SseDecoder,
     first_output: Option<Instant>,
     output_chunks: u64,
     usage_tokens: Option<u64>,
-    outcome: Option<Outcome>,
+    /// How the stream ended, once settled (the first settlement stands).
+    ending: Option<Ending>,
     /// When the outcome was settled (the end for TPOT and e2e latency).
     ended: Option<Instant>,
+    /// The answering worker is to blame for the ending.
+    worker_at_fault: bool,
     /// The last bytes watched, to see the `[DONE]` that ends the stream.
     tail: Tail,
-    /// The worker whose stream this is; its breaker hears the outcome.
-    worker: Option<Arc<Worker>>,
     _guards: Vec<LoadGuard>,
     _watcher: Option<AbortOnDrop>,
-    slo: Option<(Arc<SloEngine>, SloTarget)>,
-    ticket: Option<DecodeTicket>,
     prefill_ticket: Option<PrefillTicket>,
-    request_id: String,
 }
 
 impl Observer {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        endpoint: &'static str,
-        mode: &'static str,
-        start: Instant,
-    ) -> Self {
+    /// Watches the reply of `worker` (holding its decode-load `ticket`) for
+    /// the request `life`.
+    pub fn new(mut life: Lifecycle, worker: Arc<Worker>, ticket: DecodeTicket) -> Self {
+        life.answered_by(worker, ticket);
         Self {
-            metrics,
-            endpoint,
-            mode,
-            start,
+            life,
             decoder: SseDecoder::new(),
             first_output: None,
             output_chunks: 0,
             usage_tokens: None,
-            outcome: None,
+            ending: None,
             ended: None,
+            worker_at_fault: false,
             tail: Tail::default(),
-            worker: None,
             _guards: Vec::new(),
             _watcher: None,
-            slo: None,
-            ticket: None,
             prefill_ticket: None,
-            request_id: String::new(),
         }
-    }
-
-    /// Accounts the request against its SLO when it ends.
-    pub fn with_slo(
-        mut self,
-        request_id: &str,
-        engine: Arc<SloEngine>,
-        target: SloTarget,
-        ticket: Option<DecodeTicket>,
-    ) -> Self {
-        self.request_id = request_id.to_owned();
-        self.slo = Some((engine, target));
-        self.ticket = ticket;
-        self
-    }
-
-    pub fn with_worker(mut self, w: Arc<Worker>) -> Self {
-        self.worker = Some(w);
-        self
     }
 
     pub fn with_guards(mut self, guards: Vec<LoadGuard>) -> Self {
@@ -268,79 +185,56 @@ impl Observer {
 
     /// Whether the outcome is settled (later events change nothing).
     pub fn settled(&self) -> bool {
-        self.outcome.is_some()
+        self.ending.is_some()
     }
 
     /// Settles the outcome; the first one stands.
-    pub fn finish(&mut self, outcome: Outcome) {
-        if self.outcome.is_none() {
-            self.outcome = Some(outcome);
+    pub fn finish(&mut self, ending: Ending) {
+        if self.ending.is_none() {
+            self.ending = Some(ending);
             self.ended = Some(Instant::now());
         }
     }
 
-    pub fn record_error(&self, e: &GatewayError) {
-        self.metrics
-            .upstream_errors
-            .get_or_create(&ErrorLabels {
-                leg: e.leg.label(),
-                kind: e.kind_label(),
-            })
-            .inc();
+    /// Settles the outcome on an error met while relaying.
+    fn fail(&mut self, e: &GatewayError, answering_leg: Leg) {
+        self.life.upstream_error(e);
+        if !self.settled() {
+            self.worker_at_fault = e.counts_against_worker() && e.leg == answering_leg;
+        }
+        self.finish(Ending::of(e));
+    }
+
+    /// What was measured, as the lifecycle records it.
+    fn outcome(&self) -> Outcome {
+        // Dropped without a verdict: the client went away.
+        let ending = self.ending.unwrap_or(Ending::Cancelled);
+        let start = self.life.start();
+        let end = self.ended.unwrap_or_else(Instant::now);
+        let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
+        let (ttft, tpot) = match self.first_output {
+            Some(first) => (
+                Some(first - start),
+                (tokens > 1).then(|| {
+                    Duration::from_secs_f64((end - first).as_secs_f64() / (tokens - 1) as f64)
+                }),
+            ),
+            None => (None, None),
+        };
+        Outcome {
+            ending,
+            ttft,
+            tpot,
+            e2e: end - start,
+            worker_at_fault: self.worker_at_fault,
+        }
     }
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        // Dropped without a verdict: the client went away.
-        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                endpoint: self.endpoint,
-                mode: self.mode,
-                outcome: outcome.label(),
-            })
-            .inc();
-        if let Some(w) = &self.worker {
-            if outcome == Outcome::Success {
-                w.breaker.record_success();
-            }
-        }
-        let now = self.ended.unwrap_or_else(Instant::now);
-        let ttft = self.first_output.map(|f| (f - self.start).as_secs_f64());
-        let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
-        let tpot = match (self.first_output, tokens > 1) {
-            (Some(first), true) => Some((now - first).as_secs_f64() / (tokens - 1) as f64),
-            _ => None,
-        };
-        if let Some((engine, target)) = &self.slo {
-            let ms = |s: Option<f64>| s.map(|x| x * 1000.0);
-            let failed = outcome != Outcome::Success;
-            engine.record(&self.request_id, target, ms(ttft), ms(tpot), false, failed);
-            if let (Some(t), false) = (&mut self.ticket, failed) {
-                t.observe(ms(ttft), ms(tpot));
-            }
-        }
-        if outcome != Outcome::Success {
-            return;
-        }
-        let mode = ModeLabels { mode: self.mode };
-        self.metrics
-            .e2e
-            .get_or_create(&mode)
-            .observe((now - self.start).as_secs_f64());
-        if let Some(first) = self.first_output {
-            self.metrics
-                .ttft
-                .get_or_create(&mode)
-                .observe((first - self.start).as_secs_f64());
-            let tokens = self.usage_tokens.unwrap_or(self.output_chunks);
-            if tokens > 1 {
-                let tpot = (now - first).as_secs_f64() / (tokens - 1) as f64;
-                self.metrics.tpot.get_or_create(&mode).observe(tpot);
-            }
-        }
+        let outcome = self.outcome();
+        self.life.end(outcome);
     }
 }
 
@@ -484,13 +378,13 @@ impl RelayBody {
     /// closing at once must not turn a delivered stream into `cancelled`).
     fn settle_if_done(&mut self) {
         if !self.observer.settled() && self.observer.saw_done() {
-            self.observer.finish(Outcome::Success);
+            self.observer.finish(Ending::Success);
         }
     }
 
     /// The upstream ended cleanly: the stream ends after what was sent.
     fn succeed(&mut self) {
-        self.observer.finish(Outcome::Success);
+        self.observer.finish(Ending::Success);
         self.upstream = None;
         self.done = true;
     }
@@ -508,13 +402,7 @@ impl RelayBody {
             return;
         }
         tracing::warn!(error = %e, "stream failed");
-        self.observer.record_error(&e);
-        if e.counts_against_worker() && e.leg == self.leg {
-            if let Some(w) = &self.observer.worker {
-                w.breaker.record_failure();
-            }
-        }
-        self.observer.finish(Outcome::of(&e));
+        self.observer.fail(&e, self.leg);
         self.upstream = None;
         self.other_leg = None;
         self.trailer = Some(openai_error(&e).to_sse_event());

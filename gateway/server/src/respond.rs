@@ -17,8 +17,10 @@ pub fn status_of(e: &GatewayError) -> StatusCode {
         ErrorKind::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Connect(_) => StatusCode::BAD_GATEWAY,
         ErrorKind::Transport(_) | ErrorKind::BadReply(_) => StatusCode::BAD_GATEWAY,
+        // The client's own slowness (its body did not arrive in time).
+        ErrorKind::Timeout(_) if e.leg == Leg::Client => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::Rejected => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Rejected { .. } => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::ModelNotFound(_) => StatusCode::NOT_FOUND,
         ErrorKind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         // An engine's 4xx is the client's problem and keeps its status so
@@ -50,7 +52,7 @@ pub fn openai_error(e: &GatewayError) -> OpenAiError {
         | (ErrorKind::MethodNotAllowed, _)
         | (ErrorKind::ModelNotFound(_), _) => "invalid_request_error",
         (ErrorKind::Status { status, .. }, _) if *status < 500 => "invalid_request_error",
-        (ErrorKind::Rejected, _) => "rate_limit_error",
+        (ErrorKind::Rejected { .. }, _) => "rate_limit_error",
         // What OpenAI answers for a missing or wrong key.
         (ErrorKind::Unauthorized(_), _) => "invalid_request_error",
         (_, Leg::Gateway) => "service_unavailable",
@@ -92,14 +94,23 @@ fn engine_client_error(e: &GatewayError, body: &Bytes) -> OpenAiError {
         .with_code(&code)
 }
 
-/// A complete JSON error response.
+/// A complete JSON error response, with the headers its status calls for.
 pub fn error_response(e: &GatewayError) -> Response<GatewayBody> {
     let mut resp = json_response(status_of(e), openai_error(e).to_json());
-    if matches!(e.kind, ErrorKind::Unauthorized(_)) {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
+    match &e.kind {
+        ErrorKind::Unauthorized(_) => {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        ErrorKind::Rejected { retry_after } => {
+            // Whole seconds, at least one (the header takes no fractions).
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        _ => {}
     }
     resp
 }
@@ -151,6 +162,17 @@ mod tests {
             error_response(&auth).headers()["www-authenticate"],
             "Bearer"
         );
+        let slow = GatewayError::new(Leg::Client, ErrorKind::Timeout("body_read"));
+        assert_eq!(status_of(&slow), StatusCode::REQUEST_TIMEOUT);
+        let shed = GatewayError::new(
+            Leg::Gateway,
+            ErrorKind::Rejected {
+                retry_after: std::time::Duration::from_millis(1500),
+            },
+        );
+        let resp = error_response(&shed);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "2");
         let nw = GatewayError::new(Leg::Prefill, ErrorKind::NoWorker);
         assert_eq!(status_of(&nw), StatusCode::SERVICE_UNAVAILABLE);
         assert!(openai_error(&nw).message.contains("prefill"));

@@ -23,6 +23,7 @@ use crate::body::{full, GatewayBody, ReadError};
 use crate::config::{CacheIsolation, ConfigError, GatewayConfig};
 use crate::dispatch::{self, Ctx};
 use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::lifecycle::{Ending, Lifecycle, Outcome};
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::respond::{error_response, json_response};
 use crate::state::AppState;
@@ -377,17 +378,24 @@ async fn generate(
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let start = Instant::now();
-    // Before the body is read: an unauthenticated client costs no upload.
-    let caller = match state.auth.client(req.headers()) {
-        Ok(c) => c,
-        Err(e) => return error_response(&e),
-    };
-    let limit = state.config.max_payload_size;
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    // Counted from here on, whichever way it ends (a refusal below included).
+    let unknown_caller = crate::slo::classify::unclassified(&state.config.slo, None);
+    let mut life = Lifecycle::new(&state, endpoint.label(), &request_id, start, unknown_caller);
+    // Before the body is read: an unauthenticated client costs no upload.
+    let caller = match state.auth.client(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return refuse(life, &e),
+    };
+    life.hold_to(crate::slo::classify::unclassified(
+        &state.config.slo,
+        Some(&caller),
+    ));
+    let limit = state.config.max_payload_size;
     let (parts, body) = req.into_parts();
     let too_large = GatewayError::new(Leg::Client, ErrorKind::PayloadTooLarge { limit });
     // A declared length over the limit is refused before any of the body is
@@ -398,47 +406,32 @@ async fn generate(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().parse::<u64>().unwrap_or(u64::MAX));
     if declared.is_some_and(|len| len > limit as u64) {
-        return error_response(&too_large);
+        return refuse(life, &too_large);
     }
     let expected = declared.map(|len| len as usize);
     let bytes = match crate::body::read_limited(body, limit, expected, BODY_READ_TIMEOUT).await {
         Ok(b) => b,
-        Err(ReadError::TooLarge) => return error_response(&too_large),
+        Err(ReadError::TooLarge) => return refuse(life, &too_large),
         Err(ReadError::Broken(e)) => {
             let err = GatewayError::client(baton_protocol::ProtocolError::InvalidJson(format!(
                 "could not read request body: {e}"
             )));
-            return error_response(&err);
+            return refuse(life, &err);
         }
         Err(ReadError::Timeout) => {
-            let mut resp = error_response(&GatewayError::new(
-                Leg::Client,
-                ErrorKind::Timeout("body_read"),
-            ));
-            *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
-            return resp;
+            return refuse(
+                life,
+                &GatewayError::new(Leg::Client, ErrorKind::Timeout("body_read")),
+            );
         }
     };
     let mut creq = match ClientRequest::parse(endpoint, &bytes) {
         Ok(r) => r,
-        Err(e) => {
-            let err = GatewayError::client(e);
-            let ctx_outcome = crate::relay::Outcome::ClientError;
-            state
-                .metrics
-                .requests
-                .get_or_create(&crate::metrics::RequestLabels {
-                    endpoint: endpoint.label(),
-                    mode: state.mode.label(),
-                    outcome: ctx_outcome.label(),
-                })
-                .inc();
-            return error_response(&err);
-        }
+        Err(e) => return refuse(life, &GatewayError::client(e)),
     };
     // A model no engine serves is the client's mistake: 404 here, before any engine work.
     if let Err(e) = crate::models::check(state.mode, &state.pools.all(), creq.model.as_deref()) {
-        return error_response(&e);
+        return refuse(life, &e);
     }
     let span = tracing::debug_span!(
         "request",
@@ -448,8 +441,9 @@ async fn generate(
     );
     let slo = match crate::slo::classify::classify(&state.config.slo, &caller, &parts.headers) {
         Ok(t) => t,
-        Err(e) => return error_response(&GatewayError::client(e)),
+        Err(e) => return refuse(life, &GatewayError::client(e)),
     };
+    life.hold_to(slo.clone());
     // Prefix-cache isolation: the tenant's salt replaces whatever the client
     // sent (parse already dropped it).
     let salt = match state.config.cache_isolation {
@@ -469,17 +463,28 @@ async fn generate(
         start,
         deadline: start + state.request_timeout(),
     };
-    tracing::Instrument::instrument(dispatch::dispatch(&state, ctx), span).await
+    tracing::Instrument::instrument(dispatch::dispatch(&state, ctx, life), span).await
+}
+
+/// A request refused before dispatch: counted, then answered.
+fn refuse(mut life: Lifecycle, e: &GatewayError) -> Response<GatewayBody> {
+    life.end(Outcome::unserved(Ending::of(e), life.start()));
+    error_response(e)
 }
 
 /// `GET /v1/slo`: goodput and attainment per class and tenant over the window.
 fn slo_report(state: &AppState) -> Response<GatewayBody> {
     let window = state.slo.accounting.window().as_secs_f64();
-    let rows: Vec<Value> = state
-        .slo
-        .report()
+    // Attainment counts served, rejected and failed requests; client errors
+    // and cancellations are reported beside them (this replica's).
+    let mut report = state.slo.report();
+    let excluded = state.slo.excluded.counts();
+    for key in excluded.keys() {
+        report.entry(key.clone()).or_default();
+    }
+    let rows: Vec<Value> = report
         .into_iter()
-        .map(|((class, tenant), c)| {
+        .map(|(key, c)| {
             let ratio = |n: u64| {
                 if c.requests == 0 {
                     0.0
@@ -487,6 +492,8 @@ fn slo_report(state: &AppState) -> Response<GatewayBody> {
                     n as f64 / c.requests as f64
                 }
             };
+            let ex = excluded.get(&key).copied().unwrap_or_default();
+            let (class, tenant) = key;
             json!({
                 "class": class,
                 "tenant": tenant,
@@ -494,6 +501,8 @@ fn slo_report(state: &AppState) -> Response<GatewayBody> {
                 "good": c.good,
                 "rejected": c.rejected,
                 "failed": c.failed,
+                "client_errors": ex.client_errors,
+                "cancelled": ex.cancelled,
                 "attainment": ratio(c.good),
                 "ttft_attainment": ratio(c.ttft_met),
                 "tpot_attainment": ratio(c.tpot_met),

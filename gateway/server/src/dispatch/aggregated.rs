@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::reply::{respond, Answer};
 use super::{first_byte, pick, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::lifecycle::Lifecycle;
 use crate::state::{AppState, Pools};
 use crate::upstream::CallIds;
 
@@ -13,6 +14,7 @@ pub async fn attempt(
     ctx: &Ctx,
     tried: &mut Tried,
     placement: Placement<'_>,
+    life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Aggregated(pool) = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
@@ -45,6 +47,7 @@ pub async fn attempt(
     respond(
         state,
         ctx,
+        life,
         Answer {
             head,
             leg: Leg::Worker,

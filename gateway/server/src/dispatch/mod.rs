@@ -22,8 +22,7 @@ use tokio::time::Instant;
 use crate::body::GatewayBody;
 use crate::config::{Mode, PdProtocol, RetryConfig};
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::metrics::{ErrorLabels, RequestLabels};
-use crate::relay::Outcome;
+use crate::lifecycle::{Ending, Lifecycle, Outcome};
 use crate::respond::error_response;
 use crate::slo::classify::SloTarget;
 use crate::slo::{Admission, Forced};
@@ -89,13 +88,16 @@ type AttemptResult = Result<Response<GatewayBody>, AttemptError>;
 pub type Placement<'a> = Option<&'a Forced>;
 
 /// Serves one request to completion of its head (the body may stream on).
-pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> {
+/// The request's lifecycle guard ends here on a refusal or error, or moves
+/// into the response of the attempt that answers.
+pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Response<GatewayBody> {
+    let mut life = Some(life);
     // Policy plugins may shed load before anything is sent.
     for pool in state.pools.all() {
         if let baton_policies::pipeline::Admit::Reject { retry_after_ms } =
             pool.admit(ctx.text.as_deref()).await
         {
-            return reject(state, &ctx, Duration::from_millis(retry_after_ms));
+            return reject(life, Duration::from_millis(retry_after_ms));
         }
     }
     let mut forced = None;
@@ -115,7 +117,7 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
         });
         match admission {
             Admission::Admit(f) => forced = f,
-            Admission::Reject { retry_after } => return reject(state, &ctx, retry_after),
+            Admission::Reject { retry_after } => return reject(life, retry_after),
         }
     }
     state.slo.record_admission(
@@ -132,12 +134,14 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
         let placement = if attempt == 0 { forced.as_ref() } else { None };
         let fut = async {
             match state.mode {
-                Mode::Aggregated => aggregated::attempt(state, &ctx, &mut tried, placement).await,
+                Mode::Aggregated => {
+                    aggregated::attempt(state, &ctx, &mut tried, placement, &mut life).await
+                }
                 Mode::Pd(PdProtocol::Vllm) => {
-                    vllm::attempt(state, &ctx, &mut tried, placement).await
+                    vllm::attempt(state, &ctx, &mut tried, placement, &mut life).await
                 }
                 Mode::Pd(PdProtocol::Sglang) => {
-                    sglang::attempt(state, &ctx, &mut tried, placement).await
+                    sglang::attempt(state, &ctx, &mut tried, placement, &mut life).await
                 }
             }
         };
@@ -150,15 +154,8 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
             Err(f) => f,
         };
         let e = failure.error;
-        if e.leg != Leg::Client {
-            state
-                .metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels {
-                    leg: e.leg.label(),
-                    kind: e.kind_label(),
-                })
-                .inc();
+        if let (Some(l), false) = (&life, e.leg == Leg::Client) {
+            l.upstream_error(&e);
         }
         if let Some(w) = &failure.worker {
             if e.counts_against_worker() {
@@ -180,38 +177,20 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx) -> Response<GatewayBody> 
     if error.leg != Leg::Client {
         tracing::warn!(request_id = %ctx.request_id, error = %error, "request failed");
     }
-    record_outcome(state, &ctx, Outcome::of(&error));
-    state
-        .slo
-        .record(&ctx.request_id, &ctx.slo, None, None, false, true);
+    if let Some(mut l) = life {
+        // Each attempt's worker already heard its failure (above).
+        l.end(Outcome::unserved(Ending::of(&error), l.start()));
+    }
     error_response(&error)
 }
 
 /// Early rejection: 429 with `Retry-After`, counted as a miss.
-fn reject(state: &AppState, ctx: &Ctx, retry_after: Duration) -> Response<GatewayBody> {
-    state
-        .slo
-        .record(&ctx.request_id, &ctx.slo, None, None, true, false);
-    record_outcome(state, ctx, Outcome::Rejected);
-    let e = GatewayError::new(Leg::Gateway, ErrorKind::Rejected);
-    let mut resp = error_response(&e);
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+fn reject(life: Option<Lifecycle>, retry_after: Duration) -> Response<GatewayBody> {
+    let e = GatewayError::new(Leg::Gateway, ErrorKind::Rejected { retry_after });
+    if let Some(mut l) = life {
+        l.end(Outcome::unserved(Ending::Rejected, l.start()));
     }
-    resp
-}
-
-pub fn record_outcome(state: &AppState, ctx: &Ctx, outcome: Outcome) {
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint: ctx.req.endpoint.label(),
-            mode: state.mode.label(),
-            outcome: outcome.label(),
-        })
-        .inc();
+    error_response(&e)
 }
 
 /// `initial × multiplier^attempt`, capped, ± jitter.

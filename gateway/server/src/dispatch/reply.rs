@@ -8,9 +8,11 @@ use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
 use super::{AttemptError, Ctx};
+use crate::abort::AbortOnDrop;
 use crate::body::{full, GatewayBody};
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::relay::{self, AbortOnDrop, LegResult, Observer, Outcome, RelayBody, StreamLimits};
+use crate::lifecycle::{Ending, Lifecycle};
+use crate::relay::{self, LegResult, Observer, RelayBody, StreamLimits};
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::state::AppState;
 use crate::upstream::{read_body, UpstreamBody};
@@ -35,9 +37,13 @@ pub struct Answer {
     pub prefill: Option<PrefillTicket>,
 }
 
+/// Turns the answering leg's head into the client response. Once the reply
+/// is sure to reach the client, the request's lifecycle guard moves from
+/// `life` into the response (its body records the end).
 pub async fn respond(
     state: &Arc<AppState>,
     ctx: &Ctx,
+    life: &mut Option<Lifecycle>,
     answer: Answer,
 ) -> Result<Response<GatewayBody>, AttemptError> {
     let Answer {
@@ -80,21 +86,13 @@ pub async fn respond(
                 "application/json"
             })
         });
-    let observer = Observer::new(
-        Arc::clone(&state.metrics),
-        ctx.req.endpoint.label(),
-        state.mode.label(),
-        ctx.start,
-    )
-    .with_worker(Arc::clone(&worker))
-    .with_slo(
-        &ctx.request_id,
-        Arc::clone(&state.slo),
-        ctx.slo.clone(),
-        Some(ticket),
-    );
+    let Some(lifecycle) = life.take() else {
+        // The guard went into an earlier attempt's response: none returns
+        // twice, so this is unreachable; fail the attempt rather than panic.
+        return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
+    };
     if ctx.req.stream {
-        let observer = observer
+        let observer = Observer::new(lifecycle, Arc::clone(&worker), ticket)
             .with_guards(guards)
             .with_watcher(watcher)
             .with_prefill_ticket(prefill);
@@ -107,18 +105,25 @@ pub async fn respond(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Ok(resp);
     }
-    let bytes = relay::collect(head.into_body(), leg, limits, other_leg, MAX_REPLY_BYTES)
-        .await
-        .map_err(|e| {
+    let collected = relay::collect(head.into_body(), leg, limits, other_leg, MAX_REPLY_BYTES).await;
+    let bytes = match collected {
+        Ok(b) => b,
+        Err(e) => {
+            // Not answered yet: the guard stays for the next attempt.
+            *life = Some(lifecycle);
             let w = (e.leg == leg).then_some(&worker);
-            AttemptError::of(e, w)
-        })?;
+            return Err(AttemptError::of(e, w));
+        }
+    };
     // The engine's KV endpoint (host, port, engine id) is the fleet's
     // business. Streamed chunks never carry it; whole replies may.
     let bytes = baton_protocol::sanitize::strip_reply_internals(&bytes).unwrap_or(bytes);
-    let mut observer = observer.with_guards(guards).with_watcher(watcher);
+    // The engine's end of a whole reply is the request's success.
+    let mut observer = Observer::new(lifecycle, worker, ticket)
+        .with_guards(guards)
+        .with_watcher(watcher);
     observer.observe_complete(completion_tokens(&bytes));
-    observer.finish(Outcome::Success);
+    observer.finish(Ending::Success);
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = if status == StatusCode::OK {
         StatusCode::OK

@@ -13,8 +13,10 @@ use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
 use super::{first_byte, pick, transfer_id, AttemptResult, Ctx, Placement, Tried};
+use crate::abort::AbortOnDrop;
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::relay::{AbortOnDrop, LegResult};
+use crate::lifecycle::Lifecycle;
+use crate::relay::LegResult;
 use crate::state::{AppState, Pools};
 use crate::upstream::{read_body, CallIds};
 
@@ -25,6 +27,7 @@ pub async fn attempt(
     ctx: &Ctx,
     tried: &mut Tried,
     placement: Placement<'_>,
+    life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
@@ -178,6 +181,7 @@ pub async fn attempt(
     respond(
         state,
         ctx,
+        life,
         Answer {
             head,
             leg: Leg::Decode,

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::reply::{respond, Answer};
 use super::{first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
+use crate::lifecycle::Lifecycle;
 use crate::state::{AppState, Pools};
 use crate::upstream::{read_body, CallIds};
 use crate::worker::Worker;
@@ -21,6 +22,7 @@ pub async fn attempt(
     ctx: &Ctx,
     tried: &mut Tried,
     placement: Placement<'_>,
+    life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {
         return Err(GatewayError::new(Leg::Gateway, ErrorKind::NoWorker).into());
@@ -85,6 +87,7 @@ pub async fn attempt(
     respond(
         state,
         ctx,
+        life,
         Answer {
             head,
             leg: Leg::Decode,

@@ -94,6 +94,25 @@ pub fn validate(cfg: &SloConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The target of a request refused before it was classified: the caller's
+/// class (its key's, or the default), or the default class for a caller
+/// not yet known (a 401); tenant `anonymous` then.
+pub fn unclassified(cfg: &SloConfig, caller: Option<&Caller>) -> SloTarget {
+    let class = caller
+        .and_then(|c| c.ceiling.clone())
+        .unwrap_or_else(|| cfg.default_class.clone());
+    let base = cfg.classes.get(&class).copied().unwrap_or_default();
+    SloTarget {
+        class,
+        tenant: caller.map_or_else(|| ANONYMOUS.to_owned(), |c| c.tenant.clone()),
+        budget: Budget {
+            ttft_ms: base.ttft_ms,
+            tpot_ms: base.tpot_ms,
+        },
+        store_nonce: rand::random(),
+    }
+}
+
 /// Classifies an authenticated caller's request. Its class is its key's
 /// (or the default); `x-slo-class` may only loosen it, and explicit
 /// `x-slo-ttft-ms` / `x-slo-tpot-ms` are clamped to be no tighter than the

@@ -9,6 +9,7 @@
 pub mod accounting;
 pub mod classify;
 pub mod config;
+pub mod excluded;
 pub mod shared;
 pub mod tracker;
 
@@ -36,6 +37,8 @@ pub struct SloEngine {
     metrics: Arc<crate::metrics::Metrics>,
     pub tracker: Arc<LoadTracker>,
     pub accounting: Accounting,
+    /// Client errors and cancellations, apart from attainment.
+    pub excluded: excluded::ExcludedWindow,
     pub shared: Arc<shared::Shared>,
     /// Requests held in queue mode, by (TTFT deadline, arrival).
     waiters: std::sync::Mutex<std::collections::BTreeSet<(Instant, u64)>>,
@@ -76,6 +79,24 @@ pub struct Forced {
     /// `None`: the decode worker prefills by itself (local path).
     pub prefill: Option<Arc<Worker>>,
     pub decode: Arc<Worker>,
+}
+
+/// How a request ended, as the SLO accounting sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SloEnd {
+    /// Served to the end, with what was measured.
+    Served {
+        ttft_ms: Option<f64>,
+        tpot_ms: Option<f64>,
+    },
+    /// Refused at admission: a miss.
+    Rejected,
+    /// The fleet or the gateway could not serve it: a miss.
+    Failed,
+    /// Refused as invalid: counted apart, no miss.
+    ClientError,
+    /// The client left before the end: counted apart, no miss.
+    Cancelled,
 }
 
 /// Result of admission.
@@ -130,7 +151,9 @@ impl SloEngine {
             config.prior_tpot_per_seq_ms,
         ));
         let accounting = Accounting::new(Duration::from_secs(config.window_secs));
+        let excluded = excluded::ExcludedWindow::new(accounting.window());
         Ok(Self {
+            excluded,
             config,
             metrics,
             tracker,
@@ -303,24 +326,34 @@ impl SloEngine {
         WaitTicket { engine: self, key }
     }
 
-    /// Records how a request ended (exactly once per request).
-    pub fn record(
-        &self,
-        request_id: &str,
-        target: &SloTarget,
-        ttft_ms: Option<f64>,
-        tpot_ms: Option<f64>,
-        rejected: bool,
-        failed: bool,
-    ) -> Verdict {
-        let v = if rejected || failed {
-            Verdict::unserved(rejected, failed)
-        } else {
-            let targets = baton_slo::Targets {
-                ttft_ms: target.budget.ttft_ms,
-                tpot_ms: target.budget.tpot_ms,
-            };
-            Verdict::served(targets, baton_slo::Measured { ttft_ms, tpot_ms })
+    /// Records how a request ended (exactly once per request: the request's
+    /// lifecycle guard calls it). Served, rejected and failed requests count
+    /// towards attainment; client errors and cancellations are counted apart.
+    pub fn record(&self, request_id: &str, target: &SloTarget, end: SloEnd) -> Option<Verdict> {
+        let (ttft_ms, tpot_ms) = match end {
+            SloEnd::Served { ttft_ms, tpot_ms } => (ttft_ms, tpot_ms),
+            _ => (None, None),
+        };
+        let v = match end {
+            SloEnd::Served { .. } => {
+                let targets = baton_slo::Targets {
+                    ttft_ms: target.budget.ttft_ms,
+                    tpot_ms: target.budget.tpot_ms,
+                };
+                Verdict::served(targets, baton_slo::Measured { ttft_ms, tpot_ms })
+            }
+            SloEnd::Rejected => Verdict::unserved(true, false),
+            SloEnd::Failed => Verdict::unserved(false, true),
+            SloEnd::ClientError | SloEnd::Cancelled => {
+                let (why, result) = if end == SloEnd::ClientError {
+                    (excluded::Excluded::ClientError, "client_error")
+                } else {
+                    (excluded::Excluded::Cancelled, "cancelled")
+                };
+                self.excluded.record(&target.class, &target.tenant, why);
+                self.count_result(target, result);
+                return None;
+            }
         };
         self.accounting.record(&target.class, &target.tenant, &v);
         let result = if v.rejected {
@@ -334,16 +367,9 @@ impl SloEngine {
         } else {
             "good"
         };
-        self.metrics
-            .slo_requests
-            .get_or_create(&crate::metrics::SloLabels {
-                class: target.class.clone(),
-                tenant: target.tenant.clone(),
-                result,
-            })
-            .inc();
+        self.count_result(target, result);
         if !self.shared.is_shared() {
-            return v;
+            return Some(v);
         }
         self.shared.write_outcome(baton_slo::OutcomeRecord {
             request_id: store_key(request_id, target),
@@ -354,10 +380,21 @@ impl SloEngine {
             tpot_ms,
             ttft_met: v.ttft_met,
             tpot_met: v.tpot_met,
-            rejected,
-            failed,
+            rejected: v.rejected,
+            failed: v.failed,
         });
-        v
+        Some(v)
+    }
+
+    fn count_result(&self, target: &SloTarget, result: &'static str) {
+        self.metrics
+            .slo_requests
+            .get_or_create(&crate::metrics::SloLabels {
+                class: target.class.clone(),
+                tenant: target.tenant.clone(),
+                result,
+            })
+            .inc();
     }
 
     /// Writes the admission record (deadline, budget, phase) to the store.

@@ -150,7 +150,7 @@ impl Shared {
         let _resync = self
             .resilient
             .as_ref()
-            .map(|r| crate::relay::AbortOnDrop(r.spawn_resync()));
+            .map(|r| crate::abort::AbortOnDrop(r.spawn_resync()));
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ttl = (interval * 10).max(Duration::from_secs(1));
