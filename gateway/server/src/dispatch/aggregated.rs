@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::reply::{respond, Answer};
-use super::{first_byte, pick, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, AttemptResult, Ctx, ForcedPlacement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
 use crate::state::{AppState, Pools};
@@ -13,7 +13,7 @@ pub async fn attempt(
     state: &Arc<AppState>,
     ctx: &Ctx,
     tried: &mut Tried,
-    placement: Placement<'_>,
+    placement: ForcedPlacement<'_>,
     life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Aggregated(pool) = &state.pools else {

@@ -85,7 +85,7 @@ impl From<GatewayError> for AttemptError {
 type AttemptResult = Result<Response<GatewayBody>, AttemptError>;
 
 /// The SLO policy's placement for an attempt, if any.
-pub type Placement<'a> = Option<&'a Forced>;
+pub type ForcedPlacement<'a> = Option<&'a Forced>;
 
 /// Serves one request to completion of its head (the body may stream on).
 /// The request's lifecycle guard ends here on a refusal or error, or moves

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{first_byte, pick, transfer_id, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, transfer_id, AttemptResult, Ctx, ForcedPlacement, Tried};
 use crate::abort::AbortOnDrop;
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
@@ -26,7 +26,7 @@ pub async fn attempt(
     state: &Arc<AppState>,
     ctx: &Ctx,
     tried: &mut Tried,
-    placement: Placement<'_>,
+    placement: ForcedPlacement<'_>,
     life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {

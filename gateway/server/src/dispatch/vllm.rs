@@ -7,7 +7,7 @@ use baton_protocol::vllm;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, Placement, Tried};
+use super::{first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, ForcedPlacement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
 use crate::state::{AppState, Pools};
@@ -21,7 +21,7 @@ pub async fn attempt(
     state: &Arc<AppState>,
     ctx: &Ctx,
     tried: &mut Tried,
-    placement: Placement<'_>,
+    placement: ForcedPlacement<'_>,
     life: &mut Option<Lifecycle>,
 ) -> AttemptResult {
     let Pools::Pd { prefill, decode } = &state.pools else {
