@@ -3,14 +3,14 @@
 //! A request counts once, when it ends: good only if it met every target of
 //! its class; rejected and failed requests are misses (DistServe's rule).
 //! The rule and the window are `baton_slo`'s ([`Verdict`],
-//! [`GoodputWindow`]), the same the SLO store counts with; here the window
-//! runs on tokio's clock so tests can pause it.
+//! [`baton_slo::SlidingWindow`]), the same the SLO store counts with; here
+//! the window runs on tokio's clock ([`LiveWindow`]) so tests can pause it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use baton_slo::{GoodputConfig, GoodputRow, GoodputWindow};
+use baton_slo::{GoodputConfig, GoodputRow, SlidingWindow, WindowCounts};
 use tokio::time::Instant;
 
 pub use baton_slo::Verdict;
@@ -20,19 +20,19 @@ pub type Counts = GoodputRow;
 
 type Key = (String, String);
 
+/// `baton_slo`'s sliding window on tokio's clock (tests can pause it), in
+/// one-second buckets kept as long as the window reaches back: for every
+/// count this replica keeps per (class, tenant) over its SLO window.
 #[derive(Debug)]
-pub struct Accounting {
+pub struct LiveWindow<C> {
     window: Duration,
     origin: Instant,
-    buckets: Mutex<GoodputWindow>,
-    /// Since start, never pruned (Prometheus counters).
-    totals: Mutex<BTreeMap<Key, Counts>>,
+    buckets: Mutex<SlidingWindow<C>>,
 }
 
-impl Accounting {
+impl<C: WindowCounts> LiveWindow<C> {
     pub fn new(window: Duration) -> Self {
         let window = window.max(Duration::from_secs(1));
-        // One-second buckets, kept as long as the window reaches back.
         let config = GoodputConfig {
             bucket: Duration::from_secs(1),
             retention: window,
@@ -41,8 +41,7 @@ impl Accounting {
         Self {
             window,
             origin: Instant::now(),
-            buckets: Mutex::new(GoodputWindow::new(config)),
-            totals: Mutex::new(BTreeMap::new()),
+            buckets: Mutex::new(SlidingWindow::new(config)),
         }
     }
 
@@ -54,12 +53,44 @@ impl Accounting {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub fn record(&self, class: &str, tenant: &str, v: &Verdict) {
+    /// Updates the counts of (class, tenant) now.
+    pub fn add(&self, class: &str, tenant: &str, count: impl FnOnce(&mut C)) {
         let now = self.now_ms();
         self.buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(now, class, tenant, v);
+            .add(now, class, tenant, count);
+    }
+
+    /// Counts over the window, per (class, tenant).
+    pub fn counts(&self) -> BTreeMap<Key, C> {
+        let now = self.now_ms();
+        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        b.sum(self.window, now)
+    }
+}
+
+#[derive(Debug)]
+pub struct Accounting {
+    live: LiveWindow<Counts>,
+    /// Since start, never pruned (Prometheus counters).
+    totals: Mutex<BTreeMap<Key, Counts>>,
+}
+
+impl Accounting {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            live: LiveWindow::new(window),
+            totals: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.live.window()
+    }
+
+    pub fn record(&self, class: &str, tenant: &str, v: &Verdict) {
+        self.live.add(class, tenant, |row| row.count(v));
         let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         t.entry((class.to_owned(), tenant.to_owned()))
             .or_default()
@@ -68,11 +99,17 @@ impl Accounting {
 
     /// Counts over the window, per (class, tenant).
     pub fn window_counts(&self) -> BTreeMap<Key, Counts> {
-        let now = self.now_ms();
-        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.rows(self.window, now)
+        self.live
+            .counts()
             .into_iter()
-            .map(|r| ((r.class.clone(), r.tenant.clone()), r))
+            .map(|((class, tenant), c)| {
+                let row = GoodputRow {
+                    class: class.clone(),
+                    tenant: tenant.clone(),
+                    ..c
+                };
+                ((class, tenant), row)
+            })
             .collect()
     }
 
