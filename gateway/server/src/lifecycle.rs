@@ -90,7 +90,7 @@ impl Ending {
 
 /// How a request ended, with what was measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Outcome {
+pub struct EndReport {
     pub ending: Ending,
     /// Time to the first output, if any output came.
     pub ttft: Option<Duration>,
@@ -102,7 +102,7 @@ pub struct Outcome {
     pub worker_at_fault: bool,
 }
 
-impl Outcome {
+impl EndReport {
     /// An ending with nothing measured (refusals, errors, cancellations).
     pub fn unserved(ending: Ending, start: Instant) -> Self {
         Self {
@@ -186,7 +186,7 @@ impl Lifecycle {
     }
 
     /// Records the request's end; later calls (and the drop) record nothing.
-    pub fn end(&mut self, outcome: Outcome) {
+    pub fn end(&mut self, outcome: EndReport) {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
@@ -246,7 +246,7 @@ impl Drop for Lifecycle {
     fn drop(&mut self) {
         // Dropped without an end: the client went away (its connection
         // closed, which dropped the request's future or response body).
-        self.end(Outcome::unserved(Ending::Cancelled, self.start));
+        self.end(EndReport::unserved(Ending::Cancelled, self.start));
     }
 }
 
@@ -280,8 +280,8 @@ mod tests {
     async fn ends_once_and_a_dropped_guard_is_a_cancellation() {
         let state = state();
         let mut l = life(&state);
-        l.end(Outcome::unserved(Ending::ClientError, l.start()));
-        l.end(Outcome::unserved(Ending::UpstreamError, l.start()));
+        l.end(EndReport::unserved(Ending::ClientError, l.start()));
+        l.end(EndReport::unserved(Ending::UpstreamError, l.start()));
         drop(l);
         drop(life(&state));
         assert!(counted(&state, "client_error").ends_with(" 1"));

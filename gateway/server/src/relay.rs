@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use crate::abort::AbortOnDrop;
 use crate::coalesce::Coalescer;
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::lifecycle::{Ending, Lifecycle, Outcome};
+use crate::lifecycle::{EndReport, Ending, Lifecycle};
 use crate::respond::openai_error;
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::upstream::body::BodyError;
@@ -206,7 +206,7 @@ impl Observer {
     }
 
     /// What was measured, as the lifecycle records it.
-    fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> EndReport {
         // Dropped without a verdict: the client went away.
         let ending = self.ending.unwrap_or(Ending::Cancelled);
         let start = self.life.start();
@@ -221,7 +221,7 @@ impl Observer {
             ),
             None => (None, None),
         };
-        Outcome {
+        EndReport {
             ending,
             ttft,
             tpot,

@@ -23,7 +23,7 @@ use crate::body::{full, GatewayBody, ReadError};
 use crate::config::{CacheIsolation, ConfigError, GatewayConfig};
 use crate::dispatch::{self, Ctx};
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::lifecycle::{Ending, Lifecycle, Outcome};
+use crate::lifecycle::{EndReport, Ending, Lifecycle};
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::respond::{error_response, json_response};
 use crate::state::AppState;
@@ -468,7 +468,7 @@ async fn generate(
 
 /// A request refused before dispatch: counted, then answered.
 fn refuse(mut life: Lifecycle, e: &GatewayError) -> Response<GatewayBody> {
-    life.end(Outcome::unserved(Ending::of(e), life.start()));
+    life.end(EndReport::unserved(Ending::of(e), life.start()));
     error_response(e)
 }
 

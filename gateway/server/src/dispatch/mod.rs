@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::body::GatewayBody;
 use crate::config::{Mode, PdProtocol, RetryConfig};
 use crate::error::{ErrorKind, GatewayError, Leg};
-use crate::lifecycle::{Ending, Lifecycle, Outcome};
+use crate::lifecycle::{EndReport, Ending, Lifecycle};
 use crate::respond::error_response;
 use crate::slo::classify::SloTarget;
 use crate::slo::{Admission, Forced};
@@ -179,7 +179,7 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Respo
     }
     if let Some(mut l) = life {
         // Each attempt's worker already heard its failure (above).
-        l.end(Outcome::unserved(Ending::of(&error), l.start()));
+        l.end(EndReport::unserved(Ending::of(&error), l.start()));
     }
     error_response(&error)
 }
@@ -188,7 +188,7 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Respo
 fn reject(life: Option<Lifecycle>, retry_after: Duration) -> Response<GatewayBody> {
     let e = GatewayError::new(Leg::Gateway, ErrorKind::Rejected { retry_after });
     if let Some(mut l) = life {
-        l.end(Outcome::unserved(Ending::Rejected, l.start()));
+        l.end(EndReport::unserved(Ending::Rejected, l.start()));
     }
     error_response(&e)
 }

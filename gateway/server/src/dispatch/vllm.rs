@@ -7,10 +7,13 @@ use baton_protocol::vllm;
 use tokio::time::Instant;
 
 use super::reply::{respond, Answer};
-use super::{first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, ForcedPlacement, Tried};
+use super::{
+    first_byte, pick, transfer_id, AttemptError, AttemptResult, Ctx, ForcedPlacement, Tried,
+};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
-use crate::state::{AppState, Pools};
+use crate::pool::Pools;
+use crate::state::AppState;
 use crate::upstream::{read_body, CallIds};
 use crate::worker::Worker;
 
