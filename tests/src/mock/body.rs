@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::time::Instant;
 
-use super::stats::{Outcome, RequestGuard};
+use super::stats::{MockEnding, RequestGuard};
 
 pub(crate) use crate::engine_http::{BoxError, EngineBody as MockBody};
 
@@ -42,12 +42,12 @@ pub(crate) fn timed(steps: Vec<Step>, abort: bool, guard: RequestGuard) -> MockB
             let guard = st.guard.take()?;
             if !st.abort {
                 // An empty body (a complete one finished with its last step).
-                guard.finish(Outcome::Completed);
+                guard.finish(MockEnding::Completed);
                 return None;
             }
             // Return Pending once so hyper flushes what was written before the abort.
             tokio::task::yield_now().await;
-            guard.finish(Outcome::Failed);
+            guard.finish(MockEnding::Failed);
             let err: BoxError = "injected mid-stream drop".into();
             return Some((Err(err), st));
         };
@@ -60,7 +60,7 @@ pub(crate) fn timed(steps: Vec<Step>, abort: bool, guard: RequestGuard) -> MockB
         // step rather than at end-of-stream.
         if st.steps.is_empty() && !st.abort {
             if let Some(guard) = st.guard.take() {
-                guard.finish(Outcome::Completed);
+                guard.finish(MockEnding::Completed);
             }
         }
         Some((Ok(Frame::data(step.data)), st))

@@ -19,7 +19,7 @@ use super::body::{self, BoxError, MockBody, Step};
 use super::faults::{self, FaultAction};
 use super::openai::{self, Completion, Endpoint, GenRequest, Rendered};
 use super::rendezvous::Rendezvous;
-use super::stats::{lock, Outcome, Recorder, RequestGuard, StatsCell};
+use super::stats::{lock, MockEnding, Recorder, RequestGuard, StatsCell};
 use super::vllm::VllmKvRegistry;
 use super::{sglang, vllm, Config, Flavor};
 use crate::engine_http::{self, error_response, json_response};
@@ -247,11 +247,11 @@ fn respond(
 ) -> Result<Response<MockBody>, BoxError> {
     let rendered = match reply {
         Reply::Error { status, message } => {
-            guard.finish(Outcome::Failed);
+            guard.finish(MockEnding::Failed);
             return Ok(error_response(status, &message));
         }
         Reply::Reset => {
-            guard.finish(Outcome::Failed);
+            guard.finish(MockEnding::Failed);
             return Err("injected connection reset".into());
         }
         Reply::Answer(rendered) => rendered,

@@ -92,7 +92,7 @@ impl Recorder {
 
 /// How a generation request ended, when the mock itself ended it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum MockEnding {
     Completed,
     Failed,
 }
@@ -116,13 +116,13 @@ impl RequestGuard {
         }
     }
 
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    pub(crate) fn finish(mut self, outcome: MockEnding) {
         self.finished = true;
         self.stats.update(|s| {
             s.active -= 1;
             match outcome {
-                Outcome::Completed => s.completed += 1,
-                Outcome::Failed => s.failed += 1,
+                MockEnding::Completed => s.completed += 1,
+                MockEnding::Failed => s.failed += 1,
             }
         });
     }
