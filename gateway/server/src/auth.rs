@@ -8,39 +8,12 @@ use std::fmt;
 
 use baton_protocol::fleet::{hex, FleetKey};
 use http::HeaderMap;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, GatewayConfig};
 use crate::error::{AuthFailure, ErrorKind, GatewayError, Leg};
 
-/// A secret from the command line or config: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+pub use crate::secret::Secret;
 
 /// Tenant of `--api-key` holders.
 pub const API_KEY_TENANT: &str = "default";

@@ -9,7 +9,7 @@ use std::time::Duration;
 use baton_policies::{PolicyConfig, PolicyKind};
 use serde::Deserialize;
 
-use crate::auth::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

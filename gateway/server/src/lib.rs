@@ -23,6 +23,7 @@ pub mod pool;
 pub mod relay;
 pub mod request_id;
 pub mod respond;
+pub mod secret;
 pub mod server;
 pub mod slo;
 pub mod state;

@@ -8,6 +8,27 @@ use baton_policies::{LeastLoad, RequestFeatures, RoutingPolicy, WorkerView};
 use crate::plugin_runner::PluginRunner;
 use crate::worker::{Role, Worker};
 
+/// The worker pools of the configured mode.
+#[derive(Debug)]
+pub enum Pools {
+    Aggregated(Pool),
+    Pd { prefill: Pool, decode: Pool },
+}
+
+impl Pools {
+    pub fn all(&self) -> Vec<&Pool> {
+        match self {
+            Self::Aggregated(p) => vec![p],
+            Self::Pd { prefill, decode } => vec![prefill, decode],
+        }
+    }
+
+    /// Ready to serve: a worker confirmed healthy by a health check for every role the mode needs.
+    pub fn ready(&self) -> bool {
+        self.all().iter().all(|p| p.confirmed_healthy_count() > 0)
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     pub role: Role,

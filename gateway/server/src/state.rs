@@ -7,30 +7,9 @@ use baton_policies::PolicyKind;
 
 use crate::config::{secs, ConfigError, GatewayConfig, Mode};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Pool, Pools};
 use crate::upstream::Upstream;
 use crate::worker::{Role, Worker};
-
-/// The worker pools of the configured mode.
-#[derive(Debug)]
-pub enum Pools {
-    Aggregated(Pool),
-    Pd { prefill: Pool, decode: Pool },
-}
-
-impl Pools {
-    pub fn all(&self) -> Vec<&Pool> {
-        match self {
-            Self::Aggregated(p) => vec![p],
-            Self::Pd { prefill, decode } => vec![prefill, decode],
-        }
-    }
-
-    /// Ready to serve: a worker confirmed healthy by a health check for every role the mode needs.
-    pub fn ready(&self) -> bool {
-        self.all().iter().all(|p| p.confirmed_healthy_count() > 0)
-    }
-}
 
 #[derive(Debug)]
 pub struct AppState {

@@ -6,7 +6,8 @@ use super::reply::{respond, Answer};
 use super::{first_byte, pick, AttemptResult, Ctx, ForcedPlacement, Tried};
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
-use crate::state::{AppState, Pools};
+use crate::pool::Pools;
+use crate::state::AppState;
 use crate::upstream::CallIds;
 
 pub async fn attempt(

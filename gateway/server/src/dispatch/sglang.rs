@@ -16,8 +16,9 @@ use super::{first_byte, pick, transfer_id, AttemptResult, Ctx, ForcedPlacement, 
 use crate::abort::AbortOnDrop;
 use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
+use crate::pool::Pools;
 use crate::relay::LegResult;
-use crate::state::{AppState, Pools};
+use crate::state::AppState;
 use crate::upstream::{read_body, CallIds};
 
 const MAX_PREFILL_REPLY: usize = 64 << 20;

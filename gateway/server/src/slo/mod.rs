@@ -23,7 +23,7 @@ use baton_protocol::ClientRequest;
 use tokio::time::Instant;
 
 use crate::config::{Mode, PdProtocol};
-use crate::state::Pools;
+use crate::pool::Pools;
 use crate::worker::Worker;
 use accounting::{Accounting, Verdict};
 use classify::SloTarget;
