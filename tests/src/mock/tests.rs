@@ -63,7 +63,11 @@ impl Answer {
     /// The `data:` payloads of an SSE body (read with the protocol crate's decoder).
     fn events(&self) -> Vec<String> {
         let mut decoder = baton_protocol::sse::SseDecoder::new();
-        decoder.push(&self.body).into_iter().map(|e| e.data).collect()
+        decoder
+            .push(&self.body)
+            .into_iter()
+            .map(|e| e.data)
+            .collect()
     }
 }
 
