@@ -39,6 +39,9 @@ async fn a_script_scorer_steers_traffic_without_a_rebuild() {
             weight: 1.0,
             budget: None,
         }],
+        // The assertion is about the script's choice, not its speed: a loaded machine must not turn a decision
+        // into the time-limit fallback.
+        time_limit_ms: 60_000,
         ..PipelineConfig::default()
     };
     let gw = start(cfg).await;
@@ -92,6 +95,7 @@ async fn a_script_admission_stage_sheds_with_retry_after() {
     let mut cfg = aggregated(&[a.url()]);
     cfg.policy = PolicyKind::Pipeline;
     cfg.policy_config.pipeline.admission = vec![AdmissionConfig::Script { path, budget: None }];
+    cfg.policy_config.pipeline.time_limit_ms = 60_000; // as above: the script's answer, whatever the load
     let gw = start(cfg).await;
     assert_eq!(
         post(&gw.url(), "/v1/completions", COMPLETION).await.status,
