@@ -3,12 +3,9 @@
 //! serve them) and those whose client left before the end (cancelled: as
 //! vLLM's benchmark, a request nobody waited for is no miss).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use baton_slo::WindowCounts;
 
-use baton_slo::{GoodputConfig, SlidingWindow, WindowCounts};
-use tokio::time::Instant;
+use super::accounting::LiveWindow;
 
 /// Why a request is left out of attainment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +21,15 @@ pub struct ExcludedCounts {
     pub cancelled: u64,
 }
 
+impl ExcludedCounts {
+    pub fn count(&mut self, why: Excluded) {
+        match why {
+            Excluded::ClientError => self.client_errors += 1,
+            Excluded::Cancelled => self.cancelled += 1,
+        }
+    }
+}
+
 impl WindowCounts for ExcludedCounts {
     fn merge(&mut self, other: &Self) {
         self.client_errors += other.client_errors;
@@ -31,63 +37,20 @@ impl WindowCounts for ExcludedCounts {
     }
 }
 
-type Key = (String, String);
-
-/// The goodput window's buckets and clock (`baton_slo`'s one window, on
-/// tokio's clock so tests can pause it).
-#[derive(Debug)]
-pub struct ExcludedWindow {
-    window: Duration,
-    origin: Instant,
-    buckets: Mutex<SlidingWindow<ExcludedCounts>>,
-}
-
-impl ExcludedWindow {
-    pub fn new(window: Duration) -> Self {
-        let window = window.max(Duration::from_secs(1));
-        let config = GoodputConfig {
-            bucket: Duration::from_secs(1),
-            retention: window,
-            ..GoodputConfig::default()
-        };
-        Self {
-            window,
-            origin: Instant::now(),
-            buckets: Mutex::new(SlidingWindow::new(config)),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub fn record(&self, class: &str, tenant: &str, why: Excluded) {
-        let now = self.now_ms();
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.add(now, class, tenant, |c| match why {
-            Excluded::ClientError => c.client_errors += 1,
-            Excluded::Cancelled => c.cancelled += 1,
-        });
-    }
-
-    /// Counts over the window, per (class, tenant).
-    pub fn counts(&self) -> BTreeMap<Key, ExcludedCounts> {
-        let now = self.now_ms();
-        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.sum(self.window, now)
-    }
-}
+/// The counts over the SLO window (the one live window, as goodput's).
+pub type ExcludedWindow = LiveWindow<ExcludedCounts>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn counts_slide_out_of_the_window() {
         let w = ExcludedWindow::new(Duration::from_secs(10));
-        w.record("standard", "acme", Excluded::ClientError);
-        w.record("standard", "acme", Excluded::Cancelled);
-        w.record("standard", "acme", Excluded::Cancelled);
+        w.add("standard", "acme", |c| c.count(Excluded::ClientError));
+        w.add("standard", "acme", |c| c.count(Excluded::Cancelled));
+        w.add("standard", "acme", |c| c.count(Excluded::Cancelled));
         let key = ("standard".to_owned(), "acme".to_owned());
         assert_eq!(
             w.counts()[&key],
@@ -97,7 +60,7 @@ mod tests {
             }
         );
         tokio::time::advance(Duration::from_secs(12)).await;
-        w.record("batch", "x", Excluded::ClientError);
+        w.add("batch", "x", |c| c.count(Excluded::ClientError));
         let c = w.counts();
         assert!(!c.contains_key(&key));
         assert_eq!(c.len(), 1);

@@ -350,7 +350,8 @@ impl SloEngine {
                 } else {
                     (excluded::Excluded::Cancelled, "cancelled")
                 };
-                self.excluded.record(&target.class, &target.tenant, why);
+                self.excluded
+                    .add(&target.class, &target.tenant, |c| c.count(why));
                 self.count_result(target, result);
                 return None;
             }
