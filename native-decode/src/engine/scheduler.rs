@@ -370,22 +370,46 @@ impl Scheduler {
     }
 
     /// Runs one forward pass if anything is schedulable; false when there was nothing to do.
+    /// One iteration: plan the batch (running sequences first, then admissions), run it through the backend, and
+    /// apply what came back. `false` when there was nothing to run.
     fn step(&mut self) -> bool {
         let mut budget = self.cfg.max_batched_tokens.max(1);
+        let mut plan = self.plan_running(&mut budget);
+        self.plan_admissions(&mut plan, &mut budget);
+        if plan.is_empty() {
+            return false;
+        }
+        // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
+        self.publish();
+        match self.forward(&plan) {
+            Ok(outs) => self.apply(&plan, outs),
+            Err(e) => self.fail(&plan, &e),
+        }
+        true
+    }
+
+    /// How many of `s`'s uncomputed tokens this step takes: all of them, or with chunked prefill as many as the
+    /// budget allows. `None` when they exceed the budget and the step already has work: a step's first sequence
+    /// always runs, so a prompt longer than the budget is not starved.
+    fn chunk(&self, s: &Seq, budget: usize, plan_is_empty: bool) -> Option<usize> {
+        let need = s.tokens.len() - s.num_computed;
+        let n = if self.cfg.chunked_prefill {
+            need.min(budget)
+        } else {
+            need
+        };
+        (n <= budget || plan_is_empty).then_some(n)
+    }
+
+    /// Running sequences, oldest first: decode tokens and unfinished prefill chunks, while budget and blocks last.
+    fn plan_running(&mut self, budget: &mut usize) -> Vec<Planned> {
         let mut plan: Vec<Planned> = Vec::new();
-        // 1. Running sequences, oldest first: decode tokens and unfinished prefill chunks.
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        while i < self.running.len() && *budget > 0 {
             let s = &self.running[i];
-            let need = s.tokens.len() - s.num_computed;
-            let n = if self.cfg.chunked_prefill {
-                need.min(budget)
-            } else {
-                need
-            };
-            if n > budget && !plan.is_empty() {
+            let Some(n) = self.chunk(s, *budget, plan.is_empty()) else {
                 break;
-            }
+            };
             let upto = s.num_computed + n;
             if !self.reserve(i, upto) {
                 if plan.is_empty() && self.running.len() == 1 {
@@ -401,62 +425,56 @@ impl Scheduler {
                 break;
             }
             plan.push(Planned { idx: i, n });
-            budget = budget.saturating_sub(n);
+            *budget = budget.saturating_sub(n);
             i += 1;
         }
-        // 2. Admit waiting sequences while budget, sequence slots and blocks last.
-        while budget > 0
+        plan
+    }
+
+    /// Admits waiting sequences while budget, sequence slots and blocks last (only when every running sequence got
+    /// its share this step).
+    fn plan_admissions(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) {
+        while *budget > 0
             && self.running.len() < self.cfg.max_num_seqs
             && plan.len() == self.running.len()
         {
             let Some(s) = self.waiting.pop_front() else {
                 break;
             };
-            match self.admit(s) {
-                Some(s) => {
-                    self.waiting.push_front(s);
+            if let Some(s) = self.admit(s) {
+                self.waiting.push_front(s);
+                break;
+            }
+            let idx = self.running.len() - 1;
+            let s = &self.running[idx];
+            let Some(n) = self.chunk(s, *budget, plan.is_empty()) else {
+                self.unadmit();
+                break;
+            };
+            let upto = s.num_computed + n;
+            let blocks = self.blocks.blocks_for(upto).saturating_sub(s.blocks.len());
+            match self.allocate(blocks) {
+                Some(b) => self.running[idx].blocks.extend(b),
+                None => {
+                    self.unadmit();
                     break;
                 }
-                None => {
-                    let idx = self.running.len() - 1;
-                    let s = &self.running[idx];
-                    let need = s.tokens.len() - s.num_computed;
-                    let n = if self.cfg.chunked_prefill {
-                        need.min(budget)
-                    } else {
-                        need
-                    };
-                    if n > budget && !plan.is_empty() {
-                        self.unadmit();
-                        break;
-                    }
-                    let upto = s.num_computed + n;
-                    let blocks = self.blocks.blocks_for(upto).saturating_sub(s.blocks.len());
-                    match self.allocate(blocks) {
-                        Some(b) => self.running[idx].blocks.extend(b),
-                        None => {
-                            self.unadmit();
-                            break;
-                        }
-                    }
-                    if self.running[idx].scheduled_at.is_none() {
-                        let now = Instant::now();
-                        let s = &mut self.running[idx];
-                        s.scheduled_at = Some(now);
-                        self.stats.queue.observe((now - s.arrival).as_secs_f64());
-                    }
-                    plan.push(Planned { idx, n });
-                    budget = budget.saturating_sub(n);
-                }
             }
+            if self.running[idx].scheduled_at.is_none() {
+                let now = Instant::now();
+                let s = &mut self.running[idx];
+                s.scheduled_at = Some(now);
+                self.stats.queue.observe((now - s.arrival).as_secs_f64());
+            }
+            plan.push(Planned { idx, n });
+            *budget = budget.saturating_sub(n);
         }
-        if plan.is_empty() {
-            return false;
-        }
-        // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
-        self.publish();
-        // No sequence that samples this step wants alternatives' log-probabilities: the backend picks the
-        // tokens (on a GPU, without copying the logits out). Draws happen only then, as `sample` would draw.
+    }
+
+    /// Runs the planned batch. When no sequence that samples this step wants alternatives' log-probabilities, the
+    /// backend picks the tokens (on a GPU, without copying the logits out); draws happen only then, as `sample`
+    /// would draw.
+    fn forward(&mut self, plan: &[Planned]) -> crate::Result<Vec<StepOut>> {
         let samples = |s: &Seq, p: &Planned| s.num_computed + p.n == s.tokens.len();
         let pickable = plan.iter().all(|p| {
             let s = &self.running[p.idx];
@@ -486,35 +504,37 @@ impl Scheduler {
                 }
             })
             .collect();
-        let out = if let Some(picks) = picks {
+        if let Some(picks) = picks {
             self.backend
                 .forward_pick(&inputs, &picks)
-                .map(|v| v.into_iter().map(StepOut::Picked).collect::<Vec<_>>())
+                .map(|v| v.into_iter().map(StepOut::Picked).collect())
         } else {
             self.backend
                 .forward(&inputs)
                 .map(|v| v.into_iter().map(StepOut::Logits).collect())
-        };
-        let logits = match out {
-            Ok(l) => l,
-            Err(e) => {
-                // The step's K/V are unknown: end every sequence in it rather than serve garbage.
-                tracing::error!("forward step failed: {e}");
-                let mut idxs: Vec<usize> = plan.iter().map(|p| p.idx).collect();
-                idxs.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
-                for idx in idxs {
-                    let s = self.running.remove(idx);
-                    self.blocks.free(&s.blocks);
-                    let _ = s
-                        .events
-                        .send(Event::Error(format!("forward step failed: {e}")));
-                }
-                self.publish();
-                return true;
-            }
-        };
+        }
+    }
+
+    /// A failed forward pass: the step's K/V are unknown, so every sequence in it ends rather than serve garbage.
+    fn fail(&mut self, plan: &[Planned], e: &crate::Error) {
+        tracing::error!("forward step failed: {e}");
+        let mut idxs: Vec<usize> = plan.iter().map(|p| p.idx).collect();
+        idxs.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
+        for idx in idxs {
+            let s = self.running.remove(idx);
+            self.blocks.free(&s.blocks);
+            let _ = s
+                .events
+                .send(Event::Error(format!("forward step failed: {e}")));
+        }
+        self.publish();
+    }
+
+    /// Advances each planned sequence by its chunk, caches its newly full blocks, takes its token if it sampled,
+    /// and ends the sequences that finished.
+    fn apply(&mut self, plan: &[Planned], outs: Vec<StepOut>) {
         let mut finished = Vec::new();
-        for (p, logits) in plan.iter().zip(logits) {
+        for (p, out) in plan.iter().zip(outs) {
             let seq = &mut self.running[p.idx];
             let was_prefill = seq.num_computed < seq.prompt_len;
             seq.num_computed += p.n;
@@ -523,19 +543,10 @@ impl Scheduler {
                     .prompt_tokens
                     .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
             }
-            // Register newly completed full blocks for prefix caching (never those of a sequence with imported KV).
-            let bs = self.cfg.block_size;
-            while !seq.kv_imported && seq.hashes.len() < seq.num_computed / bs {
-                let b = seq.hashes.len();
-                let h = block_hash(
-                    seq.hashes.last().copied().or(seq.salt_root),
-                    &seq.tokens[b * bs..(b + 1) * bs],
-                );
-                self.blocks.register(seq.blocks[b], h);
-                seq.hashes.push(h);
-            }
+            self.register_full_blocks(p.idx);
+            let seq = &mut self.running[p.idx];
             let ctx = self.backend.cfg().context_length;
-            let done = match logits {
+            let done = match out {
                 StepOut::Logits(l) if !l.is_empty() => {
                     seq.accept(&self.tokenizer, &self.stats, ctx, &l)
                 }
@@ -552,7 +563,22 @@ impl Scheduler {
             let s = self.running.remove(idx);
             self.finish(s, reason, stop_reason);
         }
-        true
+    }
+
+    /// Registers the newly completed full blocks of `running[idx]` for prefix caching (never those of a sequence
+    /// with imported KV).
+    fn register_full_blocks(&mut self, idx: usize) {
+        let bs = self.cfg.block_size;
+        let seq = &mut self.running[idx];
+        while !seq.kv_imported && seq.hashes.len() < seq.num_computed / bs {
+            let b = seq.hashes.len();
+            let h = block_hash(
+                seq.hashes.last().copied().or(seq.salt_root),
+                &seq.tokens[b * bs..(b + 1) * bs],
+            );
+            self.blocks.register(seq.blocks[b], h);
+            seq.hashes.push(h);
+        }
     }
 
     /// Undoes the last admission (the sequence goes back to the front of the queue).
