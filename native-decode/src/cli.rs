@@ -32,7 +32,7 @@ pub enum Device {
 #[derive(Debug, Parser)]
 #[command(
     name = "baton-engine",
-    about = "CPU inference engine with an OpenAI-compatible API"
+    about = "Inference engine (CPU, or an NVIDIA GPU when built with the cuda feature) with an OpenAI-compatible API"
 )]
 pub struct Args {
     /// GGUF file, or HF folder (config.json, *.safetensors, tokenizer.json).

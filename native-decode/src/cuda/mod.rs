@@ -9,7 +9,7 @@
 //!
 //! Entry point: [`CudaModel`] (`forward` mirrors [`crate::model::Model::forward`]).
 
-// The one place in the crate (besides `kernels.rs`) where `unsafe` is allowed: kernel launches, raw cuBLAS calls,
+// The one place in the crate (besides `cpu_ops.rs`) where `unsafe` is allowed: kernel launches, raw cuBLAS calls,
 // raw device pointers captured in CUDA graphs and CUDA IPC handles have no safe wrappers.
 // Each unsafe block states the invariant it relies on.
 #![allow(unsafe_code)]
