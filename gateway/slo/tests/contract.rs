@@ -38,29 +38,28 @@ async fn admission_is_readable_and_expires<H: Harness>(h: &H) {
     assert_eq!(s.admission("unknown").await.unwrap(), None);
     h.check().await;
 
-    let short = admission_with_ttl("req-short", Duration::from_millis(200));
+    let short = admission_with_ttl("req-short", SHORT_TTL);
     s.record_admission(&short).await.unwrap();
     assert!(s.admission("req-short").await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        s.admission("req-short").await.unwrap(),
-        None,
-        "TTL honoured"
-    );
+    assert!(admission_expires(&s, "req-short").await, "TTL honoured");
     assert!(s.admission("req-1").await.unwrap().is_some());
     h.check().await;
 }
 
 async fn phase_update_changes_phase_and_refreshes_ttl<H: Harness>(h: &H) {
     let s = h.replica().await;
-    s.record_admission(&admission_with_ttl("req-p", Duration::from_millis(300)))
+    s.record_admission(&admission_with_ttl("req-p", SHORT_TTL))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    s.record_phase("req-p", Phase::Decode, Duration::from_secs(5))
+    // Written with the same TTL and never refreshed: its expiry says when
+    // req-p's first TTL has run out.
+    s.record_admission(&admission_with_ttl("req-p-control", SHORT_TTL))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.record_phase("req-p", Phase::Decode, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(admission_expires(&s, "req-p-control").await);
     let rec = s
         .admission("req-p")
         .await
@@ -182,9 +181,7 @@ async fn replica_state_is_a_lease<H: Harness>(h: &H) {
         replica_state("replica-a", 10),
         replica_state("replica-b", 20),
     );
-    a.publish_replica_state(&sa, Duration::from_millis(200))
-        .await
-        .unwrap();
+    a.publish_replica_state(&sa, SHORT_TTL).await.unwrap();
     b.publish_replica_state(&sb, Duration::from_secs(30))
         .await
         .unwrap();
@@ -200,17 +197,40 @@ async fn replica_state_is_a_lease<H: Harness>(h: &H) {
         .await
         .unwrap();
     h.check().await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        a.cluster_state().await.unwrap(),
-        vec![sb2.clone()],
-        "a's lease expired"
-    );
+    let lease_ended = until(|| async { a.cluster_state().await.unwrap() == vec![sb2.clone()] });
+    assert!(lease_ended.await, "a's lease expired");
     a.publish_replica_state(&sa, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(b.cluster_state().await.unwrap(), vec![sa, sb2]);
     h.check().await;
+}
+
+/// A TTL that runs out during a case. Long enough that a loaded machine
+/// still reads the record back before it expires; the cases then wait for
+/// the expiry itself, not for a guessed time.
+const SHORT_TTL: Duration = Duration::from_secs(1);
+
+/// Polls `cond` until it holds (true) or 10 s have passed (false). On the
+/// memory store's paused clock the polls cost no real time.
+async fn until<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Whether `id`'s admission record expires within [`until`]'s deadline.
+async fn admission_expires(s: &impl SloStore, id: &str) -> bool {
+    until(|| async { s.admission(id).await.unwrap().is_none() }).await
 }
 
 fn admission_with_ttl(id: &str, ttl: Duration) -> baton_slo::AdmissionRecord {
