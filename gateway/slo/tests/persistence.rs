@@ -62,16 +62,16 @@ async fn aof_keeps_counts_and_dedup_markers_across_restart_and_crash() {
     server.restart();
     assert_eq!(redis_requests(&server.url()).await, 10, "after SIGTERM");
     // The old connection reconnects by itself; replays count once.
-    let replay = async {
-        for _ in 0..50 {
-            if store.record_outcomes(&first).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the store did not reconnect");
-    };
-    replay.await;
+    // Polled to a deadline rather than a count of tries: a loaded machine
+    // may take a while to reconnect.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.record_outcomes(&first).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(redis_requests(&server.url()).await, 10, "replay deduped");
 
     let second = outcomes("b", 5);
@@ -188,15 +188,15 @@ async fn replay_on_top_of_persisted_counts(crash: bool) {
     assert_eq!(redis_requests(&server.url()).await, 8, "persisted");
 
     // The connection may need a moment to come back after the restart.
-    let mut resynced = false;
-    for _ in 0..50 {
-        if store.resync_once().await.is_ok() && store.stats().snapshot().healthy {
-            resynced = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(store.resync_once().await.is_ok() && store.stats().snapshot().healthy) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            store.stats().snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(resynced, "{:?}", store.stats().snapshot());
     let st = store.stats().snapshot();
     assert_eq!((st.backlog, st.flushed, st.resyncs), (0, 13, 1), "{st:?}");
 
