@@ -175,11 +175,11 @@ async fn retries_move_to_another_worker() {
 
 #[tokio::test]
 async fn connect_errors_are_retried_then_reported() {
-    // A port nothing listens on.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    // A port nothing listens on: bound for the whole test (so nothing else
+    // can take it) but never listening, so every connect is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = format!("http://{}", reserved.local_addr().unwrap());
     let mut cfg = aggregated(&[dead]);
     cfg.retry.max_retries = 2;
     let gw = start(cfg).await;
@@ -192,6 +192,7 @@ async fn connect_errors_are_retried_then_reported() {
     let m = get(&gw.url(), "/metrics").await.text();
     assert_eq!(metric(&m, "baton_retries_total"), 2.0);
     gw.shutdown().await;
+    drop(reserved);
 }
 
 #[tokio::test]
@@ -352,7 +353,10 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    // A deadline, not a count of tries: each try is an HTTP round trip that a
+    // loaded machine makes slow.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
         if cond().await {
             return true;
         }

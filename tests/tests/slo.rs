@@ -271,7 +271,8 @@ async fn engine_reported_load_is_scraped_for_placement() {
     }
     let decode = gw.state.pools.all()[1].workers[0].clone();
     let mut seen = None;
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
         seen = decode.engine_load(Duration::from_secs(5));
         if seen.is_some_and(|(running, _)| running >= 3) {
             break;

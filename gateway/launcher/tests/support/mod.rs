@@ -23,13 +23,10 @@ pub fn model() -> PathBuf {
     base.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// The engines and `baton up` are child processes: they take port numbers, not listeners.
+#[path = "../../../slo/tests/support/port.rs"]
+mod port;
+pub use port::free_port;
 
 /// A blocking HTTP/1.1 call (status, body); (0, "") when unreachable.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+mod port;
 mod redis_server;
 pub use redis_server::RedisServer;
 

@@ -2,7 +2,7 @@
 //! end-to-end tests (included by both: `#[path]` from `tests/tests/redis_slo.rs`).
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,10 +39,7 @@ impl RedisServer {
     }
 
     fn start_with(dir: Option<PathBuf>) -> Self {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-            l.local_addr().expect("local addr").port()
-        };
+        let port = super::port::free_port();
         let mut server = Self {
             port,
             child: None,
