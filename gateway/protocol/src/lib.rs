@@ -22,4 +22,4 @@ pub use endpoint::Endpoint;
 pub use error::ProtocolError;
 pub use fleet::FleetKey;
 pub use openai_error::OpenAiError;
-pub use request::ClientRequest;
+pub use request::{ClientRequest, Prompt};

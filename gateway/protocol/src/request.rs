@@ -30,6 +30,25 @@ pub struct ClientRequest {
     /// The bytes the client sent, forwarded as they are when nothing needs
     /// rewriting (aggregated mode).
     pub raw: Option<Bytes>,
+    /// The client's limit on generated tokens, in its dialect's name:
+    /// `max_tokens` (preferred) or `max_completion_tokens` (OpenAI), or
+    /// `sampling_params.max_new_tokens` (SGLang `/generate`). `None` leaves
+    /// the engine's default. Values past `u32::MAX` saturate (no engine
+    /// generates that many).
+    pub max_tokens: Option<u32>,
+    /// The prompt, read once here for routing and load estimates.
+    pub prompt: Prompt,
+}
+
+/// What the gateway reads of a request's prompt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompt {
+    /// A stable text rendering for cache-aware routing: `role:content` lines
+    /// for chat, the prompt for completions, SGLang's `text` (or
+    /// `input_ids`) for `/generate`; lists and token ids as their JSON.
+    pub text: Option<String>,
+    /// Chat messages (0 for other endpoints); each costs template tokens.
+    pub messages: usize,
 }
 
 impl ClientRequest {
@@ -77,16 +96,19 @@ impl ClientRequest {
         }
         // Checked here, before any engine work: a prefill computed for a request that decode then refuses is
         // wasted, and the client should hear the gateway name its field.
-        for field in ["max_tokens", "max_completion_tokens"] {
-            opt_token_limit(&body, field)?;
-        }
+        let max_tokens = opt_token_limit(&body, "max_tokens")?;
+        let max_completion_tokens = opt_token_limit(&body, "max_completion_tokens")?;
         check_sampling(&body, "temperature", "top_p")?;
         for field in ["presence_penalty", "frequency_penalty"] {
             opt_number(&body, field)?;
         }
-        if endpoint == Endpoint::Generate {
-            validate_sampling_params(&body)?;
+        // Each dialect's own name: SGLang's `/generate` ignores OpenAI's.
+        let max_tokens = if endpoint == Endpoint::Generate {
+            validate_sampling_params(&body)?
+        } else {
+            max_tokens.or(max_completion_tokens)
         }
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let n = match opt_u64(&body, "n")? {
             None => 1,
             Some(0) => return Err(invalid("n", "must be at least 1")),
@@ -115,6 +137,7 @@ impl ClientRequest {
         if batch > MAX_BATCH {
             return Err(invalid("prompt", &format!("at most {MAX_BATCH} items")));
         }
+        let prompt = read_prompt(endpoint, &body);
         Ok(Self {
             endpoint,
             body,
@@ -124,6 +147,8 @@ impl ClientRequest {
             batch,
             is_batch,
             raw: None,
+            max_tokens,
+            prompt,
         })
     }
 
@@ -142,36 +167,58 @@ impl ClientRequest {
         self.body.get("n").and_then(Value::as_u64).unwrap_or(1)
     }
 
-    /// A stable text rendering of the prompt for cache-aware routing.
-    pub fn routing_text(&self) -> Option<String> {
-        match self.endpoint {
-            Endpoint::ChatCompletions => {
-                let msgs = self.body.get("messages")?.as_array()?;
-                let mut out = String::new();
-                for m in msgs {
-                    if let Some(role) = m.get("role").and_then(Value::as_str) {
-                        out.push_str(role);
-                        out.push(':');
-                    }
-                    match m.get("content") {
-                        Some(Value::String(s)) => out.push_str(s),
-                        Some(other @ Value::Array(_)) => out.push_str(&other.to_string()),
-                        _ => {}
-                    }
-                    out.push('\n');
+    /// A stable text rendering of the prompt for cache-aware routing
+    /// ([`Prompt::text`]).
+    pub fn routing_text(&self) -> Option<&str> {
+        self.prompt.text.as_deref()
+    }
+}
+
+/// Reads a validated body's prompt (see [`Prompt`]).
+fn read_prompt(endpoint: Endpoint, body: &Map<String, Value>) -> Prompt {
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let msgs = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
+            let mut out = String::new();
+            for m in msgs {
+                if let Some(role) = m.get("role").and_then(Value::as_str) {
+                    out.push_str(role);
+                    out.push(':');
                 }
-                Some(out)
+                match m.get("content") {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(other @ Value::Array(_)) => out.push_str(&other.to_string()),
+                    _ => {}
+                }
+                out.push('\n');
             }
-            Endpoint::Completions => match self.body.get("prompt")? {
-                Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            },
-            Endpoint::Generate => match self.body.get("text") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(other) => Some(other.to_string()),
-                None => self.body.get("input_ids").map(Value::to_string),
-            },
+            Prompt {
+                text: Some(out),
+                messages: msgs.len(),
+            }
         }
+        Endpoint::Completions => Prompt {
+            text: body.get("prompt").map(json_text),
+            messages: 0,
+        },
+        Endpoint::Generate => Prompt {
+            text: match body.get("text") {
+                Some(Value::Null) | None => body.get("input_ids").map(Value::to_string),
+                Some(t) => Some(json_text(t)),
+            },
+            messages: 0,
+        },
+    }
+}
+
+/// A string as itself, anything else as its JSON.
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -210,7 +257,16 @@ fn opt_token_limit(
     body: &Map<String, Value>,
     field: &'static str,
 ) -> Result<Option<u64>, ProtocolError> {
-    match body.get(field) {
+    opt_token_limit_as(body, field, field)
+}
+
+/// The token limit under `key`, named `field` in errors.
+fn opt_token_limit_as(
+    body: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<u64>, ProtocolError> {
+    match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n >= 1 => Ok(Some(n)),
@@ -271,30 +327,22 @@ fn check_sampling(
     Ok(())
 }
 
-/// SGLang's `/generate` carries its sampling knobs in `sampling_params`.
-fn validate_sampling_params(body: &Map<String, Value>) -> Result<(), ProtocolError> {
+/// SGLang's `/generate` carries its sampling knobs in `sampling_params`;
+/// returns its `max_new_tokens`.
+fn validate_sampling_params(body: &Map<String, Value>) -> Result<Option<u64>, ProtocolError> {
     let params = match body.get("sampling_params") {
-        None | Some(Value::Null) => return Ok(()),
+        None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(p)) => p,
         Some(_) => return Err(invalid("sampling_params", "must be an object")),
     };
-    match params.get("max_new_tokens") {
-        None | Some(Value::Null) => {}
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => {}
-            _ => {
-                return Err(invalid(
-                    "sampling_params.max_new_tokens",
-                    &format!("must be an integer of at least 1, got {v}"),
-                ))
-            }
-        },
-    }
+    let max_new_tokens =
+        opt_token_limit_as(params, "max_new_tokens", "sampling_params.max_new_tokens")?;
     check_sampling(
         params,
         "sampling_params.temperature",
         "sampling_params.top_p",
-    )
+    )?;
+    Ok(max_new_tokens)
 }
 
 fn validate_messages(body: &Map<String, Value>) -> Result<(), ProtocolError> {
@@ -392,6 +440,78 @@ mod tests {
         assert_eq!(r.body["vendor_knob"]["a"], 1);
         assert_eq!((r.batch, r.is_batch), (1, false));
         assert_eq!(r.routing_text().unwrap(), "user:hi\n");
+        assert_eq!(r.prompt.messages, 1);
+        assert_eq!(r.max_tokens, None);
+    }
+
+    #[test]
+    fn max_tokens_is_read_from_every_dialect() {
+        let cases = [
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":7}"#,
+                Some(7),
+            ),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"messages":[{"role":"user"}],"max_completion_tokens":9}"#,
+                Some(9),
+            ),
+            // Both named: `max_tokens` wins, as in baton-engine.
+            (
+                Endpoint::ChatCompletions,
+                r#"{"messages":[{"role":"user"}],"max_tokens":3,"max_completion_tokens":9}"#,
+                Some(3),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":{"max_new_tokens":5}}"#,
+                Some(5),
+            ),
+            (
+                Endpoint::Generate,
+                r#"{"text":"a","sampling_params":{}}"#,
+                None,
+            ),
+            // OpenAI's names mean nothing to SGLang's /generate.
+            (Endpoint::Generate, r#"{"text":"a","max_tokens":4}"#, None),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":null}"#,
+                None,
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"prompt":"a","max_tokens":99999999999}"#,
+                Some(u32::MAX),
+            ),
+        ];
+        for (ep, body, want) in cases {
+            assert_eq!(parse(ep, body).unwrap().max_tokens, want, "{body}");
+        }
+    }
+
+    #[test]
+    fn prompt_is_read_once_per_endpoint() {
+        let r = parse(
+            Endpoint::ChatCompletions,
+            r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.prompt,
+            Prompt {
+                text: Some("system:s\nuser:[{\"type\":\"text\",\"text\":\"t\"}]\n".into()),
+                messages: 2,
+            }
+        );
+        let r = parse(Endpoint::Completions, r#"{"prompt":["a","b"]}"#).unwrap();
+        assert_eq!(r.routing_text(), Some(r#"["a","b"]"#));
+        assert_eq!(r.prompt.messages, 0);
+        let r = parse(Endpoint::Generate, r#"{"text":"hello"}"#).unwrap();
+        assert_eq!(r.routing_text(), Some("hello"));
+        let r = parse(Endpoint::Generate, r#"{"input_ids":[1,2]}"#).unwrap();
+        assert_eq!(r.routing_text(), Some("[1,2]"));
     }
 
     #[test]

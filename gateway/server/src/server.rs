@@ -451,10 +451,8 @@ async fn generate(
         CacheIsolation::Shared => None,
     };
     creq.set_cache_salt(salt.as_deref());
-    let text = creq.routing_text();
-    let prompt_tokens = crate::slo::estimate_prompt_tokens(&creq, text.as_deref());
+    let prompt_tokens = crate::slo::estimate_prompt_tokens(&creq);
     let ctx = Ctx {
-        text,
         slo,
         prompt_tokens,
         req: creq,

@@ -34,8 +34,6 @@ use crate::worker::Worker;
 #[derive(Debug)]
 pub struct Ctx {
     pub req: ClientRequest,
-    /// Prompt text for cache-aware routing.
-    pub text: Option<String>,
     /// The client's headers (only tracing/organization ones are forwarded).
     pub headers: HeaderMap,
     /// The gateway's id of this request (the client's `x-request-id` or a
@@ -95,18 +93,14 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Respo
     // Policy plugins may shed load before anything is sent.
     for pool in state.pools.all() {
         if let baton_policies::pipeline::Admit::Reject { retry_after_ms } =
-            pool.admit(ctx.text.as_deref()).await
+            pool.admit(ctx.req.routing_text()).await
         {
             return reject(life, Duration::from_millis(retry_after_ms));
         }
     }
     let mut forced = None;
     if state.slo.config.routing {
-        let req = baton_policies::slo::SloRequest {
-            prompt_tokens: ctx.prompt_tokens,
-            output_tokens: crate::slo::output_tokens(&ctx.req),
-            budget: ctx.slo.budget,
-        };
+        let req = crate::slo::slo_request(&ctx.req, ctx.prompt_tokens, ctx.slo.budget);
         let admission = tokio::time::timeout_at(
             ctx.deadline,
             state.slo.admit(state.mode, &state.pools, &req, ctx.start),
@@ -243,7 +237,7 @@ pub async fn pick(
     let w = match forced {
         Some(w) => Arc::clone(w),
         None => pool
-            .pick(ctx.text.as_deref(), tried)
+            .pick(ctx.req.routing_text(), tried)
             .await
             .ok_or_else(|| GatewayError::new(leg, ErrorKind::NoWorker))?,
     };

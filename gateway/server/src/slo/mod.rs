@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_policies::slo::{
-    self as policy, AdmissionMode, Decision, DecodeLoad, Placement, PrefillLoad, SloRequest,
+    self as policy, AdmissionMode, Budget, Decision, DecodeLoad, Placement, PrefillLoad, SloRequest,
 };
 use baton_protocol::ClientRequest;
 use tokio::time::Instant;
@@ -118,24 +118,33 @@ pub fn deadline_after(start: Instant, ms: f64) -> Option<Instant> {
     start.checked_add(ms_duration(ms)?)
 }
 
+/// Output tokens assumed when the client sets no limit: the latency model
+/// needs a guess, and engines' own defaults range from 128 (SGLang) to the
+/// whole context (vLLM).
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 256;
+
 /// Prompt length estimate (the gateway does not tokenize): ~4 characters
-/// per token for English text, which is what the latency model needs.
-pub fn estimate_prompt_tokens(req: &ClientRequest, text: Option<&str>) -> u64 {
-    let chars = text.map_or(0, |t| t.chars().count()) as u64;
-    let messages = req
-        .body
-        .get("messages")
-        .and_then(|m| m.as_array())
-        .map_or(0, |m| m.len() as u64);
-    (chars / 4 + 4 * messages).max(1)
+/// per token for English text, which is what the latency model needs, plus
+/// a few template tokens per chat message.
+pub fn estimate_prompt_tokens(req: &ClientRequest) -> u64 {
+    let chars = req.routing_text().map_or(0, |t| t.chars().count()) as u64;
+    (chars / 4 + 4 * req.prompt.messages as u64).max(1)
 }
 
+/// The output tokens the latency model plans for: the client's limit in any
+/// dialect ([`ClientRequest::max_tokens`]), else [`DEFAULT_OUTPUT_TOKENS`].
 pub fn output_tokens(req: &ClientRequest) -> u64 {
-    req.body
-        .get("max_tokens")
-        .or_else(|| req.body.get("max_completion_tokens"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(256)
+    req.max_tokens.map_or(DEFAULT_OUTPUT_TOKENS, u64::from)
+}
+
+/// What placement knows of a request: its estimated prompt length, its
+/// output limit and the budget of its class.
+pub fn slo_request(req: &ClientRequest, prompt_tokens: u64, budget: Budget) -> SloRequest {
+    SloRequest {
+        prompt_tokens,
+        output_tokens: output_tokens(req),
+        budget,
+    }
 }
 
 impl SloEngine {
@@ -462,7 +471,7 @@ mod tests {
     use crate::config::BreakerConfig;
     use crate::pool::Pool;
     use crate::worker::Role;
-    use baton_policies::slo::Budget;
+    use baton_protocol::Endpoint;
     use std::sync::Mutex;
 
     fn engine_and_pools() -> (Arc<SloEngine>, Arc<Pools>, String) {
@@ -530,5 +539,43 @@ mod tests {
             vec![("hopeless", false), ("tight", true), ("lax", true)]
         );
         assert!(engine.waiters_empty());
+    }
+
+    /// SGLang's `sampling_params.max_new_tokens` is the output length the
+    /// placement plans for: a short answer cannot hide a local prefill's
+    /// stall, so the same prompt that fits a TPOT budget with the default
+    /// length is refused with 4 new tokens.
+    #[test]
+    fn sglang_max_new_tokens_reaches_placement() {
+        let cfg = SloConfig {
+            prior_prefill_tokens_per_s: 1000.0,
+            ..SloConfig::default()
+        };
+        let engine = SloEngine::new(cfg, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let (_, pools, _) = engine_and_pools();
+        let budget = Budget {
+            ttft_ms: None,
+            tpot_ms: Some(50.0),
+        };
+        let text = "x".repeat(1600);
+        let decide = |params: &str| {
+            let body = format!(r#"{{"text":"{text}","sampling_params":{params}}}"#);
+            let req = ClientRequest::parse(Endpoint::Generate, body.as_bytes()).unwrap();
+            let sreq = slo_request(&req, estimate_prompt_tokens(&req), budget);
+            (sreq, engine.decide(Mode::Aggregated, &pools, &sreq).0)
+        };
+        let (short, verdict) = decide(r#"{"max_new_tokens":4}"#);
+        assert_eq!((short.prompt_tokens, short.output_tokens), (400, 4));
+        // 400 ms of local prefill spread over 4 tokens: ~100 ms a token.
+        assert!(
+            matches!(verdict, Decision::Reject { best: Some(p), .. } if p.tpot_ms > 100.0),
+            "{verdict:?}"
+        );
+        let (long, verdict) = decide("{}");
+        assert_eq!(long.output_tokens, DEFAULT_OUTPUT_TOKENS);
+        assert!(
+            matches!(verdict, Decision::Admit { prediction, .. } if prediction.tpot_ms < 50.0),
+            "{verdict:?}"
+        );
     }
 }
