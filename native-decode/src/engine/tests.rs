@@ -206,16 +206,23 @@ async fn cancellation_frees_blocks() {
     assert!(e.stats.kv_usage() > 0.0);
     drop(guard);
     drop(rx);
-    for _ in 0..200 {
-        if e.stats.kv_usage() == 0.0 && e.stats.num_running.load(Ordering::Relaxed) == 0 {
-            return;
-        }
+    wait_for("blocks freed after cancel", || {
+        e.stats.kv_usage() == 0.0 && e.stats.num_running.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+/// Waits (up to 60 s) until `cond` holds: the engine thread works at its own
+/// pace, so tests wait for what it does, not for a guessed time.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!(
-        "blocks not freed after cancel: usage {}",
-        e.stats.kv_usage()
-    );
 }
 
 #[tokio::test]
@@ -408,15 +415,10 @@ async fn device_offer_reserves_blocks_until_released_and_a_cpu_decoder_falls_bac
     assert_eq!(run_all(&decode, vec![req]).await.remove(0).0, full);
     assert_eq!(decode.stats.kv_pull_recomputes.load(Ordering::Relaxed), 1);
     assert!(decode.stats.kv_device_broken.load(Ordering::Relaxed));
-    let mut freed = false;
-    for _ in 0..400 {
-        if prefill.stats.kv_usage() == 0.0 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(freed, "released blocks go back to the holder's pool");
+    wait_for("released blocks back in the holder's pool", || {
+        prefill.stats.kv_usage() == 0.0
+    })
+    .await;
 
     // Device copies are off now: the next pull streams the blocks through the host and imports them.
     let remote = lease(p.clone()).await;
@@ -440,16 +442,16 @@ async fn unpulled_leases_expire() {
     req.remote_decode = true;
     let (_, fin) = run_all(&e, vec![req]).await.remove(0);
     assert!(fin.kv_lease.is_some());
-    for _ in 0..400 {
-        if e.stats.kv_leases_expired.load(Ordering::Relaxed) == 1 {
-            // Usage is published after the scheduler's next pass.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert_eq!(e.stats.kv_usage(), 0.0);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("lease never expired");
+    wait_for("the lease to expire", || {
+        e.stats.kv_leases_expired.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Usage is published after the scheduler's next pass: awaited, not slept for.
+    wait_for("the expired lease's blocks freed", || {
+        e.stats.kv_usage() == 0.0
+    })
+    .await;
+    assert_eq!(e.stats.kv_leases_expired.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

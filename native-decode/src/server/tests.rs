@@ -314,19 +314,15 @@ async fn dropped_stream_cancels_the_request() {
     let _ = body.frame().await;
     drop(body);
     drop(client);
-    for _ in 0..300 {
-        if s.engine
+    wait_for("the request to end after the client went away", || {
+        s.engine
             .stats
             .num_running
             .load(std::sync::atomic::Ordering::Relaxed)
             == 0
             && s.engine.stats.kv_usage() == 0.0
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("request still running after the client went away");
+    })
+    .await;
 }
 
 /// Waits (up to 60 s) until `cond` holds; the condition is an event the test waits for, not a duration.
