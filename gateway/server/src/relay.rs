@@ -294,9 +294,11 @@ pub struct StreamLimits {
     pub deadline: Instant,
 }
 
-/// The client-facing body of a streaming reply.
-pub struct RelayBody {
-    upstream: Option<UpstreamBody>,
+/// The client-facing body of a streaming reply. `B` is the engine's body
+/// (generic so the relay runs on [`UpstreamBody`] with static dispatch, and on
+/// a scripted body in tests).
+pub struct RelayBody<B = UpstreamBody> {
+    upstream: Option<B>,
     leg: Leg,
     limits: StreamLimits,
     idle: Pin<Box<Sleep>>,
@@ -319,9 +321,12 @@ pub struct RelayBody {
     observer: Observer,
 }
 
-impl RelayBody {
+impl<B> RelayBody<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     pub fn new(
-        upstream: UpstreamBody,
+        upstream: B,
         leg: Leg,
         limits: StreamLimits,
         other_leg: Option<oneshot::Receiver<LegResult>>,
@@ -409,7 +414,10 @@ impl RelayBody {
     }
 }
 
-impl Body for RelayBody {
+impl<B> Body for RelayBody<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     type Data = Bytes;
     type Error = Infallible;
 
@@ -522,7 +530,7 @@ impl Body for RelayBody {
     }
 }
 
-impl Drop for RelayBody {
+impl<B> Drop for RelayBody<B> {
     fn drop(&mut self) {
         // A client gone mid-batch: the observer still sees what the engine sent.
         if self.unobserved > 0 {
@@ -535,13 +543,16 @@ impl Drop for RelayBody {
 
 /// Reads a whole (non-streaming) reply under the same limits and the same
 /// watch on the other leg.
-pub async fn collect(
-    mut upstream: UpstreamBody,
+pub async fn collect<B>(
+    mut upstream: B,
     leg: Leg,
     limits: StreamLimits,
     mut other_leg: Option<oneshot::Receiver<LegResult>>,
     max_bytes: usize,
-) -> Result<Bytes, GatewayError> {
+) -> Result<Bytes, GatewayError>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     use http_body_util::BodyExt;
     let mut buf = Vec::new();
     loop {

@@ -9,7 +9,10 @@
 pub mod body;
 pub mod http1;
 pub mod pool;
+#[cfg(test)]
+pub mod scripted;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, Uri};
 use http_body_util::BodyExt;
 
-pub use self::body::UpstreamBody;
+pub use self::body::{BodyError, UpstreamBody};
 use self::pool::{ConnPool, ExchangeError};
 use crate::error::{ErrorKind, GatewayError, Leg};
 
@@ -77,6 +80,46 @@ pub struct CallIds<'a> {
     pub tenant: &'a str,
 }
 
+/// The seam in front of engine calls: `dispatch` and the relay are generic
+/// over it. Production code is compiled for [`Upstream`] alone (static
+/// dispatch: no boxed future per call, no dynamic call per chunk); the unit
+/// tests put a scripted engine ([`scripted`]) behind it and run on paused
+/// time.
+pub trait EngineClient: Clone + Send + Sync + 'static {
+    /// A reply's body, read by the caller's task; dropping it cancels the call.
+    type Body: http_body::Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static;
+
+    /// POSTs JSON to `base_url + path`, resolving to the response head once
+    /// it arrives (the body streams afterwards). Dropping the future cancels
+    /// the call.
+    fn post(
+        &self,
+        leg: Leg,
+        base_url: &str,
+        path: &str,
+        ids: CallIds<'_>,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Response<Self::Body>, GatewayError>> + Send;
+}
+
+impl EngineClient for Upstream {
+    type Body = UpstreamBody;
+
+    fn post(
+        &self,
+        leg: Leg,
+        base_url: &str,
+        path: &str,
+        ids: CallIds<'_>,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, GatewayError>> + Send {
+        Upstream::post(self, leg, base_url, path, ids, client_headers, body)
+    }
+}
+
+/// Engine calls over HTTP/1 (see the module docs).
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pool: Arc<ConnPool>,
@@ -296,7 +339,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads a whole body, bounded by `limit` bytes.
-pub async fn read_body(leg: Leg, body: UpstreamBody, limit: usize) -> Result<Bytes, GatewayError> {
+pub async fn read_body<B>(leg: Leg, body: B, limit: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes, Error = BodyError>,
+{
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),

@@ -8,10 +8,11 @@ use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::state::AppState;
-use crate::upstream::CallIds;
+use crate::upstream::{CallIds, EngineClient};
 
-pub async fn attempt(
+pub async fn attempt<E: EngineClient>(
     state: &Arc<AppState>,
+    engine: &E,
     ctx: &Ctx,
     tried: &mut Tried,
     placement: ForcedPlacement<'_>,
@@ -32,7 +33,7 @@ pub async fn attempt(
     let tracker = &state.slo.tracker;
     let ticket = tracker.start_decode(&worker.url);
     let prefill_ticket = tracker.start_prefill(&worker.url, ctx.prompt_tokens);
-    let send = state.upstream.post(
+    let send = engine.post(
         Leg::Worker,
         &worker.url,
         ctx.req.endpoint.path(),

@@ -27,7 +27,7 @@ use crate::respond::error_response;
 use crate::slo::classify::SloTarget;
 use crate::slo::{Admission, Forced};
 use crate::state::AppState;
-use crate::upstream::UpstreamBody;
+use crate::upstream::EngineClient;
 use crate::worker::Worker;
 
 /// One client request, validated.
@@ -89,6 +89,17 @@ pub type ForcedPlacement<'a> = Option<&'a Forced>;
 /// The request's lifecycle guard ends here on a refusal or error, or moves
 /// into the response of the attempt that answers.
 pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Response<GatewayBody> {
+    dispatch_with(state, &state.upstream, ctx, life).await
+}
+
+/// [`dispatch`] with the engine calls made by `engine` (the unit tests'
+/// scripted engine; [`crate::upstream::Upstream`] in production).
+pub async fn dispatch_with<E: EngineClient>(
+    state: &Arc<AppState>,
+    engine: &E,
+    ctx: Ctx,
+    life: Lifecycle,
+) -> Response<GatewayBody> {
     let mut life = Some(life);
     // Policy plugins may shed load before anything is sent.
     for pool in state.pools.all() {
@@ -129,13 +140,13 @@ pub async fn dispatch(state: &Arc<AppState>, ctx: Ctx, life: Lifecycle) -> Respo
         let fut = async {
             match state.mode {
                 Mode::Aggregated => {
-                    aggregated::attempt(state, &ctx, &mut tried, placement, &mut life).await
+                    aggregated::attempt(state, engine, &ctx, &mut tried, placement, &mut life).await
                 }
                 Mode::Pd(PdProtocol::Vllm) => {
-                    vllm::attempt(state, &ctx, &mut tried, placement, &mut life).await
+                    vllm::attempt(state, engine, &ctx, &mut tried, placement, &mut life).await
                 }
                 Mode::Pd(PdProtocol::Sglang) => {
-                    sglang::attempt(state, &ctx, &mut tried, placement, &mut life).await
+                    sglang::attempt(state, engine, &ctx, &mut tried, placement, &mut life).await
                 }
             }
         };
@@ -213,12 +224,12 @@ pub fn transfer_id() -> String {
 
 /// Waits for a leg's response head within the first-byte timeout; a failure
 /// is charged to `worker`.
-pub async fn first_byte(
+pub async fn first_byte<B>(
     state: &AppState,
     leg: Leg,
     worker: &Arc<Worker>,
-    send: impl std::future::Future<Output = Result<Response<UpstreamBody>, GatewayError>>,
-) -> Result<Response<UpstreamBody>, AttemptError> {
+    send: impl std::future::Future<Output = Result<Response<B>, GatewayError>>,
+) -> Result<Response<B>, AttemptError> {
     tokio::time::timeout(state.first_byte_timeout(), send)
         .await
         .unwrap_or_else(|_| Err(GatewayError::new(leg, ErrorKind::Timeout("first_byte"))))
@@ -246,7 +257,10 @@ pub async fn pick(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod backoff_tests {
     use super::*;
 
     #[test]

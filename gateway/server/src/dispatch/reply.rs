@@ -15,15 +15,16 @@ use crate::lifecycle::{Ending, Lifecycle};
 use crate::relay::{self, LegResult, Observer, RelayBody, StreamLimits};
 use crate::slo::tracker::{DecodeTicket, PrefillTicket};
 use crate::state::AppState;
-use crate::upstream::{read_body, UpstreamBody};
+use crate::upstream::{read_body, BodyError};
 use crate::worker::{LoadGuard, Worker};
 
 /// Largest error or non-streaming reply body the gateway buffers.
 const MAX_REPLY_BYTES: usize = 64 << 20;
 
-/// What keeps an answering leg company until the response ends.
-pub struct Answer {
-    pub head: Response<UpstreamBody>,
+/// What keeps an answering leg company until the response ends (`B`: the
+/// engine's body type).
+pub struct Answer<B> {
+    pub head: Response<B>,
     pub leg: Leg,
     pub worker: Arc<Worker>,
     pub guards: Vec<LoadGuard>,
@@ -40,12 +41,15 @@ pub struct Answer {
 /// Turns the answering leg's head into the client response. Once the reply
 /// is sure to reach the client, the request's lifecycle guard moves from
 /// `life` into the response (its body records the end).
-pub async fn respond(
+pub async fn respond<B>(
     state: &Arc<AppState>,
     ctx: &Ctx,
     life: &mut Option<Lifecycle>,
-    answer: Answer,
-) -> Result<Response<GatewayBody>, AttemptError> {
+    answer: Answer<B>,
+) -> Result<Response<GatewayBody>, AttemptError>
+where
+    B: http_body::Body<Data = Bytes, Error = BodyError> + Send + Unpin + 'static,
+{
     let Answer {
         head,
         leg,

@@ -19,12 +19,13 @@ use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::relay::LegResult;
 use crate::state::AppState;
-use crate::upstream::{read_body, CallIds};
+use crate::upstream::{read_body, CallIds, EngineClient};
 
 const MAX_PREFILL_REPLY: usize = 64 << 20;
 
-pub async fn attempt(
+pub async fn attempt<E: EngineClient>(
     state: &Arc<AppState>,
+    engine: &E,
     ctx: &Ctx,
     tried: &mut Tried,
     placement: ForcedPlacement<'_>,
@@ -64,6 +65,7 @@ pub async fn attempt(
     let (tx, rx) = oneshot::channel::<LegResult>();
     let prefill_task = {
         let state = Arc::clone(state);
+        let engine = engine.clone();
         let p = Arc::clone(&p);
         let headers = ctx.headers.clone();
         let body = body.clone();
@@ -76,8 +78,7 @@ pub async fn attempt(
             let _guard = guard;
             let t0 = Instant::now();
             let leg = async {
-                let head = state
-                    .upstream
+                let head = engine
                     .post(
                         Leg::Prefill,
                         &p.url,
@@ -133,7 +134,7 @@ pub async fn attempt(
     let decode_guard = d.start_request();
     let decode_url = d.url.clone();
     let t1 = Instant::now();
-    let send = state.upstream.post(
+    let send = engine.post(
         Leg::Decode,
         &decode_url,
         path,

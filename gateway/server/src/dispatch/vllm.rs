@@ -14,14 +14,15 @@ use crate::error::{ErrorKind, GatewayError, Leg};
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::state::AppState;
-use crate::upstream::{read_body, CallIds};
+use crate::upstream::{read_body, CallIds, EngineClient};
 use crate::worker::Worker;
 
 /// A prefill reply is one token plus params; anything near this is a bug.
 const MAX_PREFILL_REPLY: usize = 16 << 20;
 
-pub async fn attempt(
+pub async fn attempt<E: EngineClient>(
     state: &Arc<AppState>,
+    engine: &E,
     ctx: &Ctx,
     tried: &mut Tried,
     placement: ForcedPlacement<'_>,
@@ -73,15 +74,13 @@ pub async fn attempt(
             placement.and_then(|f| f.prefill.as_ref()),
         )
         .await?;
-        prefill_leg(state, ctx, &p, ids, prefill_body).await?
+        prefill_leg(state, engine, ctx, &p, ids, prefill_body).await?
     };
     let decode_body = vllm::decode_body(&ctx.req, params.as_ref());
 
     let decode_guard = d.start_request();
     let t1 = Instant::now();
-    let send = state
-        .upstream
-        .post(Leg::Decode, &d.url, path, ids, &ctx.headers, decode_body);
+    let send = engine.post(Leg::Decode, &d.url, path, ids, &ctx.headers, decode_body);
     let head = first_byte(state, Leg::Decode, &d, send).await?;
     state
         .metrics
@@ -106,8 +105,9 @@ pub async fn attempt(
 }
 
 /// Runs the prefill leg to completion; returns the params for decode.
-async fn prefill_leg(
+async fn prefill_leg<E: EngineClient>(
     state: &Arc<AppState>,
+    engine: &E,
     ctx: &Ctx,
     p: &Arc<Worker>,
     ids: CallIds<'_>,
@@ -118,8 +118,7 @@ async fn prefill_leg(
     let ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
     let t0 = Instant::now();
     let leg = async {
-        let head = state
-            .upstream
+        let head = engine
             .post(Leg::Prefill, &p.url, path, ids, &ctx.headers, body)
             .await?;
         let status = head.status();
