@@ -39,14 +39,20 @@ impl RedisServer {
     }
 
     fn start_with(dir: Option<PathBuf>) -> Self {
-        let port = super::port::free_port();
         let mut server = Self {
-            port,
+            port: 0,
             child: None,
             dir,
         };
-        server.restart();
-        server
+        // A port another process took between the check and redis-server's
+        // bind makes it exit: start again on another.
+        for _ in 0..5 {
+            server.port = super::port::free_port();
+            if server.try_restart() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     pub fn port(&self) -> u16 {
@@ -80,6 +86,16 @@ impl RedisServer {
     /// and, for a persistent server, has loaded its AOF (Redis listens while
     /// loading and answers `LOADING` until done).
     pub fn restart(&mut self) {
+        assert!(
+            self.try_restart(),
+            "redis-server exited at start on port {}",
+            self.port
+        );
+    }
+
+    /// [`restart`](Self::restart); false when redis-server exited at once
+    /// (its port was taken).
+    fn try_restart(&mut self) -> bool {
         self.kill();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
@@ -100,9 +116,17 @@ impl RedisServer {
                      (Debian: apt-get install redis-server; .ci/run installs it)"
                 )
             });
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pong() {
+        // Ours answering, not another server on the port.
+        while !(self.ask(b"INFO server\r\n", &format!("process_id:{pid}\r\n"))
+            && self.ask(b"PING\r\n", "+PONG"))
+        {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING on {}",
@@ -110,18 +134,30 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
-    /// One inline `PING`; true on `+PONG` (not `-LOADING`).
-    fn pong(&self) -> bool {
+    /// One inline command; true when the reply contains `want` (a `PING`
+    /// answers `-LOADING` until an AOF is loaded).
+    fn ask(&self, command: &[u8], want: &str) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 64];
-        s.write_all(b"PING\r\n").is_ok()
-            && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        if s.write_all(command).is_err() {
+            return false;
+        }
+        // INFO's reply is a few KiB; read until the line we want or the end of what came.
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&reply).contains(want) {
+                return true;
+            }
+        }
+        false
     }
 }
 
