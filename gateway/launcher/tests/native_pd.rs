@@ -34,10 +34,22 @@ fn engine(role: &str, kv_mb: usize) -> Engine {
         "test model missing at {} (run tests/fetch-model.sh)",
         model.display()
     );
+    // An engine that exits before it is healthy lost its port to another
+    // process (the port is only checked free, not held): start it again.
+    for _ in 0..5 {
+        if let Some(e) = try_engine(&model, role, kv_mb) {
+            return e;
+        }
+    }
+    panic!("{role} engine did not start on any of 5 free ports");
+}
+
+/// An engine on a fresh port once healthy; `None` if it exited first.
+fn try_engine(model: &std::path::Path, role: &str, kv_mb: usize) -> Option<Engine> {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["engine", "--model"])
-        .arg(&model)
+        .arg(model)
         .args([
             "--role",
             role,
@@ -52,13 +64,16 @@ fn engine(role: &str, kv_mb: usize) -> Engine {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let e = Engine { port, child };
+    let mut e = Engine { port, child };
     let deadline = Instant::now() + Duration::from_secs(120);
     while http(e.port, "GET", "/health", "").0 != 200 {
+        if e.child.try_wait().unwrap().is_some() {
+            return None;
+        }
         assert!(Instant::now() < deadline, "{role} engine did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    e
+    Some(e)
 }
 
 fn completion_text(body: &str) -> String {

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -17,41 +18,11 @@ fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
         "test model missing at {} (run tests/fetch-model.sh)",
         model.display()
     );
-    let (gw, p, d) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["up", "--model"])
-        .arg(&model)
-        .args([
-            "--port",
-            &gw.to_string(),
-            "--prefill-port",
-            &p.to_string(),
-            "--decode-port",
-            &d.to_string(),
-        ])
-        .args(["--kv-memory-mb", "64", "--threads", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    let mut printed = Vec::new();
-    while !printed.iter().any(|l: &String| l.contains("Baton is up")) {
-        match rx.recv_timeout(Duration::from_secs(180).saturating_sub(start.elapsed())) {
-            Ok(l) => printed.push(l),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("not up in time; printed: {printed:?}");
-            }
-        }
-    }
+    // `baton up` exits at once if one of its ports was taken by another
+    // process since it was checked free (nothing holds it): start it again on others.
+    let (mut child, rx, mut printed, (gw, p, d)) = (0..5)
+        .find_map(|_| start_up(&model))
+        .expect("baton up did not start on 5 sets of free ports");
     // The ready message includes a curl that works, greedy (a sensible answer from a 135M model).
     while !printed.iter().any(|l| l.contains("\"temperature\":0")) {
         printed.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
@@ -89,4 +60,53 @@ fn up_serves_the_model_through_the_gateway_and_stops_on_sigint() {
     // The engines went with it.
     assert!(TcpStream::connect(("127.0.0.1", p)).is_err());
     assert!(TcpStream::connect(("127.0.0.1", d)).is_err());
+}
+
+type Up = (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+    (u16, u16, u16),
+);
+
+/// `baton up` on fresh ports, once it printed that it is up (its lines so
+/// far, and the rest to come); `None` if it exited first.
+fn start_up(model: &std::path::Path) -> Option<Up> {
+    let (gw, p, d) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["up", "--model"])
+        .arg(model)
+        .args([
+            "--port",
+            &gw.to_string(),
+            "--prefill-port",
+            &p.to_string(),
+            "--decode-port",
+            &d.to_string(),
+        ])
+        .args(["--kv-memory-mb", "64", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("Baton is up")) {
+        match rx.recv_timeout(Duration::from_secs(180).saturating_sub(start.elapsed())) {
+            Ok(l) => printed.push(l),
+            Err(RecvTimeoutError::Disconnected) if child.wait().is_ok() => return None,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("not up in time; printed: {printed:?}");
+            }
+        }
+    }
+    Some((child, rx, printed, (gw, p, d)))
 }
