@@ -688,3 +688,70 @@ async fn a_whole_reply_is_collected_under_the_idle_timeout() {
     assert_eq!(body["choices"][0]["text"], "hi");
     assert_eq!(h.outcomes("success"), 1.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn vllm_prefill_without_params_sends_decode_the_plain_body() {
+    // Prefill stopped on its own (EOS on the first token): decode prefills.
+    let h = harness(Fleet::Vllm, |_| {});
+    h.engine.script(
+        Leg::Prefill,
+        [Reply::ok(vec![chunk(r#"{"choices":[{"text":"x"}]}"#)])],
+    );
+    h.engine.script(Leg::Decode, [stream_ok()]);
+    assert!(text(h.send(true).await).await.ends_with(DONE));
+    let d = &h.engine.calls_of(Leg::Decode)[0];
+    assert!(d.json().get("kv_transfer_params").is_none(), "{}", d.json());
+    assert_eq!(h.metric("baton_pd_local_prefills_total", &[]), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sglang_decode_failure_cancels_the_prefill_task_and_retries() {
+    let h = harness(Fleet::Sglang, |_| {});
+    h.engine.script(
+        Leg::Prefill,
+        [Reply::ok(vec![Step::Hang]), Reply::ok(vec![chunk("{}")])],
+    );
+    h.engine.script(
+        Leg::Decode,
+        [
+            Reply::status(500, vec![]).after(secs(1)),
+            // Decode answers only once its prefill task has run.
+            stream_ok().after(ms(10)),
+        ],
+    );
+    let t0 = Instant::now();
+    assert!(text(h.send(true).await).await.ends_with(DONE));
+    let (p, d) = (
+        h.engine.calls_of(Leg::Prefill),
+        h.engine.calls_of(Leg::Decode),
+    );
+    // The failed attempt's prefill task dies with it.
+    assert_eq!(p[0].at(Event::Dropped), Some(t0 + secs(1)));
+    assert_eq!(h.worker(&p[0].url).in_flight(), 0);
+    assert_eq!(h.breaker(&d[0].url), BreakerState::Open);
+    assert_eq!(h.breaker(&p[0].url), BreakerState::Closed);
+    assert_eq!((p.len(), d.len()), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sglang_prefill_failure_fails_a_whole_reply_being_collected() {
+    let h = harness(Fleet::Sglang, |c| c.retry.max_retries = 0);
+    h.engine
+        .script(Leg::Prefill, [Reply::status(500, vec![]).after(secs(2))]);
+    h.engine.script(
+        Leg::Decode,
+        [Reply::ok(vec![
+            chunk("{\"text\":"),
+            Step::Wait(secs(4)),
+            chunk("\"x\"}"),
+        ])],
+    );
+    let t0 = Instant::now();
+    let resp = h.send(false).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(t0.elapsed(), secs(2));
+    let d = &h.engine.calls_of(Leg::Decode)[0];
+    assert_eq!(d.at(Event::Dropped), Some(t0 + secs(2)));
+    assert!(text(resp).await.contains("\"error\""));
+    assert_eq!(h.outcomes("upstream_error"), 1.0);
+}
