@@ -755,3 +755,60 @@ async fn sglang_prefill_failure_fails_a_whole_reply_being_collected() {
     assert!(text(resp).await.contains("\"error\""));
     assert_eq!(h.outcomes("upstream_error"), 1.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_leaving_right_after_done_is_a_success() {
+    // The engine keeps its connection open after [DONE]; the client closes
+    // as soon as it has read it.
+    let h = harness(Fleet::Aggregated, |_| {});
+    h.engine.script(
+        Leg::Worker,
+        [Reply::ok(vec![chunk(TOKEN), chunk(DONE), Step::Hang])],
+    );
+    let mut body = h.send(true).await.into_body();
+    let mut got = Vec::new();
+    while !got.ends_with(DONE.as_bytes()) {
+        let frame = body.frame().await.expect("more frames").unwrap();
+        got.extend_from_slice(&frame.into_data().unwrap());
+    }
+    drop(body);
+    let c = &h.engine.calls_of(Leg::Worker)[0];
+    assert!(c.at(Event::Dropped).is_some());
+    assert_eq!(h.outcomes("success"), 1.0);
+    assert_eq!(h.outcomes("cancelled"), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_is_per_gap_not_per_stream() {
+    let h = harness(Fleet::Aggregated, |_| {});
+    let mut steps = Vec::new();
+    for _ in 0..4 {
+        steps.extend([Step::Wait(secs(4)), chunk(TOKEN)]);
+    }
+    steps.push(chunk(DONE));
+    h.engine.script(Leg::Worker, [Reply::ok(steps)]);
+    let t0 = Instant::now();
+    let body = text(h.send(true).await).await;
+    assert_eq!(body.matches(TOKEN).count(), 4, "{body}");
+    assert!(body.ends_with(DONE), "{body}");
+    assert_eq!(t0.elapsed(), secs(16));
+    assert_eq!(h.outcomes("success"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_without_a_first_chunk_ends_in_an_error_event() {
+    let h = harness(Fleet::Aggregated, |_| {});
+    h.engine.script(Leg::Worker, [Reply::ok(vec![Step::Hang])]);
+    let t0 = Instant::now();
+    let resp = h.send(true).await;
+    // The head waits for the first chunk (one write for both): here the
+    // idle timeout, after which the stream is only an error event.
+    assert_eq!(t0.elapsed(), secs(5));
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = text(resp).await;
+    assert!(
+        body.starts_with("data: ") && body.contains("idle"),
+        "{body}"
+    );
+    assert_eq!(h.outcomes("timeout"), 1.0);
+}
