@@ -7,7 +7,12 @@ fast this machine is: TTFT <= FACTOR x the baseline's p90 TTFT and TPOT <=
 FACTOR x its p90 TPOT (floors keep a very quiet baseline from making the
 budget meaninglessly tight). A request attains when it completed ("ok") and
 met both. Prints one JSON object; exit 1 when the attacked run's attainment
-is below the baseline's minus --tolerance.
+is below the baseline's minus the tolerance: --tolerance, or one request of
+the attacked run when that is more (a 20 s run on 2 cores has ~10-20
+requests, so one request is the resolution of the measurement). The attacks
+that look like normal requests (poisoning, leases, SSRF) are real inference
+on the same CPUs, so they may cost that one request; anything more is a
+regression.
 """
 import argparse
 import json
@@ -61,6 +66,8 @@ def attainment(rs):
 out = {"ttft_slo_s": round(ttft_slo, 3), "tpot_slo_s": round(tpot_slo, 4),
        "baseline": {"requests": len(base), "attainment": round(attainment(base), 3)},
        "attacked": {"requests": len(att), "attainment": round(attainment(att), 3)}}
-out["unchanged"] = out["attacked"]["attainment"] >= out["baseline"]["attainment"] - A.tolerance
+tolerance = max(A.tolerance, 1.0 / len(att)) if att else A.tolerance
+out["tolerance"] = round(tolerance, 3)
+out["unchanged"] = attainment(att) >= attainment(base) - tolerance - 1e-9
 print(json.dumps(out))
 sys.exit(0 if out["unchanged"] else 1)

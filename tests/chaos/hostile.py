@@ -162,9 +162,9 @@ def attack_poisoning():
 def attack_leases():
     """Finding 3: prefill-only requests asking for KV leases get none."""
     replies = []
-    for _ in range(8):
+    for _ in range(4):
         st, resp = call("POST", "/v1/chat/completions",
-                        chat("lease " * 200, max_tokens=1, kv_transfer_params={"do_remote_decode": True}))
+                        chat("lease " * 50, max_tokens=1, kv_transfer_params={"do_remote_decode": True}))
         replies.append((st, leaks_internals(resp)))
     ok = all(st == 200 and not leak for st, leak in replies)
     record("kv-leases", ok, {"replies": replies})
@@ -190,9 +190,12 @@ def attack_headers():
 
 
 def attack_stops():
-    """Finding 9: thousands of long stop strings are refused up front."""
-    st, resp = call("POST", "/v1/chat/completions", chat("hi", stop=["x" * 4000] * 4000))
-    record("stop-strings", st == 400 and is_openai_error(resp), {"status": st})
+    """Finding 9: hundreds of long stop strings are refused up front (as many
+    as fit under the gateway's body limit: a larger body is the big-body
+    attack's 413)."""
+    n = max(17, int(A.max_payload * 0.8) // 3000)
+    st, resp = call("POST", "/v1/chat/completions", chat("hi", stop=["x" * 3000] * n))
+    record("stop-strings", st == 400 and is_openai_error(resp), {"status": st, "stop_strings": n})
 
 
 def attack_big_body():
