@@ -431,14 +431,16 @@ mod tests {
         .unwrap()
     }
 
+    /// Polls `f` up to a deadline (not a count of tries: a loaded machine may need longer than 200 x 5 ms).
     async fn eventually(what: &str, f: impl Fn() -> bool) {
-        for _ in 0..200 {
-            if f() {
-                return;
-            }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("timed out waiting for: {what}");
     }
 
     #[tokio::test]
