@@ -19,6 +19,8 @@ pub mod quant;
 pub mod safetensors_dir;
 pub mod sampling;
 pub mod server;
+#[cfg(test)]
+mod test_support;
 pub mod tokenizer;
 pub mod transfer;
 

@@ -1,5 +1,6 @@
 //! Scheduler behaviour on a tiny random model: batching, preemption, cancellation, prefix caching, PD export.
 
+use crate::test_support::wait_for;
 use std::time::Duration;
 
 use super::*;
@@ -210,19 +211,6 @@ async fn cancellation_frees_blocks() {
         e.stats.kv_usage() == 0.0 && e.stats.num_running.load(Ordering::Relaxed) == 0
     })
     .await;
-}
-
-/// Waits (up to 60 s) until `cond` holds: the engine thread works at its own
-/// pace, so tests wait for what it does, not for a guessed time.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

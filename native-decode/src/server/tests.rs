@@ -1,5 +1,6 @@
 //! The HTTP API end to end on a tiny random model: real sockets, real hyper client.
 
+use crate::test_support::wait_for;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -323,18 +324,6 @@ async fn dropped_stream_cancels_the_request() {
             && s.engine.stats.kv_usage() == 0.0
     })
     .await;
-}
-
-/// Waits (up to 60 s) until `cond` holds; the condition is an event the test waits for, not a duration.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 // One async worker: before tokenization moved to the blocking pool, a huge prompt held it and `/health`

@@ -1,6 +1,7 @@
 //! KV transfer through the HTTP API on the tiny model: only fleet-authenticated calls steer it, and leases
 //! neither outgrow their bounds nor keep other requests out.
 
+use crate::test_support::wait_for;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,17 +47,6 @@ async fn post_fleet(addr: SocketAddr, body: Value, request_id: &str, tenant: &st
 fn remote_decode() -> Value {
     json!({"do_remote_decode": true, "do_remote_prefill": false, "remote_engine_id": null,
            "remote_block_ids": null, "remote_host": null, "remote_port": null})
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
