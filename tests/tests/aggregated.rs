@@ -346,25 +346,6 @@ async fn health_readiness_models_and_metrics() {
     gw.shutdown().await;
 }
 
-/// Re-checks `cond` as health rounds complete (bounded; the gateway's own
-/// 50 ms health interval drives the change, this only observes it).
-async fn wait_for<F, Fut>(cond: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    // A deadline, not a count of tries: each try is an HTTP round trip that a
-    // loaded machine makes slow.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn idle_and_total_timeouts_end_streams_with_an_error_event() {
     let slow = MockEngine::new(Flavor::OpenAi)

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use baton_e2e::mock::{Flavor, MockEngine, MockHandle, VllmKvRegistry};
 use common::*;
 use http::StatusCode;
@@ -29,14 +27,10 @@ async fn vllm_pair() -> (MockHandle, MockHandle) {
 /// Waits (up to 10 s) until the gateway's first health round confirmed its workers, which is also
 /// when it has read their model lists.
 async fn ready(base: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while get(base, "/readiness").await.status != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway not ready in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        wait_for(|| async { get(base, "/readiness").await.status == StatusCode::OK }).await,
+        "gateway not ready in 10 s"
+    );
 }
 
 fn assert_openai_error(r: &Reply, status: StatusCode, param: &str, code: Option<&str>) {

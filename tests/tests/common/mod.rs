@@ -161,3 +161,20 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Re-checks `cond` until it holds or 10 s have passed (a deadline, not a count of tries: each try may be an HTTP
+/// round trip that a loaded machine makes slow); the 10 ms poll only sets how soon a met condition is noticed.
+pub async fn wait_for<F, Fut>(cond: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
