@@ -14,6 +14,7 @@ mod power_of_two;
 mod random;
 mod round_robin;
 pub mod slo;
+pub mod step;
 mod view;
 
 pub use cache_aware::{CacheAware, CacheAwareConfig};

@@ -9,6 +9,7 @@
 //! plans; nothing in this crate touches a socket or a clock.
 
 pub mod endpoint;
+pub mod engine_slo;
 pub mod error;
 pub mod fleet;
 pub mod openai_error;
@@ -19,6 +20,7 @@ pub mod sse;
 pub mod vllm;
 
 pub use endpoint::Endpoint;
+pub use engine_slo::EngineSlo;
 pub use error::ProtocolError;
 pub use fleet::FleetKey;
 pub use openai_error::OpenAiError;
