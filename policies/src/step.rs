@@ -59,7 +59,8 @@ impl StepModel {
             context_tokens: decode.context_tokens,
         };
         let left = limit_ms - self.predict_ms(&base);
-        if !(left > 0.0) {
+        // NaN (a broken model) counts as no room.
+        if left.is_nan() || left <= 0.0 {
             return 0;
         }
         if self.per_prefill_token_ms <= 0.0 {
@@ -192,12 +193,14 @@ fn solve4(mut m: [[f64; 4]; 4], mut r: [f64; 4]) -> Option<[f64; 4]> {
         }
         m.swap(c, p);
         r.swap(c, p);
-        for i in c + 1..4 {
-            let f = m[i][c] / m[c][c];
-            for j in c..4 {
-                m[i][j] -= f * m[c][j];
+        let (pivot, rest) = m.split_at_mut(c + 1);
+        let pivot = pivot[c];
+        for (k, row) in rest.iter_mut().enumerate() {
+            let f = row[c] / pivot[c];
+            for (x, p) in row.iter_mut().zip(pivot).skip(c) {
+                *x -= f * p;
             }
-            r[i] -= f * r[c];
+            r[c + 1 + k] -= f * r[c];
         }
     }
     let mut x = [0.0; 4];
@@ -349,7 +352,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let s = StepShape {
                 seqs: 1 + (x >> 33) % 128,
-                prefill_tokens: if (x >> 20) % 3 == 0 {
+                prefill_tokens: if (x >> 20).is_multiple_of(3) {
                     (x >> 40) % 4096
                 } else {
                     0
