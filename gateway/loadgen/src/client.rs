@@ -62,6 +62,26 @@ pub struct Sent {
     pub status: u16,
     pub outcome: Outcome,
     pub stream: StreamResult,
+    /// The gateway's prediction for this request (`x-baton-predicted`), when it made one.
+    pub predicted: Option<Predicted>,
+}
+
+/// What the gateway predicted for one request, to compare with what was measured.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Predicted {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+}
+
+/// Header on the gateway's answer: `ttft=<ms>;tpot=<ms>`, the syntax of the engines' `x-baton-slo`.
+pub const PREDICTED_HEADER: &str = "x-baton-predicted";
+
+fn predicted(headers: &http::HeaderMap) -> Option<Predicted> {
+    let v = baton_protocol::EngineSlo::parse(headers.get(PREDICTED_HEADER)?.to_str().ok()?)?;
+    (!v.is_empty()).then_some(Predicted {
+        ttft_ms: v.ttft_ms,
+        tpot_ms: v.tpot_ms,
+    })
 }
 
 impl BenchClient {
@@ -130,8 +150,10 @@ pub async fn post_stream(http: &HttpClient, req: Request<Full<Bytes>>, deadline:
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
+    let prediction = predicted(resp.headers());
     let answered = |outcome| Sent {
         status: status.as_u16(),
+        predicted: prediction,
         ..failed(outcome)
     };
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -162,6 +184,7 @@ pub async fn post_stream(http: &HttpClient, req: Request<Full<Bytes>>, deadline:
                     status: status.as_u16(),
                     outcome: Outcome::Timeout,
                     stream: timer.finish(Some("timeout".into())),
+                    predicted: prediction,
                 }
             }
             Ok(None) => break None,
@@ -189,6 +212,7 @@ pub async fn post_stream(http: &HttpClient, req: Request<Full<Bytes>>, deadline:
         status: status.as_u16(),
         outcome,
         stream,
+        predicted: prediction,
     }
 }
 
@@ -196,6 +220,7 @@ fn failed(outcome: Outcome) -> Sent {
     Sent {
         status: 0,
         outcome,
+        predicted: None,
         stream: StreamResult {
             ttft: None,
             latency: None,
@@ -265,5 +290,24 @@ mod tests {
         assert!(endpoint_uri("https://x", p).is_err());
         assert!(endpoint_uri("127.0.0.1:80", p).is_err());
         assert!(endpoint_uri("http://a b", p).is_err());
+    }
+
+    #[test]
+    fn the_gateways_prediction_is_read_from_its_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(predicted(&h), None);
+        h.insert(
+            PREDICTED_HEADER,
+            HeaderValue::from_static("ttft=412.5;tpot=21"),
+        );
+        assert_eq!(
+            predicted(&h),
+            Some(Predicted {
+                ttft_ms: Some(412.5),
+                tpot_ms: Some(21.0)
+            })
+        );
+        h.insert(PREDICTED_HEADER, HeaderValue::from_static("ttft=-3"));
+        assert_eq!(predicted(&h), None);
     }
 }

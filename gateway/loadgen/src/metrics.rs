@@ -81,6 +81,24 @@ pub struct RunSummary {
     pub goodput: Option<f64>,
     /// Good / sent.
     pub attainment: Option<f64>,
+    /// |predicted − measured| / measured of completed requests the gateway made a prediction for
+    /// (`x-baton-predicted`), as percentages in the `Stats` fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_prediction_error_pct: Option<Stats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_prediction_error_pct: Option<Stats>,
+}
+
+/// Relative prediction errors in percent; `Stats` takes seconds, so a percentage is passed as x/1000.
+fn prediction_errors<'a>(
+    ok: &[&'a RequestRecord],
+    pair: impl Fn(&'a RequestRecord) -> Option<(f64, f64)>,
+) -> Option<Stats> {
+    Stats::from_secs(
+        ok.iter()
+            .filter_map(|r| pair(r))
+            .filter_map(|(p, m)| (m > 0.0).then(|| (p - m).abs() / m * 100.0 / 1000.0)),
+    )
 }
 
 impl RunSummary {
@@ -133,6 +151,12 @@ impl RunSummary {
             good,
             goodput,
             attainment,
+            ttft_prediction_error_pct: prediction_errors(&ok, |r| {
+                Some((r.predicted?.ttft_ms?, r.ttft_s? * 1000.0))
+            }),
+            tpot_prediction_error_pct: prediction_errors(&ok, |r| {
+                Some((r.predicted?.tpot_ms?, r.tpot_s()? * 1000.0))
+            }),
         }
     }
 }
@@ -203,5 +227,21 @@ mod tests {
         assert_eq!(s.itl_ms.unwrap().count, 20);
         let none = RunSummary::compute(&records, 2.0, &Slo::default());
         assert_eq!((none.goodput, none.attainment), (None, None));
+        assert_eq!(none.ttft_prediction_error_pct, None);
+    }
+
+    #[test]
+    fn prediction_errors_are_relative_to_what_was_measured() {
+        let mut a = ok(0.1, 1.1, 11); // TTFT 100 ms, TPOT 100 ms
+        a.predicted = Some(crate::client::Predicted {
+            ttft_ms: Some(120.0),
+            tpot_ms: Some(90.0),
+        });
+        let b = ok(0.2, 1.2, 11); // no prediction: not counted
+        let s = RunSummary::compute(&[a, b], 1.0, &Slo::default());
+        let t = s.ttft_prediction_error_pct.unwrap();
+        assert_eq!(t.count, 1);
+        assert!(close(t.p50, 20.0), "{t:?}");
+        assert!(close(s.tpot_prediction_error_pct.unwrap().p50, 10.0));
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::Sent;
+use crate::client::{Predicted, Sent};
 use crate::workload::RequestSpec;
 
 /// How a request ended.
@@ -58,6 +58,9 @@ pub struct RequestRecord {
     /// From the usage chunk, else the number of chunks with content.
     pub output_tokens: Option<u64>,
     pub prompt_tokens: Option<u64>,
+    /// The gateway's predicted TTFT/TPOT (`x-baton-predicted`), when it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<Predicted>,
 }
 
 impl RequestRecord {
@@ -83,6 +86,7 @@ impl RequestRecord {
             itl_s: sent.stream.itl,
             output_tokens: sent.stream.output_tokens,
             prompt_tokens: sent.stream.prompt_tokens,
+            predicted: sent.predicted,
         }
     }
 
@@ -119,6 +123,7 @@ pub(crate) mod tests {
             itl_s: Vec::new(),
             output_tokens: Some(tokens),
             prompt_tokens: Some(10),
+            predicted: None,
         }
     }
 
