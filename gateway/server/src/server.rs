@@ -161,7 +161,7 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let limits = crate::listener::ConnLimits::from_config(&state.config.connections);
+    let limits = crate::listener::limits(&state.config.connections);
     let (name, max) = if metrics_only {
         ("metrics", ADMIN_MAX_CONNECTIONS)
     } else {
