@@ -367,12 +367,34 @@ mod tests {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
+    use tokio::sync::{watch, Notify};
 
     /// Connections opened and closed by a test engine.
-    #[derive(Default)]
     struct Counts {
         opened: AtomicUsize,
-        closed: AtomicUsize,
+        closed: watch::Sender<usize>,
+    }
+
+    impl Counts {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                opened: AtomicUsize::new(0),
+                closed: watch::channel(0).0,
+            })
+        }
+
+        fn close(&self) {
+            self.closed.send_modify(|n| *n += 1);
+        }
+
+        /// Waits until the engine has closed `n` connections (woken by each close; 10 s guard against a hang).
+        async fn until_closed(&self, n: usize) {
+            let mut rx = self.closed.subscribe();
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c >= n))
+                .await
+                .unwrap_or_else(|_| panic!("the engine closed {n} connections"))
+                .unwrap();
+        }
     }
 
     /// A listener on an ephemeral port and its base URL.
@@ -386,7 +408,7 @@ mod tests {
     /// false` makes it close each connection after one response.
     async fn engine(size: usize, keep_alive: bool) -> (String, Arc<Counts>) {
         let (listener, url) = listen().await;
-        let counts = Arc::new(Counts::default());
+        let counts = Counts::new();
         let c = Arc::clone(&counts);
         tokio::spawn(async move {
             loop {
@@ -403,7 +425,7 @@ mod tests {
                         .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
-                    c.closed.fetch_add(1, Ordering::SeqCst);
+                    c.close();
                 });
             }
         });
@@ -429,18 +451,6 @@ mod tests {
         )
         .await
         .unwrap()
-    }
-
-    /// Polls `f` up to a deadline (not a count of tries: a loaded machine may need longer than 200 x 5 ms).
-    async fn eventually(what: &str, f: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     #[tokio::test]
@@ -506,10 +516,7 @@ mod tests {
         assert!(body.frame().await.unwrap().unwrap().is_data());
         drop(body);
         // The engine sees the disconnect; nothing went back to the pool.
-        eventually("engine saw the close", || {
-            counts.closed.load(Ordering::SeqCst) == 1
-        })
-        .await;
+        counts.until_closed(1).await;
         assert_eq!(up.pool().idle_count(url.trim_start_matches("http://")), 0);
         let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 8 << 20);
         assert_eq!(body.await.unwrap().len(), 4 << 20);
@@ -533,23 +540,25 @@ mod tests {
     async fn idle_connections_the_engine_closes_are_dropped() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Answers one request per connection, keep-alive, then hangs up
-        // while the connection is idle (as engines do after their
-        // keep-alive timeout).
+        // when told, while the connection is idle in the pool (as engines do
+        // after their keep-alive timeout).
         let (listener, url) = listen().await;
-        let closed = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&closed);
+        let counts = Counts::new();
+        let hang_up = Arc::new(Notify::new());
+        let (c, h) = (Arc::clone(&counts), Arc::clone(&hang_up));
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let c = Arc::clone(&c);
+                c.opened.fetch_add(1, Ordering::SeqCst);
+                let (c, h) = (Arc::clone(&c), Arc::clone(&h));
                 tokio::spawn(async move {
                     let mut buf = vec![0; 4096];
                     let _ = stream.read(&mut buf).await;
                     let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     stream.write_all(reply).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    h.notified().await;
                     drop(stream);
-                    c.fetch_add(1, Ordering::SeqCst);
+                    c.close();
                 });
             }
         });
@@ -559,25 +568,25 @@ mod tests {
             let body = read_body(Leg::Worker, post(&up, &url).await.into_body(), 1 << 20);
             assert_eq!(&body.await.unwrap()[..], b"ok");
             assert_eq!(up.pool().idle_count(origin), 1);
-            eventually("engine hung up", || closed.load(Ordering::SeqCst) == n).await;
-            // Time for the runtime to read the FIN.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            hang_up.notify_one();
+            counts.until_closed(n).await;
+            up.pool().until_idle_readable(origin).await;
             // The next request notices the close and connects afresh.
         }
-        eventually("sweep drops the closed connection", || {
-            up.pool().sweep();
-            up.pool().idle_count(origin) == 0
-        })
-        .await;
+        assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
+        up.pool().sweep();
+        assert_eq!(up.pool().idle_count(origin), 0);
     }
 
     /// An engine that answers every request on a connection with `pieces`,
     /// written one by one with a pause between them (so they arrive in
-    /// separate reads), then hangs up if `hang_up`. Counts connections.
+    /// separate reads), then hangs up if `hang_up`. Counts connections. The
+    /// pause is real time: on a paused clock, time would jump past the
+    /// calls' connect deadline whenever the runtime waits on the kernel.
     async fn raw_engine(pieces: &'static [&'static [u8]], hang_up: bool) -> (String, Arc<Counts>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (listener, url) = listen().await;
-        let counts = Arc::new(Counts::default());
+        let counts = Counts::new();
         let c = Arc::clone(&counts);
         tokio::spawn(async move {
             loop {

@@ -306,6 +306,20 @@ impl ConnPool {
         drop(closed);
     }
 
+    /// Waits until the runtime has seen the most recent idle connection to
+    /// `origin` become readable (for tests: the FIN of an engine that hung
+    /// up, which `checkout` and `sweep` then notice without waiting).
+    #[cfg(test)]
+    pub async fn until_idle_readable(&self, origin: &str) {
+        let idle = self.idle.lock().unwrap().get_mut(origin).and_then(Vec::pop);
+        let idle = idle.expect("an idle connection");
+        idle.conn.stream.readable().await.unwrap();
+        let mut pool = self.idle.lock().unwrap();
+        pool.entry(Arc::clone(&idle.conn.origin))
+            .or_default()
+            .push(idle);
+    }
+
     /// Idle connections to `origin` (for tests).
     pub fn idle_count(&self, origin: &str) -> usize {
         self.idle
