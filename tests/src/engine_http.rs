@@ -1,8 +1,8 @@
 //! The HTTP plumbing both fake-engine families share ([`crate::mock`]: protocol-faithful, with
 //! fixed delays and injected faults; [`crate::sim`]: a continuous-batching timing model): the
 //! accept loop and one hyper HTTP/1 task per connection (so a client that hangs up drops its
-//! handler future), response bodies, JSON and OpenAI error responses, SSE framing, and a lock
-//! that survives poisoning. The OpenAI bodies themselves (token text, error shape, KV transfer
+//! handler future), response bodies, JSON and OpenAI error responses, SSE framing, counters that
+//! tests can await ([`StatsCell`]), and a lock that survives poisoning. The OpenAI bodies themselves (token text, error shape, KV transfer
 //! params) live in the mock's protocol modules and the sim renders with them too.
 
 use std::future::{poll_fn, Future};
@@ -25,6 +25,44 @@ use tokio::sync::watch;
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every fake engine's response body.
 pub(crate) type EngineBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An engine's counters, published through a `watch` channel so waiters wake on every change
+/// (tests await a count instead of polling it).
+pub(crate) struct StatsCell<T> {
+    tx: watch::Sender<T>,
+}
+
+impl<T: Clone + Default> StatsCell<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            tx: watch::channel(T::default()).0,
+        }
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut T)) {
+        self.tx.send_modify(f);
+    }
+
+    pub(crate) fn snapshot(&self) -> T {
+        self.tx.borrow().clone()
+    }
+
+    /// Waits until `pred` holds; `Err` carries the last snapshot on timeout.
+    pub(crate) async fn wait_until(
+        &self,
+        pred: impl Fn(&T) -> bool,
+        timeout: Duration,
+    ) -> Result<T, T> {
+        let mut rx = self.tx.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s)))
+            .await
+            .map(|r| r.map(|stats| stats.clone()));
+        match waited {
+            Ok(Ok(stats)) => Ok(stats),
+            _ => Err(self.snapshot()),
+        }
+    }
+}
 
 /// Locks `m`, recovering a poisoned lock: every update leaves the state consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -61,14 +61,12 @@ async fn outcomes(base: &str, endpoint: &str) -> (f64, f64, f64) {
 /// Waits (with a deadline) until `n` requests were counted, then returns
 /// (success, cancelled).
 async fn counted(base: &str, endpoint: &str, n: f64) -> (f64, f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (all, ok, cancelled) = outcomes(base, endpoint).await;
-        if all >= n || tokio::time::Instant::now() > deadline {
-            return (ok, cancelled);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_within(Duration::from_secs(20), || async move {
+        outcomes(base, endpoint).await.0 >= n
+    })
+    .await;
+    let (_, ok, cancelled) = outcomes(base, endpoint).await;
+    (ok, cancelled)
 }
 
 fn slo_row(report: &Value) -> &Value {
@@ -304,15 +302,14 @@ async fn a_client_leaving_mid_stream_is_cancelled_and_no_miss() {
         .wait_until(|s| s.cancelled == 1, Duration::from_secs(5))
         .await
         .is_ok());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let row = loop {
-        let report = get(&admin, "/v1/slo").await.json();
-        let row = slo_row(&report).clone();
-        if row["cancelled"] == 1 || tokio::time::Instant::now() > deadline {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let admin = &admin;
+    wait_for(|| async move {
+        let report = get(admin, "/v1/slo").await.json();
+        slo_row(&report)["cancelled"] == 1
+    })
+    .await;
+    let report = get(admin, "/v1/slo").await.json();
+    let row = slo_row(&report);
     assert_eq!(
         (&row["cancelled"], &row["requests"], &row["failed"]),
         (&1.into(), &0.into(), &0.into()),

@@ -38,17 +38,18 @@ fn interactive(report: &Value) -> u64 {
 /// Re-reads `/v1/slo` until `cond` holds (the replicas sync every 20 ms and
 /// read cluster goodput every 10 syncs); bounded.
 async fn eventually(url: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        last = get(url, "/v1/slo").await.json();
-        if cond(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not reached; last report: {last}");
+    let cond = &cond;
+    let met = wait_for_within(RECOVERY, || async move {
+        cond(&get(url, "/v1/slo").await.json())
+    })
+    .await;
+    let last = get(url, "/v1/slo").await.json();
+    assert!(met, "condition not reached; last report: {last}");
+    last
 }
+
+/// How long a replica may take to reach a condition after a Redis restart.
+const RECOVERY: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_goodput_and_survive_a_redis_outage() {
@@ -99,18 +100,8 @@ async fn replicas_share_goodput_and_survive_a_redis_outage() {
     // Redis returns (empty): the replicas reconnect, flush their backlog and
     // republish; the outage's requests are counted.
     redis.restart();
-    let mut recovered = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        let m = get(&a.url(), "/metrics").await.text();
-        if metric(&m, "baton_slo_store{stat=\"resyncs\"}") >= 1.0
-            && m.contains("baton_slo_store{stat=\"healthy\"} 1")
-        {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let a_url = a.url();
+    let recovered = wait_for_within(RECOVERY, || resynced(&a_url)).await;
     assert!(recovered, "replica A resynced with the restarted Redis");
     // The restarted Redis is empty: what it now counts is A's flushed backlog
     // (the 4 outage requests), plus what comes next.
@@ -163,14 +154,13 @@ async fn persisted_redis_restart_keeps_cluster_counts_exact() {
     send(a.url(), 4).await;
     send(b.url(), 2).await;
     redis.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        if resynced(&a.url()).await && resynced(&b.url()).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(resynced(&a.url()).await && resynced(&b.url()).await);
+    let (a_url, b_url) = (a.url(), b.url());
+    let (a_url, b_url) = (&a_url, &b_url);
+    wait_for_within(RECOVERY, || async move {
+        resynced(a_url).await && resynced(b_url).await
+    })
+    .await;
+    assert!(resynced(a_url).await && resynced(b_url).await);
     let total = local_count(&a.url()).await + local_count(&b.url()).await;
     assert_eq!(total, 11);
     eventually(&a.url(), |r| interactive(r) == total).await;

@@ -270,16 +270,13 @@ async fn engine_reported_load_is_scraped_for_placement() {
         direct.push(open(&d.url(), "/v1/completions", body, &[]).await);
     }
     let decode = gw.state.pools.all()[1].workers[0].clone();
-    let mut seen = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        seen = decode.engine_load(Duration::from_secs(5));
-        if seen.is_some_and(|(running, _)| running >= 3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(seen.is_some_and(|(running, _)| running >= 3), "{seen:?}");
+    let seen = || decode.engine_load(Duration::from_secs(5));
+    wait_for(|| async { seen().is_some_and(|(running, _)| running >= 3) }).await;
+    assert!(
+        seen().is_some_and(|(running, _)| running >= 3),
+        "{:?}",
+        seen()
+    );
     drop(direct);
     gw.shutdown().await;
 }

@@ -1,9 +1,6 @@
 //! Counters, request recording and the RAII guard that classifies each generation request.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::sync::watch;
 
 /// A snapshot of a mock's counters.
 ///
@@ -38,41 +35,8 @@ pub struct RecordedRequest {
     pub body: serde_json::Value,
 }
 
-/// Counters published through a `watch` channel so waiters wake on every change.
-pub(crate) struct StatsCell {
-    tx: watch::Sender<MockStats>,
-}
-
-impl StatsCell {
-    pub(crate) fn new() -> Self {
-        Self {
-            tx: watch::channel(MockStats::default()).0,
-        }
-    }
-
-    pub(crate) fn update(&self, f: impl FnOnce(&mut MockStats)) {
-        self.tx.send_modify(f);
-    }
-
-    pub(crate) fn snapshot(&self) -> MockStats {
-        self.tx.borrow().clone()
-    }
-
-    pub(crate) async fn wait_until(
-        &self,
-        pred: impl Fn(&MockStats) -> bool,
-        timeout: Duration,
-    ) -> Result<MockStats, MockStats> {
-        let mut rx = self.tx.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s)))
-            .await
-            .map(|r| r.map(|stats| stats.clone()));
-        match waited {
-            Ok(Ok(stats)) => Ok(stats),
-            _ => Err(self.snapshot()),
-        }
-    }
-}
+/// The mock's counters, awaitable.
+pub(crate) type StatsCell = crate::engine_http::StatsCell<MockStats>;
 
 /// Requests recorded in arrival order.
 #[derive(Default)]

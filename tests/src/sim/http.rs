@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use super::sched::{SeqRequest, Token};
 use super::{SimConfig, SimRole, SimStats};
 use crate::engine_http::{
-    self, error_response as error, full, json_bytes_response, json_response, lock, sse_event,
-    BoxError, EngineBody as SimBody, SSE_DONE,
+    self, error_response as error, full, json_bytes_response, json_response, sse_event, BoxError,
+    EngineBody as SimBody, StatsCell, SSE_DONE,
 };
 use crate::mock::openai::{self, Completion, Endpoint, GenRequest};
 use crate::mock::token_text;
@@ -30,7 +30,7 @@ pub(crate) struct Shared {
     /// Taken by the accept loop's end.
     pub listener: Mutex<Option<TcpListener>>,
     pub submit: mpsc::UnboundedSender<SeqRequest>,
-    pub stats: Arc<Mutex<SimStats>>,
+    pub stats: Arc<StatsCell<SimStats>>,
     pub stop: watch::Sender<bool>,
 }
 
@@ -88,10 +88,10 @@ async fn handle(
         }
         let (parts, body) = req.into_parts();
         let bytes = body.collect().await?.to_bytes();
-        lock(&shared.stats).requests += 1;
+        shared.stats.update(|s| s.requests += 1);
         let resp = generation(&shared, chat, &parts.headers, &bytes).await;
         if !resp.status().is_success() {
-            lock(&shared.stats).errors += 1;
+            shared.stats.update(|s| s.errors += 1);
         }
         return Ok(resp);
     }
@@ -104,7 +104,7 @@ async fn handle(
             }]}),
         ),
         (&Method::GET, "/metrics") => {
-            let st = lock(&shared.stats).clone();
+            let st = shared.stats.snapshot();
             let model = &shared.cfg.model;
             let text = format!(
                 "vllm:num_requests_running{{model_name=\"{model}\"}} {}\n\
@@ -211,10 +211,10 @@ async fn generation(
                 if !well_formed(p) {
                     return error(400, "invalid kv_transfer_params");
                 }
-                lock(&shared.stats).kv_pulled += 1;
+                shared.stats.update(|s| s.kv_pulled += 1);
                 prefill_tokens = 1;
             }
-            None => lock(&shared.stats).local_prefills += 1,
+            None => shared.stats.update(|s| s.local_prefills += 1),
         },
     }
     let (tx, rx) = mpsc::unbounded_channel();
@@ -276,7 +276,7 @@ async fn generation(
         );
         params["remote_num_tokens"] = json!(g.prompt_tokens);
         extra.insert("kv_transfer_params".into(), params);
-        lock(&shared.stats).kv_issued += 1;
+        shared.stats.update(|s| s.kv_issued += 1);
     }
     let completion = Completion {
         tokens,

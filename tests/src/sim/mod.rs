@@ -57,13 +57,14 @@ mod tests;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use http::prompt_tokens;
 
-use crate::engine_http::lock;
+use crate::engine_http::StatsCell;
 
 /// Which serving role a sim engine plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +243,7 @@ impl SimEngine {
         let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Mutex::new(SimStats::default()));
+        let stats = Arc::new(StatsCell::new());
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(http::Shared {
             cfg: self.cfg.clone(),
@@ -284,7 +285,17 @@ impl SimHandle {
     }
 
     pub fn stats(&self) -> SimStats {
-        lock(&self.shared.stats).clone()
+        self.shared.stats.snapshot()
+    }
+
+    /// Waits (woken by every counter change, no polling) until `pred` holds. `Err` carries the
+    /// last snapshot on timeout.
+    pub async fn wait_until(
+        &self,
+        pred: impl Fn(&SimStats) -> bool,
+        timeout: Duration,
+    ) -> Result<SimStats, SimStats> {
+        self.shared.stats.wait_until(pred, timeout).await
     }
 
     /// Stops accepting connections and closes the open ones.

@@ -2,13 +2,14 @@
 //! continuous-batching iteration loop.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{lock, LatencyModel, SimStats};
+use super::{LatencyModel, SimStats};
+use crate::engine_http::StatsCell;
 
 /// One output token of a sequence (index from 0); `last` ends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +63,7 @@ const RESYNC: Duration = Duration::from_millis(2);
 pub(crate) async fn run(
     m: LatencyModel,
     mut rx: mpsc::UnboundedReceiver<SeqRequest>,
-    stats: Arc<Mutex<SimStats>>,
+    stats: Arc<StatsCell<SimStats>>,
 ) {
     let mut waiting: VecDeque<Seq> = VecDeque::new();
     let mut prefilling: VecDeque<Seq> = VecDeque::new();
@@ -103,7 +104,7 @@ pub(crate) async fn run(
             }
         }
         if prefilling.is_empty() && decoding.is_empty() {
-            lock(&stats).cancelled += cancelled as u64;
+            stats.update(|s| s.cancelled += cancelled as u64);
             continue;
         }
         // Plan: every decoding sequence gets a token, prompts get what is left of the budget.
@@ -167,20 +168,22 @@ pub(crate) async fn run(
         for s in partial.into_iter().rev() {
             prefilling.push_front(s);
         }
-        let mut st = lock(&stats);
-        st.steps += 1;
-        st.max_batch = st.max_batch.max(seqs as u64);
-        st.prefill_tokens += prefill_tokens as u64;
-        st.output_tokens += produced;
-        st.completed += completed;
-        st.cancelled += gone;
-        st.running = (prefilling.len() + decoding.len()) as u64;
-        st.waiting = waiting.len() as u64;
+        stats.update(|st| {
+            st.steps += 1;
+            st.max_batch = st.max_batch.max(seqs as u64);
+            st.prefill_tokens += prefill_tokens as u64;
+            st.output_tokens += produced;
+            st.completed += completed;
+            st.cancelled += gone;
+            st.running = (prefilling.len() + decoding.len()) as u64;
+            st.waiting = waiting.len() as u64;
+        });
     }
 }
 
-fn publish(stats: &Mutex<SimStats>, running: u64, waiting: u64) {
-    let mut st = lock(stats);
-    st.running = running;
-    st.waiting = waiting;
+fn publish(stats: &StatsCell<SimStats>, running: u64, waiting: u64) {
+    stats.update(|st| {
+        st.running = running;
+        st.waiting = waiting;
+    });
 }

@@ -130,11 +130,9 @@ async fn decode_steps_grow_with_the_batch_and_stall_on_prefills() {
         load::run_open_loop(&url, &w, &plan, &RunOptions::default()).await
     });
     // Wait until it decodes, then send the long prompt.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.stats().output_tokens < 2 {
-        assert!(Instant::now() < deadline, "{:?}", e.stats());
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    e.wait_until(|s| s.output_tokens >= 2, Duration::from_secs(5))
+        .await
+        .expect("decoding");
     let (status, _) = post(
         &format!("{}/v1/completions", e.url()),
         &json!({"prompt": prompt_text(2000), "max_tokens": 1}),
@@ -256,18 +254,14 @@ async fn a_client_that_hangs_up_leaves_the_batch() {
     let mut body = resp.into_body();
     let _ = body.frame().await;
     drop(body);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.stats().cancelled == 0 {
-        assert!(Instant::now() < deadline, "{:?}", e.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let st = e.stats();
+    let st = e
+        .wait_until(|s| s.cancelled > 0, Duration::from_secs(5))
+        .await
+        .expect("the request left the batch");
     assert_eq!((st.cancelled, st.completed), (1, 0));
     assert!(st.output_tokens < 1000, "{st:?}");
     // Idle again: nothing left running.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.stats().running != 0 {
-        assert!(Instant::now() < deadline, "{:?}", e.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    e.wait_until(|s| s.running == 0, Duration::from_secs(5))
+        .await
+        .expect("nothing left running");
 }

@@ -164,12 +164,23 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 /// Re-checks `cond` until it holds or 10 s have passed (a deadline, not a count of tries: each try may be an HTTP
 /// round trip that a loaded machine makes slow); the 10 ms poll only sets how soon a met condition is noticed.
+/// For state the tests can only read (metrics, reports); an engine's own counters are awaited with its
+/// `wait_until`.
 pub async fn wait_for<F, Fut>(cond: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    wait_for_within(Duration::from_secs(10), cond).await
+}
+
+/// [`wait_for`] with another deadline (a Redis restart takes longer to recover from).
+pub async fn wait_for_within<F, Fut>(limit: Duration, cond: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if cond().await {
             return true;
