@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_policies::slo::{
-    self as policy, AdmissionMode, Budget, Decision, DecodeLoad, Placement, PrefillLoad, SloRequest,
+    self as policy, AdmissionMode, Budget, CallerCounts, Decision, EngineSnapshot, EngineView,
+    Placement, SloRequest, StepLimits, StepModel,
 };
 use baton_protocol::ClientRequest;
 use tokio::time::Instant;
@@ -144,6 +145,7 @@ pub fn slo_request(req: &ClientRequest, prompt_tokens: u64, budget: Budget) -> S
         prompt_tokens,
         output_tokens: output_tokens(req),
         budget,
+        arrival_ms: 0.0,
     }
 }
 
@@ -180,6 +182,7 @@ impl SloEngine {
         pools: &Pools,
         req: &SloRequest,
     ) -> (Decision, Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
+        let now_ms = self.tracker.now_ms();
         let (prefill_workers, decode_workers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) = match pools {
             Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
             Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
@@ -208,35 +211,14 @@ impl SloEngine {
         let pstats: Vec<_> = prefill_workers.iter().map(merged).collect();
         let dstats: Vec<_> = decode_workers.iter().map(merged).collect();
         let prior = self.config.prior_prefill_tokens_per_s;
-        let prefills: Vec<PrefillLoad<'_>> = prefill_workers
-            .iter()
-            .zip(&pstats)
-            .map(|(w, s)| PrefillLoad {
-                url: &w.url,
-                available: w.is_available(),
-                queued_tokens: s.queued_prefill_tokens,
-                tokens_per_s: s.prefill_rate.get_or(prior),
-            })
-            .collect();
-        let decodes: Vec<DecodeLoad<'_>> = decode_workers
-            .iter()
-            .zip(&dstats)
-            .map(|(w, s)| DecodeLoad {
-                url: &w.url,
-                available: w.is_available(),
-                active: s.active_decodes,
-                pending: s.pending_decodes,
-                tpot: s.tpot,
-                local_prefill_tokens_per_s: s.prefill_rate.get_or(prior),
-                local_queued_tokens: s.queued_prefill_tokens,
-            })
-            .collect();
+        let prefills = snapshots(&prefill_workers, &pstats, prior, now_ms);
+        let decodes = snapshots(&decode_workers, &dstats, prior, now_ms);
         let mut cfg = self.config.policy;
         // SGLang decode servers cannot serve a request without a prefill peer.
         if mode == Mode::Pd(PdProtocol::Sglang) {
             cfg.conditional_disaggregation = false;
         }
-        let verdict = policy::decide(&cfg, req, &prefills, &decodes);
+        let verdict = policy::decide(&cfg, req, &prefills, &decodes, now_ms);
         (verdict, prefill_workers, decode_workers)
     }
 
@@ -248,6 +230,10 @@ impl SloEngine {
         req: &SloRequest,
         start: Instant,
     ) -> Admission {
+        let req = &SloRequest {
+            arrival_ms: self.tracker.ms_at(start),
+            ..*req
+        };
         let deadline = req.budget.ttft_ms.and_then(|t| deadline_after(start, t));
         let queueing = self.config.policy.admission == AdmissionMode::Queue;
         // In queue mode, waiting requests are served earliest TTFT deadline
@@ -439,6 +425,46 @@ impl SloEngine {
     }
 }
 
+/// The policy's snapshots of `workers`, from this replica's view (`stats`, one per worker).
+fn snapshots<'a>(
+    workers: &'a [Arc<Worker>],
+    stats: &[tracker::WorkerStats],
+    prior_prefill_tps: f64,
+    now_ms: f64,
+) -> Vec<EngineSnapshot<'a>> {
+    workers
+        .iter()
+        .zip(stats)
+        .map(|(w, s)| {
+            let (base, per_seq) = s.tpot.coefficients();
+            let rate = s.prefill_rate.get_or(prior_prefill_tps).max(1e-3);
+            let counts = CallerCounts {
+                decoding: s.active_decodes,
+                pending_decodes: s.pending_decodes,
+                prefill_tokens: s.queued_prefill_tokens,
+            };
+            let view = EngineView {
+                url: &w.url,
+                available: w.is_available(),
+                report: None,
+                at_report: counts,
+                now: counts,
+                prompts: &[],
+                tightest_tpot_ms: None,
+                metrics: None,
+                fallback_step: StepModel {
+                    fixed_ms: base,
+                    per_seq_ms: per_seq,
+                    per_prefill_token_ms: 1000.0 / rate,
+                    per_kctx_ms: 0.0,
+                },
+                limits: StepLimits::default(),
+            };
+            policy::engine_snapshot(&view, now_ms)
+        })
+        .collect()
+}
+
 /// The request's key in the shared store: the request id (for operators
 /// reading Redis) made unique by the target's nonce.
 fn store_key(request_id: &str, target: &SloTarget) -> String {
@@ -503,6 +529,7 @@ mod tests {
                 ttft_ms: Some(ttft_ms),
                 tpot_ms: None,
             },
+            arrival_ms: 0.0,
         }
     }
 

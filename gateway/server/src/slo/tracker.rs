@@ -42,6 +42,8 @@ pub struct LoadTracker {
     prior: WorkerStats,
     /// Signalled whenever capacity frees up (queued admissions re-check).
     pub freed: Notify,
+    /// Origin of the policy's clock (tokio's, so tests can pause it).
+    epoch: Instant,
 }
 
 impl LoadTracker {
@@ -69,7 +71,21 @@ impl LoadTracker {
                 acc_secs: 0.0,
             },
             freed: Notify::new(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// `at` in milliseconds on the policy's clock.
+    pub fn ms_at(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.epoch) {
+            Some(d) => d.as_secs_f64() * 1000.0,
+            None => -(self.epoch.saturating_duration_since(at).as_secs_f64() * 1000.0),
+        }
+    }
+
+    /// Now on the policy's clock.
+    pub fn now_ms(&self) -> f64 {
+        self.ms_at(Instant::now())
     }
 
     fn with<R>(&self, url: &str, f: impl FnOnce(&mut WorkerStats) -> R) -> R {
