@@ -292,3 +292,228 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
     warn_fonts();
     Ok(())
 }
+
+/// `baton-bench twin`.
+pub fn twin(args: crate::cli::TwinArgs) -> anyhow::Result<()> {
+    use crate::twin::replay;
+    use crate::twin::run::{parse_tiers, table, Tokens, WorkloadRun};
+    use crate::twin::{sweep, FleetConfig, Handoff, Profile, Setup, SweepPlan, TwinReport};
+
+    let profile = Profile::read(&args.profile)?;
+    let handoff = if args.handoff_json == "none" {
+        Handoff::fixed(args.handoff_ms)
+    } else {
+        match std::fs::read_to_string(&args.handoff_json) {
+            Ok(text) => Handoff::from_bench_json(&text, args.handoff_ms)
+                .with_context(|| format!("{}: no handoff rows", args.handoff_json))?,
+            Err(e) => {
+                if !args.quiet {
+                    eprintln!(
+                        "warning: {}: {e}; the hand-off costs only --handoff-ms",
+                        args.handoff_json
+                    );
+                }
+                Handoff::fixed(args.handoff_ms)
+            }
+        }
+    };
+    if args.gpus == 0 {
+        bail!("--gpus must be ≥ 1");
+    }
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        bail!("--duration must be > 0 seconds");
+    }
+    let mut fleet = FleetConfig::headline(&profile, handoff.clone());
+    fleet.colocated_tokens = args.colocated_tokens.max(1);
+    fleet.prefill_tokens = args.prefill_tokens.max(1);
+    fleet.decode_tokens = args.decode_tokens.max(1);
+    fleet.slo_tokens = args.slo_tokens.max(1);
+    fleet.max_num_seqs = args.max_num_seqs.max(1);
+    if let Some(kv) = args.kv_tokens {
+        fleet.kv_capacity_tokens = kv;
+    }
+    fleet.overhead_ms = args.overhead_ms.max(0.0);
+    fleet.pool_policy = args
+        .pool_policy
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--pool-policy: {e}"))?;
+    fleet.timeout_s = args.timeout;
+    let tokens = if args.byte_tokens {
+        Tokens::Bytes
+    } else {
+        if !(args.tokens_per_word.is_finite() && args.tokens_per_word > 0.0) {
+            bail!("--tokens-per-word must be > 0");
+        }
+        Tokens::PerWord(args.tokens_per_word)
+    };
+    let profile_name = args
+        .profile
+        .file_stem()
+        .map_or("profile".into(), |s| s.to_string_lossy().into_owned());
+    plot::init_fonts(args.font.as_deref());
+
+    let plan = if args.replay.is_some() {
+        replay::headline_plan(&profile_name)
+    } else {
+        let setups = args
+            .setups
+            .split(',')
+            .map(|s| Setup::parse(s, args.gpus))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--setups: {e}"))?;
+        let scale = if args.per_gpu { args.gpus as f64 } else { 1.0 };
+        let workloads: Vec<WorkloadRun> = match args.preset.as_deref() {
+            Some("headline") => replay::headline_workloads()
+                .into_iter()
+                .zip([
+                    (1.0f64, 12.0f64, 1.0f64),
+                    (4.0, 64.0, 4.0),
+                    (2.0, 24.0, 2.0),
+                ])
+                .map(|(w, (a, b, s))| {
+                    let n = ((b - a) / s).round() as usize + 1;
+                    WorkloadRun {
+                        rates: (0..n)
+                            .map(|i| (a + s * i as f64) * args.gpus as f64)
+                            .collect(),
+                        ..w
+                    }
+                })
+                .collect(),
+            Some(p) => bail!("unknown --preset {p:?} (expected headline)"),
+            None => {
+                if args.workloads.is_empty() {
+                    bail!("give --workload (and --rates), --preset headline or --replay");
+                }
+                if args.rates.len() != 1 && args.rates.len() != args.workloads.len() {
+                    bail!("give one --rates for all workloads or one per --workload");
+                }
+                args.workloads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let (name, spec) = match w.split_once('=') {
+                            Some((n, s)) if !n.contains(':') => (n.to_owned(), s.to_owned()),
+                            _ => (w.clone(), w.clone()),
+                        };
+                        Workload::parse(&spec)?;
+                        let rates = parse_rates(&args.rates[i.min(args.rates.len() - 1)])?;
+                        Ok(WorkloadRun {
+                            name,
+                            spec,
+                            rates: rates.iter().map(|r| r * scale).collect(),
+                            seed: args.seed.wrapping_add(100 * i as u64),
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        if workloads
+            .iter()
+            .flat_map(|w| &w.rates)
+            .any(|r| !r.is_finite())
+        {
+            bail!("the twin needs finite rates");
+        }
+        SweepPlan {
+            setups,
+            workloads,
+            tiers: parse_tiers(&args.tiers).map_err(|e| anyhow::anyhow!("--tiers: {e}"))?,
+            duration_s: args.duration,
+            max_requests: args.max_requests.max(1),
+            burstiness: args.burstiness,
+            tokens,
+            attainment_target: args.attainment_target,
+            profile_name: profile_name.clone(),
+        }
+    };
+    let started = std::time::Instant::now();
+    let cells = sweep(&fleet, &plan, args.quiet).map_err(|e| anyhow::anyhow!(e))?;
+    let wall = started.elapsed().as_secs_f64();
+    let simulated: usize = cells
+        .iter()
+        .flat_map(|c| &c.report.runs)
+        .map(|r| r.summary.sent)
+        .sum();
+    if !args.quiet {
+        println!(
+            "twin: profile {} ({}), {} cells, {simulated} request records in {wall:.1} s of wall time",
+            profile.name,
+            if profile.measured {
+                "measured"
+            } else {
+                "derived, not measured"
+            },
+            cells.len(),
+        );
+        print!("{}", table(&cells));
+    }
+    if let Some(dir) = &args.replay {
+        let md = dir.join("report.md");
+        let text =
+            std::fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?;
+        let recorded = replay::parse_report_md(&text);
+        println!(
+            "\n### replay of {} (setups a, b)\n\n{}",
+            dir.display(),
+            replay::compare(&cells, &recorded, args.tolerance)
+        );
+    }
+    let strip = |c: &crate::twin::Cell| {
+        let mut c = c.clone();
+        if !args.save_records {
+            c.report.runs.iter_mut().for_each(|r| r.records.clear());
+        }
+        c
+    };
+    if let Some(dir) = &args.reports_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for c in &cells {
+            let name =
+                format!("{}-{}-{}.json", c.setup, c.workload, c.tier).replace([':', '/'], "_");
+            c.report.write_json(&dir.join(name), args.save_records)?;
+        }
+    }
+    if let Some(prefix) = &args.plot {
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for c in &cells {
+            if !keys.contains(&(c.workload.clone(), c.tier.clone())) {
+                keys.push((c.workload.clone(), c.tier.clone()));
+            }
+        }
+        for (w, t) in keys {
+            let reports: Vec<Report> = cells
+                .iter()
+                .filter(|c| c.workload == w && c.tier == t)
+                .map(|c| Report {
+                    label: c.setup.clone(),
+                    ..c.report.clone()
+                })
+                .collect();
+            plot::attainment_vs_rate(
+                &reports,
+                args.attainment_target,
+                &PathBuf::from(format!("{prefix}-{w}-{t}.png")),
+            )?;
+        }
+        warn_fonts();
+    }
+    if let Some(path) = &args.out {
+        let out = TwinReport {
+            profile,
+            handoff,
+            colocated_tokens: fleet.colocated_tokens,
+            prefill_tokens: fleet.prefill_tokens,
+            decode_tokens: fleet.decode_tokens,
+            slo_tokens: fleet.slo_tokens,
+            max_num_seqs: fleet.max_num_seqs,
+            overhead_ms: fleet.overhead_ms,
+            tokens: plan.tokens,
+            duration_s: plan.duration_s,
+            cells: cells.iter().map(strip).collect(),
+        };
+        let json = serde_json::to_string_pretty(&out)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

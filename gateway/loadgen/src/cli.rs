@@ -38,6 +38,13 @@ pub enum Command {
     ///
     /// Example: baton-bench plot baton.json rr.json --out attainment.png --cdf cmp
     Plot(PlotArgs),
+    /// The calibrated twin: sweeps setups × workloads × SLO tiers × rates on a discrete-event simulation of the
+    /// fleet in virtual time (engines driven by a step-time profile, the gateway's real policies), deterministic
+    /// for a seed; prints goodput per GPU at 90% attainment per setup.
+    ///
+    /// Example: baton-bench twin --profile tests/bench/profiles/h200-llama8b-from-headline.json --gpus 2
+    /// --setups colocated,disaggregated:1x1,slo --preset headline --out twin.json
+    Twin(TwinArgs),
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +91,116 @@ pub struct PlotArgs {
     /// TrueType font for plot text (default: DejaVu Sans; env BATON_BENCH_FONT).
     #[arg(long)]
     pub font: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TwinArgs {
+    /// Step-time profile (JSON: a StepModel, or an object with one under step / fit / model).
+    #[arg(long)]
+    pub profile: PathBuf,
+    /// GPUs (one engine each) of the colocated and SLO setups.
+    #[arg(long, default_value_t = 2)]
+    pub gpus: usize,
+    /// Setups: colocated, disaggregated:PxD (P prefill + D decode engines), slo.
+    #[arg(long, default_value = "colocated,disaggregated:1x1,slo")]
+    pub setups: String,
+    /// Workload, as `baton-bench sweep --workload` takes it, optionally named: NAME=SPEC (repeatable).
+    #[arg(long = "workload")]
+    pub workloads: Vec<String>,
+    /// Request rates (list or START:STOP:STEP): one for all workloads, or one per --workload in order.
+    #[arg(long = "rates")]
+    pub rates: Vec<String>,
+    /// Rates are per GPU: multiplied by --gpus.
+    #[arg(long)]
+    pub per_gpu: bool,
+    /// `headline`: the headline's three workloads (summarization, chat, mix) with per-GPU rate grids
+    /// (summarization 1..12, chat 4..64 step 4, mix 2..24 step 2, × --gpus) and seeds 100 / 200 / 300.
+    #[arg(long, conflicts_with_all = ["workloads", "replay"])]
+    pub preset: Option<String>,
+    /// SLO tiers NAME=TTFT_MS:TPOT_MS; the SLO setup runs each tier with its class sent.
+    #[arg(long, default_value = crate::twin::run::DEFAULT_TIERS)]
+    pub tiers: String,
+    /// Seconds of arrivals per rate point.
+    #[arg(long, default_value_t = 12.0)]
+    pub duration: f64,
+    /// Cap on requests per rate point.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_requests: usize,
+    /// Seed of the first workload (workload i uses seed + 100 i; rate point j adds j, as sweep does).
+    #[arg(long, default_value_t = 100)]
+    pub seed: u64,
+    /// Gamma shape of inter-arrival times (1 = Poisson).
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Prompt tokens per workload word (4.7: the headline's byte-level dummy tokenizer).
+    #[arg(long, default_value_t = 4.7)]
+    pub tokens_per_word: f64,
+    /// Prompt tokens = the prompt's bytes + 1 (a byte-level tokenizer), instead of --tokens-per-word.
+    #[arg(long)]
+    pub byte_tokens: bool,
+    /// Step tokens of colocated engines (--max-num-batched-tokens).
+    #[arg(long, default_value_t = 2048)]
+    pub colocated_tokens: u64,
+    /// Step tokens of prefill engines.
+    #[arg(long, default_value_t = 8192)]
+    pub prefill_tokens: u64,
+    /// Step tokens of decode engines.
+    #[arg(long, default_value_t = 2048)]
+    pub decode_tokens: u64,
+    /// Step-token cap of SLO-scheduled engines (the SLO budget sizes each step below it).
+    #[arg(long, default_value_t = 8192)]
+    pub slo_tokens: u64,
+    #[arg(long, default_value_t = 128)]
+    pub max_num_seqs: usize,
+    /// KV capacity per engine in tokens (default: the profile's, else unbounded).
+    #[arg(long)]
+    pub kv_tokens: Option<u64>,
+    /// KV import bandwidth per prompt length (`baton-cuda-bench handoff` JSON), or `none`.
+    #[arg(
+        long,
+        default_value = "tests/bench/results/gpu-h200x2-2026-11-27/handoff.json"
+    )]
+    pub handoff_json: String,
+    /// Fixed part of the KV hand-off: prefill answer → decode request (ms).
+    #[arg(long, default_value_t = 1.0)]
+    pub handoff_ms: f64,
+    /// Client ↔ gateway ↔ engine overhead added to every TTFT and latency (ms).
+    #[arg(long, default_value_t = 1.0)]
+    pub overhead_ms: f64,
+    /// Pool policy of disaggregated pools (the gateway's default: cache_aware; prompts carry no text here, so it
+    /// routes by requests in flight).
+    #[arg(long, default_value = "cache_aware")]
+    pub pool_policy: String,
+    /// The client gives up after this many seconds (a miss).
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub attainment_target: f64,
+    /// Replay the recorded headline (setups a and b) and compare goodput per GPU with this results folder's
+    /// report.md (e.g. tests/bench/results/gpu-h200x2-2026-11-27).
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Tolerance of the replay comparison.
+    #[arg(long, default_value_t = 0.15)]
+    pub tolerance: f64,
+    /// Write the twin's JSON (every cell's report) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write each cell's report as its own baton-bench JSON in this folder (`baton-bench plot` reads them).
+    #[arg(long)]
+    pub reports_dir: Option<PathBuf>,
+    /// Include per-request records in the JSON outputs.
+    #[arg(long)]
+    pub save_records: bool,
+    /// Write PREFIX-WORKLOAD-TIER.png: attainment vs rate, one line per setup.
+    #[arg(long)]
+    pub plot: Option<String>,
+    /// TrueType font for plot text (default: DejaVu Sans; env BATON_BENCH_FONT).
+    #[arg(long)]
+    pub font: Option<PathBuf>,
+    /// No progress bar and no tables.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

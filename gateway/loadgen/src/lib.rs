@@ -8,7 +8,8 @@
 //! separate from the I/O ones (`client`, `runner`, `report`, `plot`). SSE is read with the
 //! protocol crate's decoder. The e2e tests' load runs (`baton_e2e::sim::load`) send through
 //! [`client::post_stream`] and judge with [`record::RequestRecord`] and [`slo::Slo`], on tokio's
-//! clock like the rest of this crate.
+//! clock like the rest of this crate. [`twin`] runs the same workloads, policies and judging on a
+//! discrete-event simulation of a fleet in virtual time (`baton-bench twin`).
 
 pub mod app;
 pub mod arrival;
@@ -25,4 +26,5 @@ pub mod runner;
 pub mod slo;
 pub mod sweep;
 pub mod timing;
+pub mod twin;
 pub mod workload;

@@ -9,12 +9,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plot(args) => app::plot(args),
+        Command::Twin(args) => app::twin(args),
         command => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(async move {
                 match command {
                     Command::Run(args) => app::run(args).await,
                     Command::Sweep(args) => app::sweep(args).await,
                     Command::Plot(args) => app::plot(args),
+                    Command::Twin(args) => app::twin(args),
                 }
             }),
             Err(e) => Err(e.into()),

@@ -97,7 +97,8 @@ fn prediction_errors<'a>(
     Stats::from_secs(
         ok.iter()
             .filter_map(|r| pair(r))
-            .filter_map(|(p, m)| (m > 0.0).then(|| (p - m).abs() / m * 100.0 / 1000.0)),
+            .filter(|&(_, m)| m > 0.0)
+            .map(|(p, m)| (p - m).abs() / m * 100.0 / 1000.0),
     )
 }
 
