@@ -32,7 +32,8 @@ pub enum Device {
 #[derive(Debug, Parser)]
 #[command(
     name = "baton-engine",
-    about = "Inference engine (CPU, or an NVIDIA GPU when built with the cuda feature) with an OpenAI-compatible API"
+    about = "Inference engine (CPU, or an NVIDIA GPU when built with the cuda feature) with an OpenAI-compatible API",
+    after_help = "Step-time profile of this engine (same flags, JSON out): baton-engine profile --help"
 )]
 pub struct Args {
     /// GGUF file, or HF folder (config.json, *.safetensors, tokenizer.json).
@@ -438,4 +439,29 @@ fn load_cuda(
         Ok(backend)
     });
     Ok((info, "cuda", make, tokenizer))
+}
+
+/// The backend `run` would serve with, for `baton-engine profile`: the engine config (KV pool size, token budget,
+/// sequence cap; as `run` sets them from `args`), the model's config, the device kind and the backend's builder
+/// (call it on the thread that will run the backend; it may lower `max_num_seqs` to what the backend supports).
+pub(crate) fn load_backend(
+    args: &Args,
+) -> anyhow::Result<(EngineConfig, ModelConfig, &'static str, MakeBackend)> {
+    let mut cfg = EngineConfig {
+        block_size: args.block_size.max(1),
+        num_blocks: 1,
+        max_num_seqs: args.max_num_seqs.max(1),
+        max_batched_tokens: args.max_num_batched_tokens.max(1),
+        chunked_prefill: !args.no_chunked_prefill,
+        prefix_caching: !args.no_prefix_caching,
+        ..EngineConfig::default()
+    };
+    let (mcfg, device, make, _tokenizer) = match open_gpu(args.device, args.gpu)? {
+        #[cfg(feature = "cuda")]
+        Some(dev) => load_cuda(args, dev, &mut cfg)?,
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => match never {},
+        None => load_cpu(args, &mut cfg)?,
+    };
+    Ok((cfg, mcfg, device, make))
 }

@@ -15,6 +15,7 @@ pub mod kv;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod profile;
 pub mod quant;
 pub mod safetensors_dir;
 pub mod sampling;

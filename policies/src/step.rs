@@ -211,6 +211,147 @@ fn solve4(mut m: [[f64; 4]; 4], mut r: [f64; 4]) -> Option<[f64; 4]> {
     Some(x)
 }
 
+/// One measured step shape of a [`StepProfile`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfilePoint {
+    /// Sequences in the step: the decoding ones, plus one when a prefill chunk is in it.
+    pub seqs: u64,
+    /// Tokens of the prefill chunk (0: a decode-only step).
+    pub prefill_tokens: u64,
+    /// KV tokens the decoding sequences attend to (sum of their context lengths).
+    pub context_tokens: u64,
+    /// Decoding sequences (one token each).
+    pub decode_seqs: u64,
+    /// Median and 90th percentile of the measured step time.
+    pub ms_p50: f64,
+    pub ms_p90: f64,
+}
+
+impl ProfilePoint {
+    pub fn shape(&self) -> StepShape {
+        StepShape {
+            seqs: self.seqs,
+            prefill_tokens: self.prefill_tokens,
+            context_tokens: self.context_tokens,
+        }
+    }
+}
+
+/// Measured step times of one engine over a grid of shapes (`baton-engine profile`'s JSON) and the
+/// [`StepModel`] fitted to them: engines (`--step-model FILE`), the gateway and the twin read `fit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepProfile {
+    /// The engine and its version (`baton-native 0.1.0`).
+    #[serde(default)]
+    pub engine: String,
+    /// The GPU's name, or `cpu (N threads)`.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub model: String,
+    /// When it was measured (RFC 3339, UTC).
+    #[serde(default)]
+    pub created: String,
+    /// The command line that measured it.
+    #[serde(default)]
+    pub command: String,
+    /// True when the points were measured on the engine (false: a profile derived from other numbers).
+    #[serde(default)]
+    pub measured: bool,
+    /// KV cache of the measured engine: its capacity in tokens, and bytes per token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_capacity_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_bytes_per_token: Option<u64>,
+    #[serde(default)]
+    pub points: Vec<ProfilePoint>,
+    pub fit: StepModel,
+    /// Median and largest `|predicted - p50| / p50` of `fit` over `points`.
+    #[serde(default)]
+    pub fit_median_rel_error: f64,
+    #[serde(default)]
+    pub fit_max_rel_error: f64,
+}
+
+/// The [`StepModel`] with non-negative coefficients that best fits the points' median times in relative terms
+/// (least squares on `(predicted - p50) / p50`): a 5 ms decode step counts as much as a 500 ms prefill, so the fit
+/// holds at both ends of the grid. Exact non-negative least squares: with four coefficients, every subset of them
+/// is solved and the best one whose coefficients are all non-negative kept. `None` when no point is usable
+/// (positive, finite time).
+pub fn fit_points(points: &[ProfilePoint]) -> Option<StepModel> {
+    let rows: Vec<([f64; 4], f64)> = points
+        .iter()
+        .filter(|p| p.ms_p50.is_finite() && p.ms_p50 > 0.0)
+        .map(|p| {
+            let w = 1.0 / p.ms_p50;
+            (features(&p.shape()).map(|x| x * w), 1.0)
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut best: Option<([f64; 4], f64)> = None;
+    for mask in 1u32..16 {
+        let idx: Vec<usize> = (0..4).filter(|i| mask & (1 << i) != 0).collect();
+        let n = idx.len();
+        // Normal equations of the chosen columns, padded to 4×4 with identity rows for the others (solved as 0).
+        let mut m = [[0.0; 4]; 4];
+        let mut r = [0.0; 4];
+        for (x, y) in &rows {
+            for a in 0..n {
+                for b in 0..n {
+                    m[a][b] += x[idx[a]] * x[idx[b]];
+                }
+                r[a] += x[idx[a]] * y;
+            }
+        }
+        for (k, row) in m.iter_mut().enumerate().skip(n) {
+            row[k] = 1.0;
+        }
+        let Some(sol) = solve4(m, r) else {
+            continue;
+        };
+        let mut theta = [0.0; 4];
+        for (a, &i) in idx.iter().enumerate() {
+            theta[i] = sol[a];
+        }
+        if !theta.iter().all(|c| c.is_finite() && *c >= 0.0) {
+            continue;
+        }
+        let sse: f64 = rows
+            .iter()
+            .map(|(x, y)| {
+                let pred: f64 = x.iter().zip(&theta).map(|(a, b)| a * b).sum();
+                (pred - y).powi(2)
+            })
+            .sum();
+        if best.is_none_or(|(_, b)| sse < b) {
+            best = Some((theta, sse));
+        }
+    }
+    best.map(|(theta, _)| StepModel::from_vec(theta))
+}
+
+/// Median and largest relative error of `model` over the points with a positive time (0, 0 when none).
+pub fn fit_rel_errors(model: &StepModel, points: &[ProfilePoint]) -> (f64, f64) {
+    let mut errs: Vec<f64> = points
+        .iter()
+        .filter(|p| p.ms_p50.is_finite() && p.ms_p50 > 0.0)
+        .map(|p| (model.predict_ms(&p.shape()) - p.ms_p50).abs() / p.ms_p50)
+        .collect();
+    if errs.is_empty() {
+        return (0.0, 0.0);
+    }
+    errs.sort_by(f64::total_cmp);
+    let n = errs.len();
+    let median = if n % 2 == 1 {
+        errs[n / 2]
+    } else {
+        (errs[n / 2 - 1] + errs[n / 2]) / 2.0
+    };
+    (median, errs[n - 1])
+}
+
 /// How an engine sizes its steps when requests carry budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -479,6 +620,89 @@ mod tests {
         });
         let order: Vec<f64> = v.iter().map(|p| p.arrival_ms).collect();
         assert_eq!(order, [10.0, 900.0, 0.0, 950.0]);
+    }
+
+    #[test]
+    fn fit_points_recovers_a_grid_and_stays_non_negative() {
+        let t = truth();
+        let mut points = Vec::new();
+        for b in [0u64, 1, 4, 16, 64] {
+            for c in [256u64, 4096] {
+                for p in [0u64, 512, 4096] {
+                    if b == 0 && p == 0 {
+                        continue;
+                    }
+                    let mut pt = ProfilePoint {
+                        seqs: b + u64::from(p > 0),
+                        prefill_tokens: p,
+                        context_tokens: b * c,
+                        decode_seqs: b,
+                        ..Default::default()
+                    };
+                    pt.ms_p50 = t.predict_ms(&pt.shape());
+                    pt.ms_p90 = pt.ms_p50;
+                    points.push(pt);
+                }
+            }
+        }
+        let m = fit_points(&points).unwrap();
+        for (a, b) in m.as_vec().iter().zip(t.as_vec()) {
+            assert!((a - b).abs() <= 1e-6 * b.max(1.0), "{m:?} vs {t:?}");
+        }
+        let (med, max) = fit_rel_errors(&m, &points);
+        assert!(med < 1e-9 && max < 1e-9, "{med} {max}");
+        // Time falling with batch would need a negative per-sequence cost: clamped to 0 instead.
+        let falling: Vec<ProfilePoint> = (1..=8u64)
+            .map(|b| ProfilePoint {
+                seqs: b,
+                decode_seqs: b,
+                context_tokens: b * 100,
+                ms_p50: 20.0 - b as f64,
+                ms_p90: 20.0,
+                ..Default::default()
+            })
+            .collect();
+        let m = fit_points(&falling).unwrap();
+        assert!(m.is_valid(), "{m:?}");
+        assert!(fit_points(&[]).is_none());
+        // The JSON round-trips, and a file with only a fit loads.
+        let prof = StepProfile {
+            engine: "baton-native 0".into(),
+            device: "cpu (2 threads)".into(),
+            model: "m".into(),
+            created: "2025-01-01T00:00:00Z".into(),
+            command: "baton-engine profile".into(),
+            measured: true,
+            kv_capacity_tokens: Some(1000),
+            kv_bytes_per_token: None,
+            points: points.clone(),
+            fit: t,
+            fit_median_rel_error: 0.0,
+            fit_max_rel_error: 0.0,
+        };
+        // (serde_json's default float parsing may differ from the written value in the last bit.)
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
+        let back: StepProfile =
+            serde_json::from_str(&serde_json::to_string(&prof).unwrap()).unwrap();
+        assert_eq!(
+            (back.engine.as_str(), back.points.len()),
+            ("baton-native 0", points.len())
+        );
+        assert_eq!(
+            (
+                back.measured,
+                back.kv_capacity_tokens,
+                back.kv_bytes_per_token
+            ),
+            (true, Some(1000), None)
+        );
+        for (a, b) in back.points.iter().zip(&points) {
+            assert_eq!((a.seqs, a.prefill_tokens), (b.seqs, b.prefill_tokens));
+            assert!(close(a.ms_p50, b.ms_p50) && close(a.ms_p90, b.ms_p90));
+        }
+        let only_fit = format!(r#"{{"fit": {}}}"#, serde_json::to_string(&t).unwrap());
+        let f = serde_json::from_str::<StepProfile>(&only_fit).unwrap().fit;
+        assert!(f.as_vec().iter().zip(t.as_vec()).all(|(a, b)| close(*a, b)));
     }
 
     #[test]

@@ -596,7 +596,7 @@ impl Scheduler {
         if stop_reason.is_none() {
             tail = s.detok.finish();
             let released = s.stops.push(&tail);
-            tail = released.emit + &s.stops.finish();
+            tail = released.emit + s.stops.finish().as_str();
         }
         let mut kv_lease = None;
         // vLLM keeps prompt KV for a remote decoder only when prefill stopped at the length cap.
