@@ -19,7 +19,7 @@ use super::buffer::DevBuf;
 use super::device::GpuDevice;
 use super::kernels::{decode_smem, launch, launch_1d, launch_smem, Arg, DECODE_THREADS};
 use super::kv::GpuKvPool;
-use super::weights::GpuWeights;
+use super::weights::{GpuLayer, GpuWeights};
 use super::{CudaError, CudaResult};
 
 /// Sizes fixed at construction (buffers and graphs are allocated for them).
@@ -459,7 +459,9 @@ impl CudaModel {
         )
     }
 
-    /// Enqueues one step on the stream (no host synchronization: this is what graphs capture).
+    /// Enqueues one step on the stream (no host synchronization: this is what graphs capture): `n` token rows,
+    /// the first `nd` of them decode rows, then `prefills`; the last `n_logits` steps run only for the rows in
+    /// `logit_rows`.
     fn enqueue(
         &self,
         n: usize,
@@ -468,21 +470,22 @@ impl CudaModel {
         n_logits: usize,
         greedy: bool,
     ) -> CudaResult<()> {
-        let cfg = &self.cfg;
-        let (dev, b, w) = (&*self.dev, &self.b, &self.weights);
-        let s = &dev.stream;
-        let (h, qd, kvd, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let hd = cfg.head_dim;
-        let i = |v: usize| Arg::I32(v as i32);
-        let eps = Arg::F32(cfg.rms_eps);
-        let norm_threads = if h >= 4096 { 1024 } else { 256 };
-        let scale = 1.0 / (hd as f32).sqrt();
-        let half_split = i(usize::from(cfg.rope_style == RopeStyle::HalfSplit));
-        // Blocks per token for RoPE: one pair per thread at most (a decode step has few tokens).
-        let rope_blocks = ((cfg.n_heads + cfg.n_kv_heads) * hd / 2).div_ceil(256) as u32;
+        self.embed(n)?;
+        for (l, lw) in self.weights.layers.iter().enumerate() {
+            self.attention_block(l, lw, n, nd, prefills)?;
+            self.ffn_block(lw, n)?;
+        }
+        if n_logits == 0 {
+            return Ok(());
+        }
+        self.lm_head(n_logits, greedy)
+    }
 
+    /// The `n` tokens' embeddings into the residual stream `x`.
+    fn embed(&self, n: usize) -> CudaResult<()> {
+        let (dev, b, w) = (&*self.dev, &self.b, &self.weights);
         launch(
-            s,
+            &dev.stream,
             &dev.k.embed,
             (n as u32, 1, 1),
             256,
@@ -490,125 +493,144 @@ impl CudaModel {
                 Arg::Ptr(b.tokens.ptr()),
                 Arg::Ptr(w.embed.ptr()),
                 Arg::Ptr(b.x.ptr()),
-                i(h),
+                Arg::I32(self.cfg.hidden as i32),
             ],
-        )?;
-        for (l, lw) in w.layers.iter().enumerate() {
-            let (kc, vc) = (self.kv.k_layer(l), self.kv.v_layer(l));
-            launch(
-                s,
-                &dev.k.rmsnorm,
-                (n as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(b.x.ptr()),
-                    Arg::Ptr(0),
-                    Arg::Ptr(lw.attn_norm.ptr()),
-                    Arg::Ptr(b.hn.ptr()),
-                    i(h),
-                    eps,
-                ],
-            )?;
-            dev.blas.linear(
-                b.hn.ptr(),
-                lw.wqkv.ptr(),
-                b.qkv.ptr(),
-                Ty::F32,
-                n,
-                qd + 2 * kvd,
-                h,
-                0.0,
-            )?;
-            launch(
-                s,
-                &dev.k.rope_kv,
-                (n as u32, rope_blocks, 1),
-                256,
-                &[
-                    Arg::Ptr(b.qkv.ptr()),
-                    Arg::Ptr(b.pos.ptr()),
-                    Arg::Ptr(b.slot.ptr()),
-                    Arg::Ptr(b.inv_freq.ptr()),
-                    Arg::Ptr(b.q.ptr()),
-                    Arg::Ptr(kc),
-                    Arg::Ptr(vc),
-                    i(cfg.n_heads),
-                    i(cfg.n_kv_heads),
-                    i(hd),
-                    i(self.opts.block_size),
-                    half_split,
-                ],
-            )?;
-            if nd > 0 {
-                self.decode_attention(nd, kc, vc, b.q.ptr(), b.attn.ptr(), b.tables.ptr(), scale)?;
-            }
-            for pf in prefills {
-                self.prefill_attention(pf, kc, vc, scale)?;
-            }
-            dev.blas
-                .linear(b.attn.ptr(), lw.wo.ptr(), b.x.ptr(), Ty::F32, n, h, qd, 1.0)?;
-            launch(
-                s,
-                &dev.k.rmsnorm,
-                (n as u32, 1, 1),
-                norm_threads,
-                &[
-                    Arg::Ptr(b.x.ptr()),
-                    Arg::Ptr(0),
-                    Arg::Ptr(lw.ffn_norm.ptr()),
-                    Arg::Ptr(b.hn.ptr()),
-                    i(h),
-                    eps,
-                ],
-            )?;
-            dev.blas.linear(
-                b.hn.ptr(),
-                lw.w_gate_up.ptr(),
-                b.gu.ptr(),
-                Ty::Bf16,
-                n,
-                2 * f,
-                h,
-                0.0,
-            )?;
-            launch_1d(
-                s,
-                &dev.k.swiglu,
-                n * f,
-                &[
-                    Arg::Ptr(b.gu.ptr()),
-                    Arg::Ptr(b.act.ptr()),
-                    i(f),
-                    Arg::U64((n * f) as u64),
-                ],
-            )?;
-            dev.blas.linear(
-                b.act.ptr(),
-                lw.w_down.ptr(),
-                b.x.ptr(),
-                Ty::F32,
-                n,
-                h,
-                f,
-                1.0,
-            )?;
-        }
-        if n_logits == 0 {
-            return Ok(());
-        }
+        )
+    }
+
+    /// RMS norm of `rows` rows of `x` (those listed at `row_index`, or the first `rows` when it is 0) with
+    /// `weight`, written to `out`.
+    fn rmsnorm(&self, rows: usize, row_index: u64, weight: u64, out: u64) -> CudaResult<()> {
+        let (dev, b) = (&*self.dev, &self.b);
+        let h = self.cfg.hidden;
+        let norm_threads = if h >= 4096 { 1024 } else { 256 };
         launch(
-            s,
+            &dev.stream,
             &dev.k.rmsnorm,
-            (n_logits as u32, 1, 1),
+            (rows as u32, 1, 1),
             norm_threads,
             &[
                 Arg::Ptr(b.x.ptr()),
-                Arg::Ptr(b.logit_rows.ptr()),
-                Arg::Ptr(w.output_norm.ptr()),
-                Arg::Ptr(b.head_in.ptr()),
-                i(h),
-                eps,
+                Arg::Ptr(row_index),
+                Arg::Ptr(weight),
+                Arg::Ptr(out),
+                Arg::I32(h as i32),
+                Arg::F32(self.cfg.rms_eps),
             ],
+        )
+    }
+
+    /// Layer `l`'s attention half: norm, the fused QKV projection, RoPE (which writes K and V into the paged
+    /// cache), decode and prefill attention, and the output projection added to `x`.
+    fn attention_block(
+        &self,
+        l: usize,
+        lw: &GpuLayer,
+        n: usize,
+        nd: usize,
+        prefills: &[Prefill],
+    ) -> CudaResult<()> {
+        let cfg = &self.cfg;
+        let (dev, b) = (&*self.dev, &self.b);
+        let s = &dev.stream;
+        let (h, qd, kvd) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+        let hd = cfg.head_dim;
+        let i = |v: usize| Arg::I32(v as i32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let half_split = i(usize::from(cfg.rope_style == RopeStyle::HalfSplit));
+        // Blocks per token for RoPE: one pair per thread at most (a decode step has few tokens).
+        let rope_blocks = ((cfg.n_heads + cfg.n_kv_heads) * hd / 2).div_ceil(256) as u32;
+        let (kc, vc) = (self.kv.k_layer(l), self.kv.v_layer(l));
+        self.rmsnorm(n, 0, lw.attn_norm.ptr(), b.hn.ptr())?;
+        dev.blas.linear(
+            b.hn.ptr(),
+            lw.wqkv.ptr(),
+            b.qkv.ptr(),
+            Ty::F32,
+            n,
+            qd + 2 * kvd,
+            h,
+            0.0,
+        )?;
+        launch(
+            s,
+            &dev.k.rope_kv,
+            (n as u32, rope_blocks, 1),
+            256,
+            &[
+                Arg::Ptr(b.qkv.ptr()),
+                Arg::Ptr(b.pos.ptr()),
+                Arg::Ptr(b.slot.ptr()),
+                Arg::Ptr(b.inv_freq.ptr()),
+                Arg::Ptr(b.q.ptr()),
+                Arg::Ptr(kc),
+                Arg::Ptr(vc),
+                i(cfg.n_heads),
+                i(cfg.n_kv_heads),
+                i(hd),
+                i(self.opts.block_size),
+                half_split,
+            ],
+        )?;
+        if nd > 0 {
+            self.decode_attention(nd, kc, vc, b.q.ptr(), b.attn.ptr(), b.tables.ptr(), scale)?;
+        }
+        for pf in prefills {
+            self.prefill_attention(pf, kc, vc, scale)?;
+        }
+        dev.blas
+            .linear(b.attn.ptr(), lw.wo.ptr(), b.x.ptr(), Ty::F32, n, h, qd, 1.0)
+    }
+
+    /// A layer's feed-forward half: norm, the fused gate/up projection, SwiGLU, and the down projection added
+    /// to `x`.
+    fn ffn_block(&self, lw: &GpuLayer, n: usize) -> CudaResult<()> {
+        let (dev, b) = (&*self.dev, &self.b);
+        let (h, f) = (self.cfg.hidden, self.cfg.ffn);
+        self.rmsnorm(n, 0, lw.ffn_norm.ptr(), b.hn.ptr())?;
+        dev.blas.linear(
+            b.hn.ptr(),
+            lw.w_gate_up.ptr(),
+            b.gu.ptr(),
+            Ty::Bf16,
+            n,
+            2 * f,
+            h,
+            0.0,
+        )?;
+        launch_1d(
+            &dev.stream,
+            &dev.k.swiglu,
+            n * f,
+            &[
+                Arg::Ptr(b.gu.ptr()),
+                Arg::Ptr(b.act.ptr()),
+                Arg::I32(f as i32),
+                Arg::U64((n * f) as u64),
+            ],
+        )?;
+        dev.blas.linear(
+            b.act.ptr(),
+            lw.w_down.ptr(),
+            b.x.ptr(),
+            Ty::F32,
+            n,
+            h,
+            f,
+            1.0,
+        )
+    }
+
+    /// The final norm of the `n_logits` rows in `logit_rows`, the LM head into `logits`, and for a greedy step
+    /// each row's argmax token and its log-probability.
+    fn lm_head(&self, n_logits: usize, greedy: bool) -> CudaResult<()> {
+        let cfg = &self.cfg;
+        let (dev, b, w) = (&*self.dev, &self.b, &self.weights);
+        self.rmsnorm(
+            n_logits,
+            b.logit_rows.ptr(),
+            w.output_norm.ptr(),
+            b.head_in.ptr(),
         )?;
         dev.blas.linear(
             b.head_in.ptr(),
@@ -617,18 +639,18 @@ impl CudaModel {
             Ty::F32,
             n_logits,
             cfg.vocab,
-            h,
+            cfg.hidden,
             0.0,
         )?;
         if greedy {
             launch(
-                s,
+                &dev.stream,
                 &dev.k.argmax_logprob,
                 (n_logits as u32, 1, 1),
                 1024,
                 &[
                     Arg::Ptr(b.logits.ptr()),
-                    i(cfg.vocab),
+                    Arg::I32(cfg.vocab as i32),
                     Arg::Ptr(b.out_tok.ptr()),
                     Arg::Ptr(b.out_lp.ptr()),
                 ],
