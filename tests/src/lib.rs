@@ -19,5 +19,5 @@ pub mod sim;
 
 pub use mock::{
     Fault, Flavor, MockEngine, MockHandle, MockStats, RecordedRequest, Rendezvous, RoomKey,
-    VllmKvRegistry,
+    VllmKvRegistry, VllmPair,
 };

@@ -3,26 +3,11 @@
 
 mod common;
 
-use baton_e2e::mock::{Flavor, MockEngine, MockHandle, VllmKvRegistry};
+use baton_e2e::mock::{Flavor, MockEngine, VllmPair};
 use common::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// A vLLM prefill and decode mock sharing one KV registry.
-async fn vllm_pair() -> (MockHandle, MockHandle) {
-    let kv = VllmKvRegistry::default();
-    (
-        MockEngine::new(Flavor::VllmPrefill)
-            .kv_registry(kv.clone())
-            .spawn()
-            .await,
-        MockEngine::new(Flavor::VllmDecode)
-            .kv_registry(kv)
-            .spawn()
-            .await,
-    )
-}
 
 /// Waits (up to 10 s) until the gateway's first health round confirmed its workers, which is also
 /// when it has read their model lists.
@@ -46,7 +31,9 @@ fn assert_openai_error(r: &Reply, status: StatusCode, param: &str, code: Option<
 
 #[tokio::test]
 async fn token_limits_and_sampling_ranges_are_refused_before_any_engine_work() {
-    let (prefill, decode) = vllm_pair().await;
+    let VllmPair {
+        prefill, decode, ..
+    } = VllmPair::plain().await;
     let gw = start(pd(&[(prefill.url(), None)], &[decode.url()])).await;
     let base = gw.url();
     let chat = |extra: &str| {
@@ -111,8 +98,8 @@ async fn token_limits_and_sampling_ranges_are_refused_before_any_engine_work() {
 async fn a_model_no_engine_serves_is_a_404_from_the_gateway() {
     for disaggregated in [false, true] {
         let engines = if disaggregated {
-            let (p, d) = vllm_pair().await;
-            vec![p, d]
+            let p = VllmPair::plain().await;
+            vec![p.prefill, p.decode]
         } else {
             vec![MockEngine::new(Flavor::OpenAi).spawn().await]
         };

@@ -7,17 +7,13 @@
 
 mod common;
 
-use baton_e2e::mock::{
-    Flavor, MockEngine, MockHandle, RecordedRequest, Rendezvous, VllmKvRegistry,
-};
+use baton_e2e::mock::{Flavor, MockEngine, MockHandle, RecordedRequest, Rendezvous, VllmPair};
 use baton_gateway::auth::{cache_salt, Secret};
 use baton_gateway::config::{CacheIsolation, GatewayConfig};
 use baton_gateway::slo::config::ApiKeyConfig;
 use baton_protocol::fleet::{hex, FleetKey, FLEET_AUTH_HEADER, TENANT_HEADER};
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -79,25 +75,6 @@ fn forged(auth: &str) -> Vec<(&'static str, String)> {
 async fn send(base: &str, path: &str, body: &str, headers: &[(&'static str, String)]) -> Reply {
     let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     post_with(base, path, body, &h).await
-}
-
-async fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut b = Request::get(format!("{base}{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let resp = client()
-        .request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .expect("gateway reachable");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// What every engine call must look like: the gateway's credentials and a
@@ -251,15 +228,11 @@ async fn without_a_fleet_key_salts_still_isolate_tenants() {
 
 #[tokio::test]
 async fn vllm_pd_legs_carry_only_the_gateways_params_and_a_fresh_128_bit_transfer_id() {
-    let kv = VllmKvRegistry::default();
-    let p = MockEngine::new(Flavor::VllmPrefill)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
-    let d = MockEngine::new(Flavor::VllmDecode)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
+    let VllmPair {
+        prefill: p,
+        decode: d,
+        kv,
+    } = VllmPair::plain().await;
     let gw = start(secure(pd(&[(p.url(), None)], &[d.url()]))).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -633,15 +606,11 @@ async fn keys_never_appear_in_logs() {
         .finish();
     // The test runtime is single-threaded: the gateway's tasks log here too.
     let _guard = tracing::subscriber::set_default(subscriber);
-    let kv = VllmKvRegistry::default();
-    let p = MockEngine::new(Flavor::VllmPrefill)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
-    let d = MockEngine::new(Flavor::VllmDecode)
-        .kv_registry(kv)
-        .spawn()
-        .await;
+    let VllmPair {
+        prefill: p,
+        decode: d,
+        ..
+    } = VllmPair::plain().await;
     let mut cfg = secure(pd(&[(p.url(), None)], &[d.url()]));
     cfg.api_key = Some(Secret::new("sk-router-key"));
     let gw = start(cfg).await;

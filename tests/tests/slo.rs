@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmKvRegistry};
+use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmPair};
 use baton_policies::slo::AdmissionMode;
 use common::*;
 use http::StatusCode;
@@ -206,17 +206,16 @@ async fn queue_mode_waits_until_the_deadline_then_rejects() {
 
 #[tokio::test]
 async fn short_prompts_go_local_when_the_prefill_pool_is_backed_up() {
-    let kv = VllmKvRegistry::default();
     // The prefill worker takes the first (long) request and hangs on it.
-    let p = MockEngine::new(Flavor::VllmPrefill)
-        .fault(Fault::HangNth { n: 1 })
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
-    let d = MockEngine::new(Flavor::VllmDecode)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
+    let VllmPair {
+        prefill: p,
+        decode: d,
+        ..
+    } = VllmPair::spawn(
+        MockEngine::new(Flavor::VllmPrefill).fault(Fault::HangNth { n: 1 }),
+        MockEngine::new(Flavor::VllmDecode),
+    )
+    .await;
     let mut cfg = pd(&[(p.url(), None)], &[d.url()]);
     cfg.slo.routing = true;
     cfg.slo.policy.admission = AdmissionMode::Off;

@@ -2,37 +2,14 @@
 
 mod common;
 
-use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmKvRegistry};
+use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmKvRegistry, VllmPair};
 use common::*;
 use http::StatusCode;
 use serde_json::Value;
 
-struct Pair {
-    prefill: baton_e2e::mock::MockHandle,
-    decode: baton_e2e::mock::MockHandle,
-    kv: VllmKvRegistry,
-}
-
-async fn pair(prefill: MockEngine, decode: MockEngine) -> Pair {
-    let kv = VllmKvRegistry::default();
-    Pair {
-        prefill: prefill.kv_registry(kv.clone()).spawn().await,
-        decode: decode.kv_registry(kv.clone()).spawn().await,
-        kv,
-    }
-}
-
-async fn simple_pair() -> Pair {
-    pair(
-        MockEngine::new(Flavor::VllmPrefill),
-        MockEngine::new(Flavor::VllmDecode),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn prefill_then_decode_with_params_copied_verbatim() {
-    let p = simple_pair().await;
+    let p = VllmPair::plain().await;
     let gw = start(pd(&[(p.prefill.url(), None)], &[p.decode.url()])).await;
     assert_eq!(gw.state.mode.label(), "pd_vllm");
     let r = post_with(
@@ -84,7 +61,7 @@ async fn prefill_then_decode_with_params_copied_verbatim() {
 
 #[tokio::test]
 async fn prefill_4xx_goes_to_the_client_and_decode_is_never_called() {
-    let p = pair(
+    let p = VllmPair::spawn(
         MockEngine::new(Flavor::VllmPrefill).fault(Fault::StatusAlways { status: 400 }),
         MockEngine::new(Flavor::VllmDecode),
     )
@@ -134,7 +111,7 @@ async fn failed_prefill_is_retried_on_another_pair() {
 #[tokio::test]
 async fn prefill_without_params_means_decode_prefills_and_it_is_counted() {
     // A prefill whose one token is a stop (natural length 0) returns no params.
-    let p = pair(
+    let p = VllmPair::spawn(
         MockEngine::new(Flavor::VllmPrefill).fault(Fault::EosFirstNth { n: 1 }),
         MockEngine::new(Flavor::VllmDecode),
     )
@@ -154,7 +131,7 @@ async fn prefill_without_params_means_decode_prefills_and_it_is_counted() {
 
 #[tokio::test]
 async fn decode_failure_before_first_byte_retries_the_pair() {
-    let p = pair(
+    let p = VllmPair::spawn(
         MockEngine::new(Flavor::VllmPrefill),
         MockEngine::new(Flavor::VllmDecode).fault(Fault::ConnectionResetNth { n: 1 }),
     )
@@ -171,7 +148,7 @@ async fn decode_failure_before_first_byte_retries_the_pair() {
 
 #[tokio::test]
 async fn n_greater_than_one_is_a_clear_400() {
-    let p = simple_pair().await;
+    let p = VllmPair::plain().await;
     let gw = start(pd(&[(p.prefill.url(), None)], &[p.decode.url()])).await;
     let r = post(&gw.url(), "/v1/completions", r#"{"prompt":"x","n":2}"#).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -183,7 +160,7 @@ async fn n_greater_than_one_is_a_clear_400() {
 
 #[tokio::test]
 async fn client_request_id_reaches_both_legs_for_correlation() {
-    let p = simple_pair().await;
+    let p = VllmPair::plain().await;
     let gw = start(pd(&[(p.prefill.url(), None)], &[p.decode.url()])).await;
     let r = post_with(
         &gw.url(),
@@ -206,7 +183,7 @@ async fn client_request_id_reaches_both_legs_for_correlation() {
 
 #[tokio::test]
 async fn client_disconnect_during_prefill_cancels_it_and_decode_never_starts() {
-    let p = pair(
+    let p = VllmPair::spawn(
         MockEngine::new(Flavor::VllmPrefill).head_delay(std::time::Duration::from_secs(30)),
         MockEngine::new(Flavor::VllmDecode),
     )
@@ -233,7 +210,7 @@ async fn client_disconnect_during_prefill_cancels_it_and_decode_never_starts() {
 
 #[tokio::test]
 async fn prefill_timeout_is_a_504_naming_prefill() {
-    let p = pair(
+    let p = VllmPair::spawn(
         MockEngine::new(Flavor::VllmPrefill).fault(Fault::HangNth { n: 1 }),
         MockEngine::new(Flavor::VllmDecode),
     )

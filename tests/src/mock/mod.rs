@@ -4,11 +4,14 @@
 //!
 //! ```no_run
 //! # async fn demo() {
-//! use baton_e2e::mock::{Flavor, MockEngine, VllmKvRegistry};
-//! let kv = VllmKvRegistry::default();
-//! let prefill = MockEngine::new(Flavor::VllmPrefill).kv_registry(kv.clone()).spawn().await;
-//! let decode = MockEngine::new(Flavor::VllmDecode).kv_registry(kv.clone()).spawn().await;
-//! # let _ = (prefill.url(), decode.url());
+//! use baton_e2e::mock::{Fault, Flavor, MockEngine, VllmPair};
+//! // A vLLM prefill and decode mock sharing one KV registry; `VllmPair::plain()` without faults.
+//! let pair = VllmPair::spawn(
+//!     MockEngine::new(Flavor::VllmPrefill).fault(Fault::StatusAlways { status: 500 }),
+//!     MockEngine::new(Flavor::VllmDecode),
+//! )
+//! .await;
+//! # let _ = (pair.prefill.url(), pair.decode.url(), pair.kv.outstanding());
 //! # }
 //! ```
 
@@ -241,6 +244,36 @@ fn uuid_ish() -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// A vLLM prefill and decode mock sharing one KV registry: the decoder accepts exactly the
+/// `kv_transfer_params` the prefiller issued.
+pub struct VllmPair {
+    pub prefill: MockHandle,
+    pub decode: MockHandle,
+    pub kv: VllmKvRegistry,
+}
+
+impl VllmPair {
+    /// Starts `prefill` and `decode` (builders of the vLLM prefill and decode flavors, with any
+    /// other settings) on one fresh registry.
+    pub async fn spawn(prefill: MockEngine, decode: MockEngine) -> Self {
+        let kv = VllmKvRegistry::default();
+        Self {
+            prefill: prefill.kv_registry(kv.clone()).spawn().await,
+            decode: decode.kv_registry(kv.clone()).spawn().await,
+            kv,
+        }
+    }
+
+    /// A pair with default settings.
+    pub async fn plain() -> Self {
+        Self::spawn(
+            MockEngine::new(Flavor::VllmPrefill),
+            MockEngine::new(Flavor::VllmDecode),
+        )
+        .await
+    }
 }
 
 /// A running mock. Clones refer to the same mock; it runs until [`MockHandle::shutdown`] or the

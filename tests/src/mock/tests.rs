@@ -262,15 +262,11 @@ async fn vllm_prefill_eos_first_token_issues_no_params() {
 
 #[tokio::test]
 async fn vllm_decode_pulls_exact_params_once() {
-    let kv = VllmKvRegistry::default();
-    let p = MockEngine::new(Flavor::VllmPrefill)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
-    let d = MockEngine::new(Flavor::VllmDecode)
-        .kv_registry(kv.clone())
-        .spawn()
-        .await;
+    let VllmPair {
+        prefill: p,
+        decode: d,
+        kv,
+    } = VllmPair::plain().await;
     let issue = || async {
         let a = call(&p, "/v1/completions", prefill_body(1, false), &[]).await;
         a.json()["kv_transfer_params"].clone()

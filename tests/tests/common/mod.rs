@@ -112,9 +112,15 @@ pub async fn post_with(base: &str, path: &str, body: &str, headers: &[(&str, &st
 }
 
 pub async fn get(base: &str, path: &str) -> Reply {
-    let req = Request::get(format!("{base}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    get_with(base, path, &[]).await
+}
+
+pub async fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(format!("{base}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::new())).unwrap();
     let resp = client().request(req).await.expect("gateway reachable");
     let status = resp.status();
     let headers = resp.headers().clone();
