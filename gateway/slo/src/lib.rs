@@ -5,7 +5,9 @@
 //! - [`MemoryStore`]: embedded, the default for a single replica (and the
 //!   local mirror used by [`ResilientStore`]);
 //! - [`RedisStore`]: state shared by replicas; one Lua script per admission
-//!   and per outcome, keys under one hash tag, every key with a TTL;
+//!   and per outcome, keys under one hash tag, every key with a TTL; a
+//!   plain URL, or the primary Redis Sentinel names, followed across
+//!   failovers ([`SentinelConfig`]);
 //! - [`ResilientStore`]: what the gateway uses in front of a shared backend:
 //!   millisecond timeouts, a breaker, a local mirror that keeps answering
 //!   while the backend is down, a bounded outcome backlog, and a background
@@ -27,7 +29,9 @@ pub use goodput::{
     within_budget, GoodputConfig, GoodputCounter, GoodputWindow, Measured, Targets, Verdict,
 };
 pub use memory::MemoryStore;
-pub use redis::{key_id, RedisConfig, RedisStore};
+pub use redis::{
+    key_id, FailoverStats, FailoverStatsSnapshot, RedisConfig, RedisStore, SentinelConfig,
+};
 pub use resilient::{ResilientConfig, ResilientStats, ResilientStatsSnapshot, ResilientStore};
 pub use store::{SloStore, StoreFuture};
 pub use types::{AdmissionRecord, GoodputRow, OutcomeRecord, Phase, ReplicaState, WorkerLoad};

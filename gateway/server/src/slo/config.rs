@@ -23,6 +23,16 @@ pub struct SloConfig {
     /// `memory` (embedded, default) or `redis`.
     pub store: StoreKind,
     pub redis_url: String,
+    /// Redis Sentinel addresses (`host:port`). When set, the store follows
+    /// the primary the sentinels name for `redis_master_name` across
+    /// failovers, and `redis_url` is unused. Passwords come from the
+    /// environment only: `BATON_REDIS_SENTINEL_PASSWORD` (the sentinels'
+    /// `requirepass`) and `BATON_REDIS_PASSWORD` (the primary's); neither is
+    /// ever logged.
+    pub redis_sentinels: Vec<String>,
+    /// The master's name in the sentinels' `sentinel monitor` line
+    /// (required with `redis_sentinels`).
+    pub redis_master_name: String,
     /// Bound on any SLO-store call on the request path.
     pub store_timeout_ms: u64,
     /// Period of the cluster-state sync with the other replicas.
@@ -97,6 +107,8 @@ impl Default for SloConfig {
             window_secs: 60,
             store: StoreKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_sentinels: Vec::new(),
+            redis_master_name: String::new(),
             store_timeout_ms: 5,
             sync_interval_ms: 100,
             replica_id: String::new(),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_slo::{
     GoodputConfig, GoodputRow, MemoryStore, OutcomeRecord, RedisConfig, RedisStore, ReplicaState,
-    ResilientConfig, ResilientStats, ResilientStore, SloStore, WorkerLoad,
+    ResilientConfig, ResilientStats, ResilientStore, SentinelConfig, SloStore, WorkerLoad,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,31 @@ pub struct Shared {
     live_replicas: Mutex<usize>,
 }
 
+/// The Redis store's settings: `redis_url`, or the sentinels (passwords
+/// from the environment, never from the file, never logged).
+fn redis_config(cfg: &SloConfig) -> Result<RedisConfig, ConfigError> {
+    if cfg.redis_sentinels.is_empty() {
+        return Ok(RedisConfig::new(cfg.redis_url.clone()));
+    }
+    if cfg.redis_master_name.is_empty() {
+        return Err(ConfigError::Invalid(
+            "[slo] redis_sentinels needs redis_master_name (the name in `sentinel monitor`)".into(),
+        ));
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut s = SentinelConfig::new(cfg.redis_sentinels.clone(), cfg.redis_master_name.clone());
+    s.sentinel_password = env("BATON_REDIS_SENTINEL_PASSWORD");
+    s.password = env("BATON_REDIS_PASSWORD");
+    s.validate()
+        .map_err(|e| ConfigError::Invalid(format!("[slo] redis_sentinels: {e}")))?;
+    tracing::info!(
+        sentinels = ?cfg.redis_sentinels,
+        master = %cfg.redis_master_name,
+        "SLO store: Redis through Sentinel (redis_url unused)"
+    );
+    Ok(RedisConfig::sentinel(s))
+}
+
 impl Shared {
     pub fn new(cfg: &SloConfig) -> Result<Self, ConfigError> {
         let replica_id = if cfg.replica_id.is_empty() {
@@ -50,10 +75,13 @@ impl Shared {
                 None,
             ),
             StoreKind::Redis => {
-                let backend = RedisStore::connect_lazy(RedisConfig::new(cfg.redis_url.clone()))
-                    .map_err(|e| {
+                let backend = RedisStore::connect_lazy(redis_config(cfg)?).map_err(|e| {
+                    if cfg.redis_sentinels.is_empty() {
                         ConfigError::Invalid(format!("--redis-url {}: {e}", cfg.redis_url))
-                    })?;
+                    } else {
+                        ConfigError::Invalid(format!("[slo] redis_sentinels: {e}"))
+                    }
+                })?;
                 let rc = ResilientConfig {
                     request_timeout: Duration::from_millis(cfg.store_timeout_ms.max(1)),
                     ..ResilientConfig::default()

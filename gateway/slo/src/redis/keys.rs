@@ -40,6 +40,12 @@ impl Keys {
         format!("{}:done:{}", self.prefix, key_id(id))
     }
 
+    /// The marker a Sentinel-following store writes before `WAIT`ing for
+    /// its replicas (see `failover.rs`).
+    pub(super) fn confirm(&self) -> String {
+        format!("{}:confirm", self.prefix)
+    }
+
     /// Goodput counters of one time bucket.
     pub(super) fn bucket(&self, bucket: u64) -> String {
         format!("{}:gp:{bucket}", self.prefix)

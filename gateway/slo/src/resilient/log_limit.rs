@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 /// Lets one log line through per interval and counts the ones held back.
 #[derive(Debug)]
-pub(super) struct LogLimit {
+pub(crate) struct LogLimit {
     base: Instant,
     interval_ms: u64,
     /// Time of the last line, in ms since `base`, plus one (0 = never).
@@ -14,7 +14,7 @@ pub(super) struct LogLimit {
 }
 
 impl LogLimit {
-    pub(super) fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             base: Instant::now(),
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
@@ -24,7 +24,7 @@ impl LogLimit {
     }
 
     /// `Some(lines suppressed since the last one)` if this line may be logged.
-    pub(super) fn permit(&self) -> Option<u64> {
+    pub(crate) fn permit(&self) -> Option<u64> {
         let now = u64::try_from(self.base.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1);

