@@ -21,6 +21,11 @@
 #    derived from the gateway config), routing went around the worker, the
 #    engines' KV usage went back to baseline, and every request was counted
 #    once: /v1/slo (cluster-wide) = Redis = the gateway's own counter;
+# 5b. failover (CHAOS_PHASES="smoke failover"; not with faults): Redis behind
+#    Sentinel (a replica and three sentinels added by an override, the
+#    gateway on chaos-failover.toml); the primary is killed under load: no
+#    request fails, the promoted replica's total = /v1/slo = the gateway's
+#    own counter;
 # 6. no container log says "panicked".
 # Results: tests/chaos/out/ (summary.md, *.json, logs). Always tears down
 # (docker compose down -v). Bounded: every wait has a limit.
@@ -44,7 +49,7 @@ out="$here/out"
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.jsonl "$out"/*.log "$out"/summary.md "$out"/*.redis-* "$out"/*.lua
 
-PHASES=${CHAOS_PHASES:-"smoke badinput hostile faults"}
+PHASES=${CHAOS_PHASES:-"smoke badinput hostile faults"} # or "smoke failover" (5b)
 ENGINE=${CHAOS_ENGINE:-real}
 # Closed-loop load (CHAOS_CONCURRENCY clients, each sending its next request
 # when the last ended) adapts to how fast this machine is; CHAOS_RATE=R
@@ -162,6 +167,35 @@ services:
 EOF
   export BATON_COMPOSE_EXTRA="$out/compose.mock.yaml"
 fi
+if [[ " $PHASES " == *" failover "* ]]; then
+  [[ " $PHASES " != *" faults "* ]] || die "run the failover phase apart from faults (its Redis faults would fail over)"
+  # Redis behind Sentinel: the compose Redis is the first primary, plus a
+  # replica and three sentinels (the same image: redis-server --sentinel),
+  # down after 1 s, quorum 2. Appended to the (mock) override, if any.
+  export BATON_GATEWAY_CONFIG=chaos-failover.toml
+  extra="$out/compose.failover.yaml"
+  redis_image=${REDIS_IMAGE:-redis:7-bookworm}
+  if ! docker image inspect "$redis_image" >/dev/null 2>&1 && docker image inspect baton-local/redis:latest >/dev/null 2>&1; then
+    redis_image=baton-local/redis:latest
+  fi
+  sentinel_conf='sentinel resolve-hostnames yes\nsentinel monitor baton redis 6379 2\nsentinel down-after-milliseconds baton 1000\nsentinel failover-timeout baton 10000\n'
+  {
+    if [[ -n ${BATON_COMPOSE_EXTRA:-} ]]; then cat "$BATON_COMPOSE_EXTRA"; else echo "services:"; fi
+    echo "  redis-replica:"
+    echo "    image: $redis_image"
+    echo '    command: ["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "yes", "--dir", "/tmp", "--replicaof", "redis", "6379"]'
+    echo "    depends_on: [redis]"
+    echo "    networks: [baton]"
+    for i in 1 2 3; do
+      echo "  sentinel-$i:"
+      echo "    image: $redis_image"
+      echo "    command: [\"sh\", \"-c\", \"printf '$sentinel_conf' >/tmp/sentinel.conf && exec redis-server /tmp/sentinel.conf --sentinel --port 26379 --protected-mode no\"]"
+      echo "    depends_on: [redis, redis-replica]"
+      echo "    networks: [baton]"
+    done
+  } >"$extra"
+  export BATON_COMPOSE_EXTRA="$extra"
+fi
 log "compose up ($ENGINE engines, project $COMPOSE_PROJECT_NAME, gateway $GW, Prometheus $PROM)"
 STACK_UP=1
 # Retried: a published port of the previous stack can stay bound for a moment
@@ -249,8 +283,19 @@ for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
 end
 return n
 LUA
+redis_primary() { # the Redis service that is primary now (redis; after a failover, redis-replica)
+  local svc c
+  for svc in redis redis-replica; do
+    c=$(cid "$svc" 2>/dev/null) || continue
+    [[ -n $c ]] || continue
+    if [[ $(docker exec "$c" redis-cli role 2>/dev/null | head -n 1) == master ]]; then echo "$svc"; return 0; fi
+  done
+  return 1
+}
 redis_total() {
-  docker exec "$(cid redis)" redis-cli --raw EVAL "$(cat "$REDIS_TOTAL_LUA")" 0 'baton:{slo}:gp:*' 2>/dev/null
+  local svc=redis
+  if [[ " $PHASES " == *" failover "* ]]; then svc=$(redis_primary) || return 1; fi
+  docker exec "$(cid "$svc")" redis-cli --raw EVAL "$(cat "$REDIS_TOTAL_LUA")" 0 'baton:{slo}:gp:*' 2>/dev/null
 }
 
 # ---- 3. smoke ----------------------------------------------------------------------
@@ -481,6 +526,32 @@ if [[ " $PHASES " == *" faults "* ]]; then
   phase kill-prefill "$prefills" "docker kill {container}" "docker start {container}"
   check "kill-prefill: no failed request (prefill failures are retried)" bash -c \
     "jq -e '.failed == 0' '$out/kill-prefill.json' >/dev/null"
+fi
+
+# ---- 5b. Redis failover under load ----------------------------------------------------
+# The primary is killed (SIGKILL) mid-load; Sentinel promotes the replica
+# (down after 1 s); the gateway's store re-asks the sentinels, switches,
+# replays what the old primary had not replicated and flushes its backlog.
+# phase() then requires /v1/slo delta = sent and /v1/slo = the new primary's
+# total = the gateway's own counter (one gateway here: the sum of the
+# replicas' own counters is that counter).
+if [[ " $PHASES " == *" failover "* ]]; then
+  sentinels_ready() { # every sentinel sees the primary ok, its replica and the two others
+    local i
+    for i in 1 2 3; do
+      docker exec "$(cid sentinel-$i)" redis-cli -p 26379 info sentinel 2>/dev/null |
+        grep -q 'name=baton,status=ok,.*slaves=1,sentinels=3' || return 1
+    done
+  }
+  wait_for 60 "3 sentinels agreeing on the primary and its replica" sentinels_ready || FAILED+=("failover: sentinels not ready")
+  c=$(docker inspect -f '{{.Name}}' "$(cid redis)")
+  c=${c#/}
+  phase failover "" "docker kill $c" "true" "docker kill (Redis primary); Sentinel promotes the replica"
+  promoted() { [[ $(redis_primary) == redis-replica ]]; }
+  check "failover: Sentinel promoted the replica" wait_for 30 "the replica promoted" promoted
+  check "failover: no failed request" bash -c "jq -e '.failed == 0' '$out/failover.json' >/dev/null"
+  check "failover: no outcome dropped from the gateway's backlog" bash -c \
+    "jq -e '(.store_after.backlog_dropped // 0) == (.store_before.backlog_dropped // 0)' '$out/failover.json' >/dev/null"
 fi
 
 # ---- 6. panics and the summary ------------------------------------------------------
