@@ -1,12 +1,13 @@
-//! Engine-reported load: each worker's `/metrics` (vLLM names, which
-//! Baton's own engine also serves) scraped periodically, so SLO placement
-//! sees sequences this gateway did not send (other replicas' clients,
-//! direct traffic) and the batch sizes the TPOT model is fitted on match
-//! what the engine really runs.
+//! Engine-reported load, polled: each worker's `GET /load` (Baton's engine:
+//! the same `EngineReport` JSON its `x-baton-load` response header carries,
+//! which refreshes it between requests and on idle engines), else its
+//! `/metrics` (vLLM or SGLang names), so SLO placement sees sequences this
+//! gateway did not send (other replicas' clients, direct traffic).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_policies::slo::{EngineReport, MetricsLoad};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -32,15 +33,50 @@ pub fn sum_metric(text: &str, name: &str) -> Option<f64> {
     found.then_some(sum)
 }
 
-/// Scrapes every healthy worker every `interval` until `stop`.
+/// Load from a Prometheus exposition: vLLM's names, else SGLang's.
+pub fn metrics_load(text: &str) -> Option<MetricsLoad> {
+    let names = [
+        (
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+        ),
+        (
+            "sglang:num_running_reqs",
+            "sglang:num_queue_reqs",
+            "sglang:token_usage",
+        ),
+    ];
+    names.iter().find_map(|(running, waiting, kv)| {
+        let running = sum_metric(text, running)?;
+        Some(MetricsLoad {
+            running: running.max(0.0) as u64,
+            waiting: sum_metric(text, waiting).unwrap_or(0.0).max(0.0) as u64,
+            // vLLM before v1 called it gpu_cache_usage_perc; both are 0..1.
+            kv_usage: sum_metric(text, kv)
+                .or_else(|| sum_metric(text, "vllm:gpu_cache_usage_perc"))
+                .filter(|u| u.is_finite()),
+        })
+    })
+}
+
+/// Polls every healthy worker every `interval` until `stop`.
 pub async fn run(state: Arc<AppState>, interval: Duration, stop: CancellationToken) {
     crate::sweep::every_worker(state, interval, true, stop, move |state, w| async move {
+        let tracker = &state.slo.tracker;
+        let load = tokio::time::timeout(interval, state.upstream.get(&w.url, "/load")).await;
+        if let Ok(Ok((200, body))) = load {
+            if let Ok(r) = serde_json::from_slice::<EngineReport>(&body) {
+                tracker.record_report(&w.url, r);
+                w.set_engine_load(r.running, r.waiting);
+                return;
+            }
+        }
         let got = tokio::time::timeout(interval, state.upstream.get(&w.url, "/metrics")).await;
         if let Ok(Ok((200, body))) = got {
-            let text = String::from_utf8_lossy(&body);
-            if let Some(running) = sum_metric(&text, "vllm:num_requests_running") {
-                let waiting = sum_metric(&text, "vllm:num_requests_waiting").unwrap_or(0.0);
-                w.set_engine_load(running as u64, waiting as u64);
+            if let Some(m) = metrics_load(&String::from_utf8_lossy(&body)) {
+                tracker.record_metrics(&w.url, m);
+                w.set_engine_load(m.running, m.waiting);
             }
         }
     })
@@ -59,5 +95,23 @@ mod tests {
         assert_eq!(sum_metric(text, "vllm:num_requests_running"), Some(5.0));
         assert_eq!(sum_metric(text, "vllm:num_requests_waiting"), Some(4.0));
         assert_eq!(sum_metric(text, "vllm:kv_cache_usage_perc"), None);
+        assert_eq!(
+            metrics_load(text),
+            Some(MetricsLoad {
+                running: 5,
+                waiting: 4,
+                kv_usage: None
+            })
+        );
+        let sglang = "sglang:num_running_reqs{model_name=\"m\"} 7\nsglang:num_queue_reqs 2\nsglang:token_usage 0.5\n";
+        assert_eq!(
+            metrics_load(sglang),
+            Some(MetricsLoad {
+                running: 7,
+                waiting: 2,
+                kv_usage: Some(0.5)
+            })
+        );
+        assert_eq!(metrics_load("other 1\n"), None);
     }
 }

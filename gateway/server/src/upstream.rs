@@ -78,6 +78,8 @@ pub struct CallIds<'a> {
     pub request: &'a str,
     /// The authenticated tenant (`x-baton-tenant`, sent with fleet auth).
     pub tenant: &'a str,
+    /// The request's budget for the engine (`x-baton-slo`), if it has one.
+    pub slo: Option<&'a HeaderValue>,
 }
 
 /// The seam in front of engine calls: `dispatch` and the relay are generic
@@ -243,6 +245,9 @@ impl Upstream {
         }
         if let Some(v) = &request_id {
             headers.push(("x-baton-request-id", v));
+        }
+        if let Some(v) = ids.slo {
+            headers.push((baton_protocol::engine_slo::SLO_HEADER, v));
         }
         for name in FORWARDED {
             if let Some(v) = client_headers.get(*name) {
@@ -437,6 +442,7 @@ mod tests {
             upstream: "u",
             request: "r",
             tenant: "t",
+            slo: None,
         }
     }
 

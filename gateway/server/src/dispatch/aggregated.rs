@@ -31,8 +31,10 @@ pub async fn attempt<E: EngineClient>(
     .await?;
     let guard = worker.start_request();
     let tracker = &state.slo.tracker;
-    let ticket = tracker.start_decode(&worker.url);
-    let prefill_ticket = tracker.start_prefill(&worker.url, ctx.prompt_tokens);
+    let stamp = ctx.stamp(tracker);
+    let ticket = tracker.start_decode(&worker.url, stamp);
+    let prefill_ticket = tracker.start_prefill(&worker.url, ctx.prompt_tokens, stamp);
+    let slo = ctx.engine_slo();
     let send = engine.post(
         Leg::Worker,
         &worker.url,
@@ -41,6 +43,7 @@ pub async fn attempt<E: EngineClient>(
             upstream: &ctx.request_id,
             request: &ctx.request_id,
             tenant: &ctx.slo.tenant,
+            slo: slo.as_ref(),
         },
         &ctx.headers,
         ctx.req.original_bytes(),

@@ -47,6 +47,24 @@ pub struct Ctx {
     pub prompt_tokens: u64,
 }
 
+impl Ctx {
+    /// What this request's load tickets know of its SLO.
+    pub fn stamp(&self, tracker: &crate::slo::tracker::LoadTracker) -> crate::slo::tracker::Stamp {
+        let arrival_ms = tracker.ms_at(self.start);
+        crate::slo::tracker::Stamp {
+            arrival_ms,
+            deadline_ms: self.slo.budget.ttft_ms.map(|t| arrival_ms + t),
+            tpot_ms: self.slo.budget.tpot_ms,
+        }
+    }
+
+    /// `x-baton-slo` for this request's engine calls (both legs); `None`
+    /// without a budget.
+    pub fn engine_slo(&self) -> Option<http::HeaderValue> {
+        crate::slo::engine_slo_header(self.start, self.slo.budget)
+    }
+}
+
 /// Workers already used by this request, per pool.
 #[derive(Debug, Default)]
 pub struct Tried {
@@ -155,7 +173,13 @@ pub async fn dispatch_with<E: EngineClient>(
             Err(_) => Err(GatewayError::new(Leg::Gateway, ErrorKind::Timeout("request")).into()),
         };
         let failure = match result {
-            Ok(resp) => return resp,
+            Ok(mut resp) => {
+                // The SLO engine's prediction, where it placed this attempt.
+                if let Some(v) = placement.and_then(Forced::predicted_header) {
+                    resp.headers_mut().insert(crate::slo::PREDICTED_HEADER, v);
+                }
+                return resp;
+            }
             Err(f) => f,
         };
         let e = failure.error;

@@ -75,6 +75,11 @@ where
         return Err(AttemptError::of(e, Some(&worker)));
     }
     ticket.activate();
+    // Read after this sequence counts as decoding here, as the engine's report does.
+    state
+        .slo
+        .tracker
+        .record_report_header(&worker.url, head.headers());
     let limits = StreamLimits {
         idle: state.idle_timeout(),
         deadline: ctx.deadline,

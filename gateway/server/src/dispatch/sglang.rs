@@ -50,7 +50,9 @@ pub async fn attempt<E: EngineClient>(
         placement.map(|f| &f.decode),
     )
     .await?;
-    let ticket = state.slo.tracker.start_decode(&d.url);
+    let stamp = ctx.stamp(&state.slo.tracker);
+    let slo = ctx.engine_slo();
+    let ticket = state.slo.tracker.start_decode(&d.url, stamp);
     let rooms = sglang::fresh_rooms(&mut rand::rng(), ctx.req.batch);
     let bootstrap = Bootstrap {
         host: sglang::host_of(&p.url),
@@ -73,7 +75,11 @@ pub async fn attempt<E: EngineClient>(
         let request_id = ctx.request_id.clone();
         let tenant = ctx.slo.tenant.clone();
         let guard = p.start_request();
-        let prefill_ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
+        let prefill_ticket = state
+            .slo
+            .tracker
+            .start_prefill(&p.url, ctx.prompt_tokens, stamp);
+        let prefill_slo = slo.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let t0 = Instant::now();
@@ -87,15 +93,17 @@ pub async fn attempt<E: EngineClient>(
                             upstream: &xfer,
                             request: &request_id,
                             tenant: &tenant,
+                            slo: prefill_slo.as_ref(),
                         },
                         &headers,
                         body,
                     )
                     .await?;
                 let status = head.status();
+                let report = crate::slo::tracker::parse_report(head.headers());
                 let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
                 if status.is_success() {
-                    Ok(())
+                    Ok(report)
                 } else {
                     Err(GatewayError::new(
                         Leg::Prefill,
@@ -116,11 +124,16 @@ pub async fn attempt<E: EngineClient>(
                 });
             let took = t0.elapsed();
             state.metrics.prefill_leg.observe(took.as_secs_f64());
-            if result.is_ok() {
+            if let Ok(report) = &result {
                 prefill_ticket.finish();
+                // Read after the prompt left this replica's count, as the engine's did.
+                if let Some(r) = report {
+                    state.slo.tracker.record_report(&p.url, *r);
+                }
             } else {
                 drop(prefill_ticket);
             }
+            let result = result.map(|_| ());
             match &result {
                 Ok(()) => p.breaker.record_success(),
                 Err(e) if e.counts_against_worker() => p.breaker.record_failure(),
@@ -142,6 +155,7 @@ pub async fn attempt<E: EngineClient>(
             upstream: &xfer,
             request: &ctx.request_id,
             tenant: &ctx.slo.tenant,
+            slo: slo.as_ref(),
         },
         &ctx.headers,
         body,

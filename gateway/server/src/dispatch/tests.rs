@@ -812,3 +812,59 @@ async fn a_head_without_a_first_chunk_ends_in_an_error_event() {
     );
     assert_eq!(h.outcomes("timeout"), 1.0);
 }
+
+// ---- SLO: budgets to engines, engine reports, predictions --------------
+
+#[tokio::test(start_paused = true)]
+async fn slo_budgets_go_to_both_legs_reports_come_back_and_the_prediction_reaches_the_client() {
+    let h = harness(Fleet::Vllm, |c| {
+        c.slo.routing = true;
+        c.slo.policy.conditional_disaggregation = false;
+    });
+    let report = r#"{"running":3,"waiting":0,"waiting_prefill_tokens":0,"context_tokens":900,"kv_usage":0.1,"tightest_tpot_ms":50.0,"step":null}"#;
+    h.engine.script(
+        Leg::Prefill,
+        [prefill_ok().header(baton_protocol::engine_slo::LOAD_HEADER, report)],
+    );
+    h.engine.script(Leg::Decode, [stream_ok()]);
+    let resp = h.send(true).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let predicted = resp.headers()[crate::slo::PREDICTED_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        predicted.starts_with("ttft=") && predicted.contains(";tpot="),
+        "{predicted}"
+    );
+    assert!(text(resp).await.ends_with(DONE));
+    // The default class (2 s / 100 ms) on both legs, with the absolute deadline.
+    let calls = h.engine.calls();
+    assert_eq!(calls.len(), 2);
+    for c in &calls {
+        let slo = baton_protocol::engine_slo::EngineSlo::parse(c.slo.as_deref().unwrap()).unwrap();
+        assert_eq!((slo.ttft_ms, slo.tpot_ms), (Some(2000.0), Some(100.0)));
+        let now = crate::slo::shared::now_ms();
+        let due = slo.deadline_unix_ms.unwrap();
+        assert!(due > now && due <= now + 2000, "{due} vs {now}");
+    }
+    // The prefill engine's report is kept (after its prompt left this replica's count).
+    let prefill = &calls[0].url;
+    let view = h.state.slo.tracker.view(prefill, Duration::from_secs(60));
+    let r = view.report.expect("report kept");
+    assert_eq!(
+        (r.report.running, r.report.tightest_tpot_ms),
+        (3, Some(50.0))
+    );
+    assert_eq!(r.counts.prefill_tokens, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_prediction_header_without_slo_routing() {
+    let h = harness(Fleet::Aggregated, |_| {});
+    h.engine.script(Leg::Worker, [stream_ok()]);
+    let resp = h.send(true).await;
+    assert!(resp.headers().get(crate::slo::PREDICTED_HEADER).is_none());
+    // The budget still reaches the engine.
+    assert!(h.engine.calls()[0].slo.is_some());
+}

@@ -44,10 +44,12 @@ pub async fn attempt<E: EngineClient>(
     // The same fresh id on both legs: vLLM derives the transfer key from it.
     let xfer = transfer_id();
     let path = ctx.req.endpoint.path();
+    let slo = ctx.engine_slo();
     let ids = CallIds {
         upstream: &xfer,
         request: &ctx.request_id,
         tenant: &ctx.slo.tenant,
+        slo: slo.as_ref(),
     };
     tracing::debug!(
         request_id = %ctx.request_id,
@@ -57,13 +59,14 @@ pub async fn attempt<E: EngineClient>(
         "vLLM PD attempt"
     );
     let tracker = &state.slo.tracker;
-    let ticket = tracker.start_decode(&d.url);
+    let stamp = ctx.stamp(tracker);
+    let ticket = tracker.start_decode(&d.url, stamp);
     let mut local_prefill = None;
     let params = if local {
         // Conditional disaggregation: the decode worker prefills itself;
         // its queue of such prompts is part of its load.
         state.metrics.slo_local_prefills.inc();
-        local_prefill = Some(tracker.start_prefill(&d.url, ctx.prompt_tokens));
+        local_prefill = Some(tracker.start_prefill(&d.url, ctx.prompt_tokens, stamp));
         None
     } else {
         let p = pick(
@@ -115,14 +118,20 @@ async fn prefill_leg<E: EngineClient>(
 ) -> Result<Option<serde_json::Value>, AttemptError> {
     let path = ctx.req.endpoint.path();
     let _guard = p.start_request();
-    let ticket = state.slo.tracker.start_prefill(&p.url, ctx.prompt_tokens);
+    let tracker = &state.slo.tracker;
+    let ticket = tracker.start_prefill(&p.url, ctx.prompt_tokens, ctx.stamp(tracker));
     let t0 = Instant::now();
+    let mut reported = None;
     let leg = async {
         let head = engine
             .post(Leg::Prefill, &p.url, path, ids, &ctx.headers, body)
             .await?;
         let status = head.status();
+        let report = crate::slo::tracker::parse_report(head.headers());
         let body = read_body(Leg::Prefill, head.into_body(), MAX_PREFILL_REPLY).await?;
+        if let Some(r) = report {
+            reported = Some(r);
+        }
         if !status.is_success() {
             return Err(GatewayError::new(
                 Leg::Prefill,
@@ -145,6 +154,10 @@ async fn prefill_leg<E: EngineClient>(
         .map_err(|e| AttemptError::of(e, Some(p)))?;
     let took = t0.elapsed();
     ticket.finish();
+    // Read after the prompt left this replica's count, as the engine's did.
+    if let Some(r) = reported {
+        tracker.record_report(&p.url, r);
+    }
     state.metrics.prefill_leg.observe(took.as_secs_f64());
     let params = vllm::kv_transfer_params(&reply)
         .map_err(|e| GatewayError::new(Leg::Prefill, ErrorKind::BadReply(e.to_string())))

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_policies::slo::{
-    self as policy, AdmissionMode, Budget, CallerCounts, Decision, EngineSnapshot, EngineView,
-    Placement, SloRequest, StepLimits, StepModel,
+    self as policy, AdmissionMode, Budget, Decision, EngineSnapshot, EngineView, Placement,
+    Prediction, SloRequest, StepLimits, StepModel,
 };
 use baton_protocol::ClientRequest;
 use tokio::time::Instant;
@@ -80,6 +80,42 @@ pub struct Forced {
     /// `None`: the decode worker prefills by itself (local path).
     pub prefill: Option<Arc<Worker>>,
     pub decode: Arc<Worker>,
+    /// What the policy predicted for it there.
+    pub prediction: Prediction,
+}
+
+/// Header on the client response of a request the SLO engine placed:
+/// `ttft=<ms>;tpot=<ms>` (the syntax of `x-baton-slo`), so a benchmark can
+/// compare predicted with measured per request.
+pub const PREDICTED_HEADER: &str = "x-baton-predicted";
+
+impl Forced {
+    /// The [`PREDICTED_HEADER`] value; `None` when a prediction is not finite.
+    pub fn predicted_header(&self) -> Option<http::HeaderValue> {
+        let p = &self.prediction;
+        let round = |ms: f64| (ms.is_finite() && ms >= 0.0).then(|| (ms * 10.0).round() / 10.0);
+        let v = format!("ttft={};tpot={}", round(p.ttft_ms)?, round(p.tpot_ms)?);
+        http::HeaderValue::from_str(&v).ok()
+    }
+}
+
+/// `x-baton-slo` for a request that arrived at `start` with `budget`: its
+/// TTFT and TPOT budgets and the unix time (ms) its first token is due;
+/// `None` without a budget.
+pub fn engine_slo_header(start: Instant, budget: Budget) -> Option<http::HeaderValue> {
+    if budget.ttft_ms.is_none() && budget.tpot_ms.is_none() {
+        return None;
+    }
+    let arrived = shared::now_ms()
+        .saturating_sub(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let slo = baton_protocol::engine_slo::EngineSlo {
+        ttft_ms: budget.ttft_ms,
+        tpot_ms: budget.tpot_ms,
+        deadline_unix_ms: budget
+            .ttft_ms
+            .map(|t| arrived.saturating_add(t.round() as u64)),
+    };
+    http::HeaderValue::from_str(&slo.to_string()).ok()
 }
 
 /// How a request ended, as the SLO accounting sees it.
@@ -187,32 +223,32 @@ impl SloEngine {
             Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
             Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
         };
-        // This replica's view plus what the other replicas reported.
-        let merged = |w: &Arc<Worker>| {
-            let mut s = self.tracker.get(&w.url);
-            let peer = self.shared.peer_load(&w.url);
-            s.queued_prefill_tokens += peer.queued_prefill_tokens;
-            s.active_prefills += peer.active_prefills;
-            s.active_decodes += peer.active_decodes;
-            s.pending_decodes += peer.pending_decodes;
-            // What the engine itself reports running covers traffic no
-            // gateway replica sent; trust the larger of the two views.
-            let max_age = Duration::from_millis(
-                self.config
-                    .engine_metrics_interval_ms
-                    .saturating_mul(4)
-                    .max(1000),
-            );
-            if let Some((running, _waiting)) = w.engine_load(max_age) {
-                s.active_decodes = s.active_decodes.max(running);
+        let max_age = Duration::from_millis(
+            self.config
+                .engine_metrics_interval_ms
+                .saturating_mul(4)
+                .max(REPORT_MAX_AGE_MS),
+        );
+        let view = |w: &Arc<Worker>| {
+            let mut v = self.tracker.view(&w.url, max_age);
+            if v.report.is_none() {
+                // No report covers the other replicas' traffic: add what they
+                // published. (A report already counts it, and the changes
+                // since are this replica's own.)
+                let peer = self.shared.peer_load(&w.url);
+                let s = &mut v.stats;
+                s.queued_prefill_tokens += peer.queued_prefill_tokens;
+                s.active_prefills += peer.active_prefills;
+                s.active_decodes += peer.active_decodes;
+                s.pending_decodes += peer.pending_decodes;
             }
-            s
+            v
         };
-        let pstats: Vec<_> = prefill_workers.iter().map(merged).collect();
-        let dstats: Vec<_> = decode_workers.iter().map(merged).collect();
+        let pviews: Vec<_> = prefill_workers.iter().map(view).collect();
+        let dviews: Vec<_> = decode_workers.iter().map(view).collect();
         let prior = self.config.prior_prefill_tokens_per_s;
-        let prefills = snapshots(&prefill_workers, &pstats, prior, now_ms);
-        let decodes = snapshots(&decode_workers, &dstats, prior, now_ms);
+        let prefills = snapshots(&prefill_workers, &pviews, prior, now_ms);
+        let decodes = snapshots(&decode_workers, &dviews, prior, now_ms);
         let mut cfg = self.config.policy;
         // SGLang decode servers cannot serve a request without a prefill peer.
         if mode == Mode::Pd(PdProtocol::Sglang) {
@@ -251,15 +287,20 @@ impl SloEngine {
             if my_turn {
                 let (verdict, pw, dw) = self.decide(mode, pools, req);
                 match verdict {
-                    Decision::Admit { placement, .. } => {
+                    Decision::Admit {
+                        placement,
+                        prediction,
+                    } => {
                         let forced = match placement {
                             Placement::Disaggregated { prefill, decode } => Forced {
                                 prefill: pw.get(prefill).cloned(),
                                 decode: Arc::clone(&dw[decode]),
+                                prediction,
                             },
                             Placement::Local { decode } => Forced {
                                 prefill: None,
                                 decode: Arc::clone(&dw[decode]),
+                                prediction,
                             },
                         };
                         // Leaving the queue lets the next one try at once.
@@ -425,33 +466,37 @@ impl SloEngine {
     }
 }
 
-/// The policy's snapshots of `workers`, from this replica's view (`stats`, one per worker).
+/// Reports stay usable this long without a fresher one: the changes since
+/// are this replica's own, which it tracks; what they miss is other clients'
+/// traffic (polled `GET /load` refreshes them on idle engines).
+const REPORT_MAX_AGE_MS: u64 = 10_000;
+
+/// The policy's snapshots of `workers`, from this replica's view of each
+/// (one per worker): the engine's report plus this replica's changes since,
+/// or without one its own counts, the engine's `/metrics` and the fallback
+/// step model (fitted TPOT, prefill throughput measured over busy time).
 fn snapshots<'a>(
     workers: &'a [Arc<Worker>],
-    stats: &[tracker::WorkerStats],
+    views: &'a [tracker::WorkerView],
     prior_prefill_tps: f64,
     now_ms: f64,
 ) -> Vec<EngineSnapshot<'a>> {
     workers
         .iter()
-        .zip(stats)
-        .map(|(w, s)| {
+        .zip(views)
+        .map(|(w, v)| {
+            let s = &v.stats;
             let (base, per_seq) = s.tpot.coefficients();
             let rate = s.prefill_rate.get_or(prior_prefill_tps).max(1e-3);
-            let counts = CallerCounts {
-                decoding: s.active_decodes,
-                pending_decodes: s.pending_decodes,
-                prefill_tokens: s.queued_prefill_tokens,
-            };
             let view = EngineView {
                 url: &w.url,
                 available: w.is_available(),
-                report: None,
-                at_report: counts,
-                now: counts,
-                prompts: &[],
-                tightest_tpot_ms: None,
-                metrics: None,
+                report: v.report.as_ref().map(|r| &r.report),
+                at_report: v.report.map_or(s.counts(), |r| r.counts),
+                now: s.counts(),
+                prompts: &v.prompts,
+                tightest_tpot_ms: v.tightest_tpot_ms,
+                metrics: v.metrics,
                 fallback_step: StepModel {
                     fixed_ms: base,
                     per_seq_ms: per_seq,
@@ -537,7 +582,9 @@ mod tests {
     async fn queued_requests_are_admitted_earliest_deadline_first() {
         let (engine, pools, url) = engine_and_pools();
         // A 1000-token backlog: ~1 s of predicted queueing.
-        let backlog = engine.tracker.start_prefill(&url, 1000);
+        let backlog = engine
+            .tracker
+            .start_prefill(&url, 1000, tracker::Stamp::default());
         let order = Arc::new(Mutex::new(Vec::new()));
         let spawn = |name: &'static str, ttft: f64| {
             let (engine, pools, order) =

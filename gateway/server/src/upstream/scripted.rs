@@ -44,6 +44,7 @@ pub enum Step {
 pub struct Reply {
     head_after: Duration,
     head: Head,
+    headers: Vec<(&'static str, String)>,
     body: Vec<Step>,
 }
 
@@ -57,6 +58,7 @@ impl Reply {
         Self {
             head_after: Duration::ZERO,
             head: Head::Status(status),
+            headers: Vec::new(),
             body,
         }
     }
@@ -83,6 +85,12 @@ impl Reply {
             head: Head::Hang,
             ..Self::ok(vec![])
         }
+    }
+
+    /// The head carries this header.
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
     }
 
     /// The head (or the error) comes after `d`.
@@ -119,6 +127,8 @@ pub struct Call {
     /// `X-Request-Id` (the transfer id in PD mode).
     pub upstream_id: String,
     pub request_id: String,
+    /// `x-baton-slo`, when the call carried one.
+    pub slo: Option<String>,
     pub body: Bytes,
     /// What happened, when.
     pub events: Vec<(Event, Instant)>,
@@ -239,6 +249,7 @@ impl EngineClient for ScriptedEngine {
                 path: path.to_owned(),
                 upstream_id: ids.upstream.to_owned(),
                 request_id: ids.request.to_owned(),
+                slo: ids.slo.and_then(|v| v.to_str().ok()).map(str::to_owned),
                 body,
                 events: vec![(Event::Sent, Instant::now())],
             });
@@ -273,6 +284,10 @@ impl EngineClient for ScriptedEngine {
                 track,
             });
             *resp.status_mut() = StatusCode::from_u16(status).expect("scripted status");
+            for (name, value) in &reply.headers {
+                let v = http::HeaderValue::from_str(value).expect("scripted header");
+                resp.headers_mut().insert(*name, v);
+            }
             Ok(resp)
         }
     }
