@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_policies::step::{StepLimits, StepModel};
 use baton_protocol::FleetKey;
 use clap::Parser;
 
@@ -136,6 +137,79 @@ pub struct Args {
     /// Seconds without any traffic after which a connection is wound down (in-flight requests finish).
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// Schedule by the fleet's budgets (`x-baton-slo` on fleet-authenticated calls): earliest-deadline-first
+    /// prefill, and prefill chunks sized so that decoding sequences keep their TPOT. `off`, or while no request has
+    /// a budget: FIFO under the fixed --max-num-batched-tokens budget.
+    #[arg(long, value_enum, default_value = "on")]
+    pub slo_scheduling: OnOff,
+    /// Fraction of the tightest TPOT budget one step may take (the step-time model's error margin).
+    #[arg(long, default_value_t = StepLimits::default().tpot_headroom)]
+    pub step_tpot_headroom: f64,
+    /// A step that prefills a prompt takes at most this fraction of the prompt's TTFT budget (so a prompt arriving
+    /// mid-step is not held up long).
+    #[arg(long, default_value_t = StepLimits::default().ttft_share)]
+    pub step_ttft_share: f64,
+    /// Prefill tokens a step takes at least when a prompt waits, even if decoding alone fills the TPOT budget.
+    #[arg(long, default_value_t = StepLimits::default().min_prefill_tokens)]
+    pub step_min_prefill_tokens: u64,
+    /// The step-time model to start from (JSON: a StepModel, or `baton-engine profile`'s output, whose "fit" is
+    /// one); the engine refits it online from its own steps. Default: a conservative CPU-sized model.
+    #[arg(long)]
+    pub step_model: Option<PathBuf>,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// Reads `--step-model`: a [`StepModel`] object, or an object whose `fit` is one (a step profile).
+pub fn load_step_model(path: &std::path::Path) -> anyhow::Result<StepModel> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--step-model {}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--step-model {}: not JSON: {e}", path.display()))?;
+    let inner = v.get("fit").cloned().unwrap_or(v);
+    let m: StepModel = serde_json::from_value(inner).map_err(|e| {
+        anyhow::anyhow!(
+            "--step-model {}: neither a step model nor a profile with a \"fit\" one: {e}",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        m.is_valid(),
+        "--step-model {}: coefficients must be finite and non-negative: {m:?}",
+        path.display()
+    );
+    Ok(m)
+}
+
+/// The SLO scheduling settings of `args`: whether it is on, the step limits and the fit's prior.
+pub fn step_settings(args: &Args) -> anyhow::Result<(bool, StepLimits, StepModel)> {
+    let positive = |v: f64, flag: &str| {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v <= 1.0,
+            "{flag} must be in (0, 1], got {v}"
+        );
+        Ok(())
+    };
+    positive(args.step_tpot_headroom, "--step-tpot-headroom")?;
+    positive(args.step_ttft_share, "--step-ttft-share")?;
+    let limits = StepLimits {
+        max_tokens: args.max_num_batched_tokens.max(1) as u64,
+        // At least one token, so a prompt always moves.
+        min_prefill_tokens: args.step_min_prefill_tokens.max(1),
+        tpot_headroom: args.step_tpot_headroom,
+        ttft_share: args.step_ttft_share,
+        ..StepLimits::default()
+    };
+    let prior = match &args.step_model {
+        Some(p) => load_step_model(p)?,
+        None => StepModel::default(),
+    };
+    Ok((args.slo_scheduling == OnOff::On, limits, prior))
 }
 
 /// The fleet key from `--fleet-key-file` or `BATON_FLEET_KEY`; an error when a disaggregated role has none.
@@ -184,6 +258,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .build_global()?;
     }
     let t0 = std::time::Instant::now();
+    let (slo_scheduling, step_limits, step_prior) = step_settings(&args)?;
     let block_size = args.block_size.max(1);
     let mut cfg = EngineConfig {
         block_size,
@@ -197,6 +272,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("--kv-lease-grace-secs must be a non-negative number"))?,
         kv_lease_max_share: args.kv_lease_max_share,
         kv_lease_tenant_share: args.kv_lease_tenant_share,
+        slo_scheduling,
+        step_limits,
+        step_prior,
     };
     let (mcfg, device, make, tokenizer) = match open_gpu(args.device, args.gpu)? {
         #[cfg(feature = "cuda")]

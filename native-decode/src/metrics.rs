@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use baton_policies::step::EngineReport;
+
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
@@ -45,6 +47,10 @@ const LATENCY: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0,
 ];
+/// Step (forward pass) durations: a few ms (GPU decode) to seconds (long CPU prefill).
+const STEP: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
 const REQUEST: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
 ];
@@ -83,6 +89,14 @@ pub struct Stats {
     pub queue: Histogram,
     pub prefill: Histogram,
     pub decode: Histogram,
+    /// Wall time of each step's forward pass.
+    pub step_duration: Histogram,
+    /// Generation calls whose `x-baton-slo` was honoured (fleet-authenticated), and calls that carried one without
+    /// fleet authentication (ignored: a gateway without the fleet key, or a client trying to jump the queue).
+    pub slo_requests: AtomicU64,
+    pub slo_headers_ignored: AtomicU64,
+    /// The scheduler's last published state (`x-baton-load`, `GET /load`).
+    report: Mutex<EngineReport>,
 }
 
 impl Default for Stats {
@@ -114,6 +128,10 @@ impl Default for Stats {
             queue: Histogram::new(REQUEST),
             prefill: Histogram::new(REQUEST),
             decode: Histogram::new(REQUEST),
+            step_duration: Histogram::new(STEP),
+            slo_requests: AtomicU64::new(0),
+            slo_headers_ignored: AtomicU64::new(0),
+            report: Mutex::new(EngineReport::default()),
         }
     }
 }
@@ -125,6 +143,20 @@ impl Stats {
 
     pub fn kv_usage(&self) -> f64 {
         f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn set_report(&self, r: EngineReport) {
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    /// The scheduler's state as of its last step (or finished request).
+    pub fn report(&self) -> EngineReport {
+        *self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Stats::report`] as JSON (the `x-baton-load` header's value and `GET /load`'s body).
+    pub fn report_json(&self) -> String {
+        serde_json::to_string(&self.report()).unwrap_or_else(|_| "{}".into())
     }
 
     pub fn render(&self, model_name: &str) -> String {
@@ -164,6 +196,24 @@ impl Stats {
             self.http_connections.load(Ordering::Relaxed) as f64,
         );
         gauge(&mut out, "vllm:kv_cache_usage_perc", self.kv_usage());
+        let report = self.report();
+        gauge(
+            &mut out,
+            "baton:num_prefill_tokens_waiting",
+            report.waiting_prefill_tokens as f64,
+        );
+        if let Some(m) = report.step {
+            let name = "baton:step_model_ms";
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (coef, v) in [
+                ("fixed", m.fixed_ms),
+                ("per_seq", m.per_seq_ms),
+                ("per_prefill_token", m.per_prefill_token_ms),
+                ("per_kctx", m.per_kctx_ms),
+            ] {
+                let _ = writeln!(out, "{name}{{{labels},coef=\"{coef}\"}} {v}");
+            }
+        }
         counter(
             &mut out,
             "vllm:prefix_cache_queries_total",
@@ -230,6 +280,14 @@ impl Stats {
             .render(&mut out, "vllm:request_prefill_time_seconds", &labels);
         self.decode
             .render(&mut out, "vllm:request_decode_time_seconds", &labels);
+        self.step_duration
+            .render(&mut out, "baton:step_duration_seconds", &labels);
+        counter(&mut out, "baton:slo_requests_total", &self.slo_requests);
+        counter(
+            &mut out,
+            "baton:slo_headers_ignored_total",
+            &self.slo_headers_ignored,
+        );
         out
     }
 }
@@ -255,5 +313,35 @@ mod tests {
         ));
         assert!(text
             .contains("vllm:time_to_first_token_seconds_count{model_name=\"m\",engine=\"0\"} 1"));
+    }
+
+    #[test]
+    fn renders_the_report_step_model_and_step_histogram() {
+        let s = Stats::default();
+        s.set_report(EngineReport {
+            waiting_prefill_tokens: 300,
+            step: Some(baton_policies::step::StepModel {
+                fixed_ms: 5.0,
+                per_seq_ms: 0.5,
+                per_prefill_token_ms: 0.25,
+                per_kctx_ms: 0.125,
+            }),
+            ..Default::default()
+        });
+        s.step_duration.observe(0.004);
+        let text = s.render("m");
+        for line in [
+            "baton:num_prefill_tokens_waiting{model_name=\"m\",engine=\"0\"} 300",
+            "baton:step_model_ms{model_name=\"m\",engine=\"0\",coef=\"fixed\"} 5",
+            "baton:step_model_ms{model_name=\"m\",engine=\"0\",coef=\"per_seq\"} 0.5",
+            "baton:step_model_ms{model_name=\"m\",engine=\"0\",coef=\"per_prefill_token\"} 0.25",
+            "baton:step_model_ms{model_name=\"m\",engine=\"0\",coef=\"per_kctx\"} 0.125",
+            "baton:step_duration_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.005\"} 1",
+            "baton:step_duration_seconds_count{model_name=\"m\",engine=\"0\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let r: EngineReport = serde_json::from_str(&s.report_json()).unwrap();
+        assert_eq!(r.waiting_prefill_tokens, 300);
     }
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+use baton_policies::step::{StepLimits, StepModel};
+
 use crate::engine::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::store::KvStore;
@@ -41,6 +43,13 @@ pub struct EngineConfig {
     /// Share of the pool (0-1) that leases may hold in total, and per tenant; past it a prefill gets no lease.
     pub kv_lease_max_share: f64,
     pub kv_lease_tenant_share: f64,
+    /// Schedule by the requests' budgets ([`SeqSlo`]): EDF prefill order and TPOT/TTFT-sized prefill budgets.
+    /// Off, or while no request in the engine has a budget: FIFO under the fixed `max_batched_tokens` budget.
+    pub slo_scheduling: bool,
+    /// Step sizing (`max_tokens` is always `max_batched_tokens`, whatever is set here).
+    pub step_limits: StepLimits,
+    /// Where the online step-time fit starts (`--step-model`).
+    pub step_prior: StepModel,
 }
 
 impl EngineConfig {
@@ -64,6 +73,9 @@ impl Default for EngineConfig {
             kv_lease_grace: Duration::from_secs(3),
             kv_lease_max_share: 0.5,
             kv_lease_tenant_share: 0.25,
+            slo_scheduling: true,
+            step_limits: StepLimits::default(),
+            step_prior: StepModel::default(),
         }
     }
 }
@@ -95,6 +107,7 @@ struct Ready {
 struct Admission {
     id: u64,
     req: GenerateRequest,
+    slo: SeqSlo,
     events: tmpsc::UnboundedSender<Event>,
 }
 
@@ -163,12 +176,16 @@ impl EngineHandle {
             .name("baton-scheduler".into())
             .spawn(move || match make(&mut cfg) {
                 Ok(backend) => {
-                    let _ = ready_tx.send(Ok(Ready {
+                    let ready = Ready {
                         context_length: backend.cfg().context_length,
                         device_pool: backend.device_pool(),
                         kv_floats_per_token: backend.block_floats(1),
-                    }));
-                    scheduler::Scheduler::new(backend, tok, cfg, st).run(rx);
+                    };
+                    // Built (and its first state published) before the handle exists: `/load` never sees an
+                    // engine without its step model.
+                    let scheduler = scheduler::Scheduler::new(backend, tok, cfg, st);
+                    let _ = ready_tx.send(Ok(ready));
+                    scheduler.run(rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -197,12 +214,22 @@ impl EngineHandle {
         &self,
         req: GenerateRequest,
     ) -> Result<(RequestGuard, tmpsc::UnboundedReceiver<Event>)> {
+        self.submit_with(req, SeqSlo::default())
+    }
+
+    /// [`EngineHandle::submit`] with latency budgets (only the fleet's: see `server::handlers::request_slo`).
+    pub fn submit_with(
+        &self,
+        req: GenerateRequest,
+        slo: SeqSlo,
+    ) -> Result<(RequestGuard, tmpsc::UnboundedReceiver<Event>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (etx, erx) = tmpsc::unbounded_channel();
         self.tx
             .send(Command::Add(Box::new(Admission {
                 id,
                 req,
+                slo,
                 events: etx,
             })))
             .map_err(|_| Error::Shutdown)?;

@@ -1,6 +1,34 @@
 //! Continuous batching: each step packs decode tokens of running sequences and (chunked) prefills of waiting ones
 //! into one forward pass under a token budget. When blocks run out, the most recently admitted sequence is
 //! preempted and later recomputed (its generated tokens are kept); nothing crashes on a full cache.
+//!
+//! Two ways to plan a step:
+//! - **FIFO** (`plan_running` + `plan_admissions`): running sequences oldest first (decode tokens and prefill chunks
+//!   alike), then waiting ones in arrival order, under the fixed `max_batched_tokens` budget. Used with
+//!   `slo_scheduling` off, and whenever no sequence in the engine (running or waiting) has a budget.
+//! - **SLO** (`plan_slo`), when some sequence has one ([`SeqSlo`], from the fleet's `x-baton-slo`):
+//!   1. every decoding sequence ([`Seq::is_decoding`]) gets its one token, oldest first (preempting the most
+//!      recently admitted when blocks run out, as FIFO does), up to `max_batched_tokens`;
+//!   2. the prefill candidates — running sequences that are not decoding, and waiting ones — are ordered:
+//!      preempted sequences resuming (they have output already) first, then by
+//!      `baton_policies::step::prefill_order_key` (earliest first-token deadline first, lost causes last, no
+//!      budget = due 10 s after arrival); ties keep running-then-waiting, oldest-first order;
+//!   3. the prefill budget is `prefill_budget(model, limits, load)`: `model` the online [`StepFit`] of this
+//!      engine's measured steps, `load.decode` the decoding sequences planned in (1) (count, and the sum of their
+//!      context lengths = tokens so far, prompt + output), `tpot_limit_ms` the least `tpot_step_limit_ms(limits,
+//!      tpot, bank)` over those with a TPOT budget (bank = tpot × (tokens since the first) − ms since the first),
+//!      `ttft_budget_ms` the least TTFT budget among the candidates the step would prefill: in order, each
+//!      candidate while the tokens of those before it are fewer than the budget computed without TTFT;
+//!   4. candidates take chunks in that order while budget, sequence slots and blocks last (without chunked
+//!      prefill a prompt goes whole, or the step ends there); an empty step always takes at least one token.
+//!
+//! The hard cap is always `max_batched_tokens` (`StepLimits::max_tokens`).
+//!
+//! Nothing waits to fill a step: a step runs as soon as anything is schedulable, so a prefill-role engine never
+//! holds a prompt back for a bigger batch (the TTFT share bounds how long one step is instead).
+//!
+//! Every step's forward pass is timed and fed to the fit with its [`StepShape`] (sequences, prefill tokens =
+//! tokens of non-decoding sequences, context = context lengths of the decoding ones), in both modes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -19,6 +47,10 @@ use crate::model::SeqInput;
 use crate::sampling::Pick;
 use crate::tokenizer::Tokenizer;
 use crate::transfer::prompt_digest;
+use baton_policies::step::{
+    prefill_budget, prefill_order_key, tpot_step_limit_ms, EngineReport, StepFit, StepLimits,
+    StepLoad, StepModel, StepShape, WaitingPrompt,
+};
 
 pub(super) struct Scheduler {
     backend: Backend,
@@ -29,6 +61,75 @@ pub(super) struct Scheduler {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     leases: Leases,
+    /// Step times measured so far, fitted (the SLO planner's model, and the report's).
+    fit: StepFit,
+    limits: StepLimits,
+    /// Origin of the millisecond clock handed to the step policies.
+    epoch: Instant,
+    /// Tests plan against a fixed model instead of the fit (whose values depend on measured time).
+    #[cfg(test)]
+    frozen_model: Option<StepModel>,
+    /// What the last planned step held: (sequence id, tokens), in plan order.
+    #[cfg(test)]
+    last_plan: Vec<(u64, usize)>,
+}
+
+/// How much one observation weighs against the past: the last ~200 steps dominate the fit.
+const FIT_DECAY: f64 = 0.995;
+
+/// A prompt (or preempted sequence) waiting for prefill, as the SLO planner orders it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Candidate {
+    pub(super) id: u64,
+    /// In `waiting` (not yet admitted) rather than `running`.
+    pub(super) waiting: bool,
+    pub(super) remaining: u64,
+    pub(super) ttft_ms: Option<f64>,
+    /// Ascending = served first: (not resuming, lost cause, due ms).
+    key: (bool, bool, f64),
+}
+
+/// The least TTFT budget among the candidates a step with `budget` prefill tokens would reach: in order, each one
+/// while the tokens of those before it are fewer than `budget`.
+pub(super) fn reached_ttft_budget(order: &[Candidate], budget: u64) -> Option<f64> {
+    let mut before = 0u64;
+    let mut tightest: Option<f64> = None;
+    for c in order {
+        if before >= budget {
+            break;
+        }
+        if let Some(t) = c.ttft_ms {
+            tightest = Some(tightest.map_or(t, |x| x.min(t)));
+        }
+        before = before.saturating_add(c.remaining);
+    }
+    tightest
+}
+
+/// The SLO plan's prefill budget (step 3 of the module doc), given the decoding part of the step and its tightest
+/// TPOT limit, and the candidates in prefill order.
+pub(super) fn slo_prefill_budget(
+    model: &StepModel,
+    limits: &StepLimits,
+    decode: StepShape,
+    tpot_limit_ms: Option<f64>,
+    order: &[Candidate],
+) -> u64 {
+    let load = StepLoad {
+        decode,
+        tpot_limit_ms,
+        ttft_budget_ms: None,
+    };
+    let without_ttft = prefill_budget(model, limits, &load);
+    let ttft_budget_ms = reached_ttft_budget(order, without_ttft);
+    prefill_budget(
+        model,
+        limits,
+        &StepLoad {
+            ttft_budget_ms,
+            ..load
+        },
+    )
 }
 
 /// What a step gives one sequence: its logits, or the token the backend picked and its log-probability.
@@ -58,7 +159,12 @@ impl Scheduler {
             cfg.kv_lease_max_share,
             cfg.kv_lease_tenant_share,
         ));
-        Self {
+        let limits = StepLimits {
+            max_tokens: cfg.max_batched_tokens.max(1) as u64,
+            ..cfg.step_limits
+        };
+        let fit = StepFit::new(cfg.step_prior, FIT_DECAY);
+        let s = Self {
             backend,
             tokenizer,
             cfg,
@@ -67,6 +173,32 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             leases,
+            fit,
+            limits,
+            epoch: Instant::now(),
+            #[cfg(test)]
+            frozen_model: None,
+            #[cfg(test)]
+            last_plan: Vec::new(),
+        };
+        s.publish();
+        s
+    }
+
+    /// The step-time model the planner uses now.
+    fn step_model(&self) -> StepModel {
+        #[cfg(test)]
+        if let Some(m) = self.frozen_model {
+            return m;
+        }
+        self.fit.model()
+    }
+
+    /// `t` in milliseconds since `epoch` (negative before it: a deadline already past on arrival).
+    fn ms(&self, t: Instant) -> f64 {
+        match t.checked_duration_since(self.epoch) {
+            Some(d) => d.as_secs_f64() * 1e3,
+            None => -(self.epoch - t).as_secs_f64() * 1e3,
         }
     }
 
@@ -104,6 +236,34 @@ impl Scheduler {
             .num_waiting
             .store(self.waiting.len() as u64, Ordering::Relaxed);
         self.stats.set_kv_usage(self.blocks.usage());
+        self.stats.set_report(self.report());
+    }
+
+    /// This engine's state for the gateway (`x-baton-load`, `GET /load`, `/metrics`).
+    fn report(&self) -> EngineReport {
+        let mut r = EngineReport {
+            running: self.running.len() as u64,
+            waiting: self.waiting.len() as u64,
+            kv_usage: self.blocks.usage(),
+            step: Some(self.step_model()),
+            ..Default::default()
+        };
+        for s in &self.running {
+            if s.is_decoding() {
+                r.context_tokens += s.tokens.len() as u64;
+                if let Some(t) = s.slo.tpot_ms {
+                    r.tightest_tpot_ms = Some(r.tightest_tpot_ms.map_or(t, |x| x.min(t)));
+                }
+            } else {
+                r.waiting_prefill_tokens += s.remaining() as u64;
+            }
+        }
+        r.waiting_prefill_tokens += self
+            .waiting
+            .iter()
+            .map(|s| s.remaining() as u64)
+            .sum::<u64>();
+        r
     }
 
     fn handle(&mut self, c: Command) {
@@ -163,7 +323,12 @@ impl Scheduler {
     }
 
     fn add(&mut self, a: Admission) {
-        let Admission { id, req, events } = a;
+        let Admission {
+            id,
+            req,
+            slo,
+            events,
+        } = a;
         let ctx = self.backend.cfg().context_length;
         let bad = |msg: String| {
             let _ = events.send(Event::Error(msg));
@@ -191,7 +356,7 @@ impl Scheduler {
                 self.blocks.num_blocks() * self.cfg.block_size - 1
             ));
         }
-        match Seq::new(id, req, events) {
+        match Seq::new(id, req, slo, events) {
             Ok(s) => self.waiting.push_back(s),
             Err((msg, events)) => {
                 let _ = events.send(Event::Error(msg));
@@ -373,19 +538,259 @@ impl Scheduler {
     /// One iteration: plan the batch (running sequences first, then admissions), run it through the backend, and
     /// apply what came back. `false` when there was nothing to run.
     fn step(&mut self) -> bool {
-        let mut budget = self.cfg.max_batched_tokens.max(1);
-        let mut plan = self.plan_running(&mut budget);
-        self.plan_admissions(&mut plan, &mut budget);
+        let plan = if self.cfg.slo_scheduling && self.any_budget() {
+            self.plan_slo(Instant::now())
+        } else {
+            let mut budget = self.cfg.max_batched_tokens.max(1);
+            let mut plan = self.plan_running(&mut budget);
+            self.plan_admissions(&mut plan, &mut budget);
+            plan
+        };
+        #[cfg(test)]
+        {
+            self.last_plan = plan.iter().map(|p| (self.running[p.idx].id, p.n)).collect();
+        }
         if plan.is_empty() {
             return false;
         }
         // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
         self.publish();
-        match self.forward(&plan) {
-            Ok(outs) => self.apply(&plan, outs),
+        let shape = self.shape(&plan);
+        let t = Instant::now();
+        let out = self.forward(&plan);
+        let secs = t.elapsed().as_secs_f64();
+        match out {
+            Ok(outs) => {
+                self.fit.observe(&shape, secs * 1e3);
+                self.stats.step_duration.observe(secs);
+                self.apply(&plan, outs)
+            }
             Err(e) => self.fail(&plan, &e),
         }
         true
+    }
+
+    /// Whether any sequence in the engine has a budget (else the FIFO plan, exactly as without SLO scheduling).
+    fn any_budget(&self) -> bool {
+        self.running
+            .iter()
+            .chain(self.waiting.iter())
+            .any(|s| !s.slo.is_empty())
+    }
+
+    /// The shape the fit learns from: decoding sequences count their context, the others their chunk.
+    fn shape(&self, plan: &[Planned]) -> StepShape {
+        let mut shape = StepShape {
+            seqs: plan.len() as u64,
+            ..Default::default()
+        };
+        for p in plan {
+            let s = &self.running[p.idx];
+            if s.is_decoding() {
+                shape.context_tokens += s.tokens.len() as u64;
+            } else {
+                shape.prefill_tokens += p.n as u64;
+            }
+        }
+        shape
+    }
+
+    /// The SLO plan (see the module doc): decode tokens first, then prefill chunks in prefill order under the
+    /// budget the step-time model allows.
+    fn plan_slo(&mut self, now: Instant) -> Vec<Planned> {
+        let model = self.step_model();
+        let mut plan = self.plan_decodes();
+        let mut decode = StepShape::default();
+        let mut tpot_limit: Option<f64> = None;
+        for p in &plan {
+            let s = &self.running[p.idx];
+            decode.seqs += 1;
+            decode.context_tokens += s.tokens.len() as u64;
+            if let (Some(tpot), Some(first)) = (s.slo.tpot_ms, s.first_token_at) {
+                let since_first = now.saturating_duration_since(first).as_secs_f64() * 1e3;
+                let bank = tpot * (s.generated() - 1) as f64 - since_first;
+                let l = tpot_step_limit_ms(&self.limits, tpot, bank);
+                tpot_limit = Some(tpot_limit.map_or(l, |x| x.min(l)));
+            }
+        }
+        let order = self.prefill_order(&model, now);
+        let mut budget =
+            slo_prefill_budget(&model, &self.limits, decode, tpot_limit, &order) as usize;
+        if plan.is_empty() {
+            // A step with nothing in it would never end the wait: at least one token moves.
+            budget = budget.max(1);
+        }
+        self.plan_prefills(&order, &mut plan, budget);
+        plan
+    }
+
+    /// Step 1 of the SLO plan: one token for each decoding sequence, oldest first, while the hard cap and blocks
+    /// last (preempting the most recently admitted sequence for blocks, as the FIFO plan does).
+    fn plan_decodes(&mut self) -> Vec<Planned> {
+        let mut budget = self.cfg.max_batched_tokens.max(1);
+        let mut plan: Vec<Planned> = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            if !self.running[i].is_decoding() {
+                i += 1;
+                continue;
+            }
+            let upto = self.running[i].num_computed + 1;
+            // `reserve` preempts only sequences after `i`: none of them is planned yet.
+            if !self.reserve(i, upto) {
+                if plan.is_empty() && self.running.len() == 1 {
+                    self.stuck_alone();
+                }
+                break;
+            }
+            plan.push(Planned { idx: i, n: 1 });
+            budget -= 1;
+            i += 1;
+        }
+        plan
+    }
+
+    /// Step 2 of the SLO plan: the prefill candidates, in the order they are served.
+    pub(super) fn prefill_order(&self, model: &StepModel, now: Instant) -> Vec<Candidate> {
+        let now_ms = self.ms(now);
+        let candidate = |s: &Seq, waiting: bool| {
+            let resuming = s.generated() > 0;
+            let (late, due) = if resuming {
+                // Its client has output already: first, as the FIFO plan puts it at the queue's front.
+                (false, f64::NEG_INFINITY)
+            } else {
+                let p = WaitingPrompt {
+                    arrival_ms: self.ms(s.arrival),
+                    deadline_ms: s.slo.first_token_due.map(|t| self.ms(t)),
+                    remaining_tokens: s.remaining() as u64,
+                };
+                prefill_order_key(model, &p, now_ms)
+            };
+            Candidate {
+                id: s.id,
+                waiting,
+                remaining: s.remaining() as u64,
+                ttft_ms: s.slo.ttft_ms,
+                key: (!resuming, late, due),
+            }
+        };
+        let mut order: Vec<Candidate> = self
+            .running
+            .iter()
+            .filter(|s| !s.is_decoding())
+            .map(|s| candidate(s, false))
+            .chain(self.waiting.iter().map(|s| candidate(s, true)))
+            .collect();
+        // Stable: equal keys keep running-then-waiting, oldest-first order.
+        order.sort_by(|a, b| {
+            (a.key.0, a.key.1)
+                .cmp(&(b.key.0, b.key.1))
+                .then(a.key.2.total_cmp(&b.key.2))
+        });
+        order
+    }
+
+    /// Step 4 of the SLO plan: chunks for the candidates in order while `budget`, sequence slots and blocks last.
+    fn plan_prefills(&mut self, order: &[Candidate], plan: &mut Vec<Planned>, budget: usize) {
+        let mut left = budget;
+        for c in order {
+            if left == 0 {
+                break;
+            }
+            if !c.waiting {
+                // Preempted while planning (it is in `waiting` now, out of this step).
+                let Some(idx) = self.running.iter().position(|s| s.id == c.id) else {
+                    continue;
+                };
+                let Some(n) = self.chunk(&self.running[idx], left, plan.is_empty()) else {
+                    break;
+                };
+                let upto = self.running[idx].num_computed + n;
+                // Preempting is safe only when no planned sequence comes after `idx` (preemption pops the last).
+                let ok = if plan.iter().all(|p| p.idx < idx) {
+                    self.reserve(idx, upto)
+                } else {
+                    let need = self
+                        .blocks
+                        .blocks_for(upto)
+                        .saturating_sub(self.running[idx].blocks.len());
+                    match self.allocate(need) {
+                        Some(b) => {
+                            self.running[idx].blocks.extend(b);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if !ok {
+                    if plan.is_empty() && self.running.len() == 1 {
+                        self.stuck_alone();
+                    }
+                    break;
+                }
+                plan.push(Planned { idx, n });
+                left = left.saturating_sub(n);
+                continue;
+            }
+            if self.running.len() >= self.cfg.max_num_seqs {
+                continue;
+            }
+            let Some(pos) = self.waiting.iter().position(|s| s.id == c.id) else {
+                continue;
+            };
+            let Some(s) = self.waiting.remove(pos) else {
+                continue;
+            };
+            if let Some(s) = self.admit(s) {
+                self.waiting.insert(pos, s);
+                break;
+            }
+            let idx = self.running.len() - 1;
+            let Some(n) = self.chunk(&self.running[idx], left, plan.is_empty()) else {
+                self.unadmit_to(pos);
+                break;
+            };
+            let s = &self.running[idx];
+            let need = self
+                .blocks
+                .blocks_for(s.num_computed + n)
+                .saturating_sub(s.blocks.len());
+            match self.allocate(need) {
+                Some(b) => self.running[idx].blocks.extend(b),
+                None => {
+                    self.unadmit_to(pos);
+                    break;
+                }
+            }
+            if self.running[idx].scheduled_at.is_none() {
+                let now = Instant::now();
+                let s = &mut self.running[idx];
+                s.scheduled_at = Some(now);
+                self.stats.queue.observe((now - s.arrival).as_secs_f64());
+            }
+            plan.push(Planned { idx, n });
+            left = left.saturating_sub(n);
+        }
+    }
+
+    /// The only running sequence does not fit even alone. If leased prefill KV holds blocks, wait for it to be
+    /// pulled or to expire; otherwise the sequence has outgrown the whole cache: end it at this length.
+    fn stuck_alone(&mut self) {
+        if self.leases.is_empty() {
+            let s = self.running.remove(0);
+            self.finish(s, FinishReason::Length, None);
+        } else {
+            self.preempt_last();
+        }
+    }
+
+    /// Undoes the last admission, putting the sequence back at `pos` in the queue.
+    fn unadmit_to(&mut self, pos: usize) {
+        if let Some(mut s) = self.running.pop() {
+            self.blocks.free(&s.blocks);
+            s.reset_for_recompute();
+            self.waiting.insert(pos.min(self.waiting.len()), s);
+        }
     }
 
     /// How many of `s`'s uncomputed tokens this step takes: all of them, or with chunked prefill as many as the
@@ -413,14 +818,7 @@ impl Scheduler {
             let upto = s.num_computed + n;
             if !self.reserve(i, upto) {
                 if plan.is_empty() && self.running.len() == 1 {
-                    // It does not fit even alone. If leased prefill KV holds blocks, wait for it to be pulled or
-                    // to expire; otherwise the sequence has outgrown the whole cache: end it at this length.
-                    if self.leases.is_empty() {
-                        let s = self.running.remove(0);
-                        self.finish(s, FinishReason::Length, None);
-                    } else {
-                        self.preempt_last();
-                    }
+                    self.stuck_alone();
                 }
                 break;
             }
@@ -647,3 +1045,7 @@ impl Scheduler {
         }));
     }
 }
+
+#[cfg(test)]
+#[path = "slo_tests.rs"]
+mod slo_tests;

@@ -43,11 +43,24 @@ pub(super) struct Seq {
     pub(super) scheduled_at: Option<Instant>,
     pub(super) first_token_at: Option<Instant>,
     pub(super) last_token_at: Option<Instant>,
+    /// The fleet's budgets for this request (empty for most: see [`SeqSlo`]).
+    pub(super) slo: SeqSlo,
 }
 
 impl Seq {
     pub(super) fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens not yet computed (for a decoding sequence: 1, its last sampled token).
+    pub(super) fn remaining(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+
+    /// Decoding: it has produced a token and only that last token is left to compute. Anything else with tokens
+    /// to compute (a prompt, mid-prefill or not, or a preempted sequence recomputing prompt + output) prefills.
+    pub(super) fn is_decoding(&self) -> bool {
+        self.generated() > 0 && self.remaining() == 1
     }
 }
 
@@ -55,6 +68,7 @@ impl Seq {
     pub(super) fn new(
         id: u64,
         req: GenerateRequest,
+        slo: SeqSlo,
         events: tmpsc::UnboundedSender<Event>,
     ) -> Result<Self, (String, tmpsc::UnboundedSender<Event>)> {
         let seed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -85,6 +99,7 @@ impl Seq {
             scheduled_at: None,
             first_token_at: None,
             last_token_at: None,
+            slo,
         })
     }
 

@@ -1,5 +1,9 @@
 //! What goes into the engine and what comes out of it.
 
+use std::time::{Duration, Instant};
+
+use baton_protocol::engine_slo::EngineSlo;
+
 use crate::sampling::SamplingParams;
 
 /// Generation settings of one request, validated.
@@ -124,6 +128,52 @@ pub struct GenerateRequest {
     pub cache_salt: Option<String>,
     /// Who a `remote_decode` lease counts against (the fleet's `x-baton-tenant`); `None`: one shared bucket.
     pub tenant: Option<String>,
+}
+
+/// A request's latency budgets as the scheduler holds them: the fleet's `x-baton-slo` (honoured on
+/// fleet-authenticated calls only, see `server::handlers::request_slo`). All `None`: no budget, and the request is
+/// scheduled as before budgets existed (FIFO, fixed token budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeqSlo {
+    /// Time per output token, ms: bounds the steps this sequence decodes in.
+    pub tpot_ms: Option<f64>,
+    /// TTFT budget, ms: a step that prefills this prompt takes at most `StepLimits::ttft_share` of it.
+    pub ttft_ms: Option<f64>,
+    /// When the first token is due, on this engine's clock: the prefill order (earliest first).
+    pub first_token_due: Option<Instant>,
+}
+
+impl SeqSlo {
+    pub fn is_empty(&self) -> bool {
+        self.tpot_ms.is_none() && self.ttft_ms.is_none() && self.first_token_due.is_none()
+    }
+
+    /// The engine's view of a header received at `now` (= `now_unix_ms` on the wall clock). The gateway's
+    /// absolute deadline is moved onto the monotonic clock with this engine's wall clock (the fleet's clocks are
+    /// assumed to agree, see `baton_protocol::engine_slo`); without one, the first token is due `ttft` after
+    /// arrival here. Without a `ttft`, the TTFT budget is the time the deadline leaves (none if already past).
+    pub fn from_header(h: &EngineSlo, now: Instant, now_unix_ms: u64) -> Self {
+        let due = match (h.deadline_unix_ms, h.ttft_ms) {
+            (Some(d), _) if d >= now_unix_ms => Some(now + Duration::from_millis(d - now_unix_ms)),
+            // Already past: due in the past (a lost cause for the prefill order), or now if the monotonic clock
+            // cannot go that far back.
+            (Some(d), _) => Some(
+                now.checked_sub(Duration::from_millis(now_unix_ms - d))
+                    .unwrap_or(now),
+            ),
+            (None, Some(t)) => Some(now + Duration::from_secs_f64(t / 1000.0)),
+            (None, None) => None,
+        };
+        let left = h
+            .deadline_unix_ms
+            .filter(|&d| d > now_unix_ms)
+            .map(|d| (d - now_unix_ms) as f64);
+        Self {
+            tpot_ms: h.tpot_ms,
+            ttft_ms: h.ttft_ms.or(left),
+            first_token_due: due,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

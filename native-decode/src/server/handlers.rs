@@ -14,8 +14,35 @@ use super::error::ApiError;
 use super::fleet::Caller;
 use super::respond::{Flavor, Logprobs, Renderer};
 use super::{Role, ServerState};
-use crate::engine::types::{Event, Finish, GenerateRequest, ImportedKv};
+use crate::engine::types::{Event, Finish, GenerateRequest, ImportedKv, SeqSlo};
+use crate::metrics::Stats;
 use crate::transfer::{PullBounds, PullFailurePolicy, RemoteKv};
+
+/// The fleet's budgets for this call (`x-baton-slo`), read when its head arrives. Honoured only on
+/// fleet-authenticated calls, like `kv_transfer_params`: anyone else could put their request ahead of everyone
+/// else's with a tight deadline, or shrink every step with a tiny TPOT. A client's header is ignored (counted in
+/// `baton:slo_headers_ignored_total`); a malformed one from the fleet is no budget.
+pub fn request_slo(caller: &Caller, headers: &http::HeaderMap, stats: &Stats) -> SeqSlo {
+    use baton_protocol::engine_slo::{EngineSlo, SLO_HEADER};
+    let Some(v) = headers.get(SLO_HEADER) else {
+        return SeqSlo::default();
+    };
+    if !caller.fleet {
+        stats.slo_headers_ignored.fetch_add(1, Ordering::Relaxed);
+        return SeqSlo::default();
+    }
+    let Some(h) = v.to_str().ok().and_then(EngineSlo::parse) else {
+        return SeqSlo::default();
+    };
+    let now_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let slo = SeqSlo::from_header(&h, std::time::Instant::now(), now_unix_ms);
+    if !slo.is_empty() {
+        stats.slo_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    slo
+}
 
 pub fn json_response(v: &Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
@@ -101,6 +128,7 @@ pub async fn completions(
     body: Bytes,
     request_id: String,
     caller: Caller,
+    slo: SeqSlo,
 ) -> Result<Response<Body>, ApiError> {
     let (req, prompt) = prepare(&state, move |state| {
         let mut req: CompletionRequest = parse(&body)?;
@@ -142,6 +170,7 @@ pub async fn completions(
         kv_params: req.common.kv_transfer_params,
         request_id,
         caller,
+        slo,
     };
     generate(state, call).await
 }
@@ -151,6 +180,7 @@ pub async fn chat(
     body: Bytes,
     request_id: String,
     caller: Caller,
+    slo: SeqSlo,
 ) -> Result<Response<Body>, ApiError> {
     let (req, prompt) = prepare(&state, move |state| {
         let req: ChatRequest = parse(&body)?;
@@ -199,6 +229,7 @@ pub async fn chat(
         kv_params: req.common.kv_transfer_params,
         request_id,
         caller,
+        slo,
     };
     generate(state, call).await
 }
@@ -259,6 +290,7 @@ struct Generation {
     kv_params: Option<Value>,
     request_id: String,
     caller: Caller,
+    slo: SeqSlo,
 }
 
 async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<Body>, ApiError> {
@@ -270,6 +302,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         kv_params,
         request_id,
         caller,
+        slo,
     } = call;
     // Only the fleet steers KV transfer; a client's params are dropped and the request is served plainly.
     let kv_params = kv_params.filter(|_| caller.fleet);
@@ -286,15 +319,18 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         Some(p) => pull_kv(&state, p, prompt.len()).await?,
         None => None,
     };
-    let (guard, mut rx) = state.engine.submit(GenerateRequest {
-        request_id,
-        prompt,
-        params,
-        remote_decode,
-        imported,
-        cache_salt: v.cache_salt,
-        tenant: caller.tenant,
-    })?;
+    let (guard, mut rx) = state.engine.submit_with(
+        GenerateRequest {
+            request_id,
+            prompt,
+            params,
+            remote_decode,
+            imported,
+            cache_salt: v.cache_salt,
+            tenant: caller.tenant,
+        },
+        slo,
+    )?;
     // Wait for the first event so that engine-side rejections become proper HTTP errors.
     let first = rx
         .recv()

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP front: `/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/health`,
-//! `/tokenize`, `/detokenize`, `/metrics`.
+//! `/tokenize`, `/detokenize`, `/metrics`, `/load` (the engine's state as `baton_policies::step::EngineReport`
+//! JSON, also sent as `x-baton-load` on every generation response).
 
 pub mod api;
 pub mod body;
@@ -128,6 +129,16 @@ async fn read_body(state: &ServerState, req: Request<Incoming>) -> Result<Bytes,
     }
 }
 
+/// Adds the engine's state (`x-baton-load`) to a generation response's head, answered or refused: the gateway
+/// learns this engine's load from every call, with no extra request.
+fn with_load(state: &ServerState, mut r: Response<Body>) -> Response<Body> {
+    if let Ok(v) = http::HeaderValue::from_str(&state.engine.stats.report_json()) {
+        r.headers_mut()
+            .insert(baton_protocol::engine_slo::LOAD_HEADER, v);
+    }
+    r
+}
+
 async fn route(
     state: Arc<ServerState>,
     req: Request<Incoming>,
@@ -150,17 +161,30 @@ async fn route(
                 "root": state.model_name, "max_model_len": state.engine.context_length,
             }],
         }))),
+        // No auth: it is load only (what `/metrics` shows too).
+        (Method::GET, "/load") => {
+            let mut r = Response::new(full(Bytes::from(state.engine.stats.report_json())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
         (Method::POST, "/v1/completions") => {
             let id = request_id(&req);
             let caller = fleet::Caller::of(state.fleet_key.as_ref(), req.headers());
+            let slo = handlers::request_slo(&caller, req.headers(), &state.engine.stats);
             let body = read_body(&state, req).await?;
-            handlers::completions(state, body, id, caller).await
+            let r = handlers::completions(state.clone(), body, id, caller, slo).await;
+            Ok(with_load(&state, r.unwrap_or_else(ApiError::into_response)))
         }
         (Method::POST, "/v1/chat/completions") => {
             let id = request_id(&req);
             let caller = fleet::Caller::of(state.fleet_key.as_ref(), req.headers());
+            let slo = handlers::request_slo(&caller, req.headers(), &state.engine.stats);
             let body = read_body(&state, req).await?;
-            handlers::chat(state, body, id, caller).await
+            let r = handlers::chat(state.clone(), body, id, caller, slo).await;
+            Ok(with_load(&state, r.unwrap_or_else(ApiError::into_response)))
         }
         (Method::POST, "/tokenize") => {
             let body = read_body(&state, req).await?;
@@ -174,6 +198,7 @@ async fn route(
             _,
             "/health"
             | "/metrics"
+            | "/load"
             | "/v1/models"
             | "/v1/completions"
             | "/v1/chat/completions"
@@ -189,6 +214,8 @@ async fn route(
     }
 }
 
+#[cfg(test)]
+mod slo_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

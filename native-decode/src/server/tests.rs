@@ -140,6 +140,14 @@ async fn health_models_tokenize_metrics() {
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket",
         "vllm:e2e_request_latency_seconds_bucket",
+        "baton:num_prefill_tokens_waiting",
+        "baton:step_model_ms{model_name=\"tiny\",engine=\"0\",coef=\"fixed\"}",
+        "coef=\"per_seq\"",
+        "coef=\"per_prefill_token\"",
+        "coef=\"per_kctx\"",
+        "baton:step_duration_seconds_bucket",
+        "baton:slo_requests_total",
+        "baton:slo_headers_ignored_total",
     ] {
         assert!(text.contains(name), "missing {name}");
     }
