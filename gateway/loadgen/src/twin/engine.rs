@@ -6,9 +6,10 @@
 //!    admitted while sequence slots (`max_num_seqs`) and KV last:
 //!    - SLO scheduling off: in arrival order (FIFO), budget = `max_batched_tokens` − decode tokens (chunked
 //!      prefill, like `--max-num-batched-tokens`);
-//!    - SLO scheduling on: earliest deadline first by `policies::step::prefill_order_key` (lost causes last),
-//!      budget = `policies::step::prefill_budget` (what keeps the step within the tightest decoding sequence's TPOT
-//!      limit and a share of the tightest waiting TTFT budget), as the engine's scheduler plans it;
+//!    - SLO scheduling on (the engine's `plan_slo`): preempted sequences resuming first, then earliest deadline
+//!      first by `policies::step::prefill_order_key` (lost causes last); budget = `policies::step::prefill_budget`
+//!      with the tightest decoding sequence's `tpot_step_limit_ms` (its banked time included) and the tightest TTFT
+//!      budget among the candidates a step without that limit would reach;
 //! 3. the step lasts `StepModel::predict_ms` of its shape (sequences, prefill tokens, decode context), plus the KV
 //!    import copies of the sequences it admitted with pulled KV (the engine's scheduler thread does the copy);
 //! 4. a prompt whose last chunk ran samples its first token at the end of the step; a sequence that has produced
@@ -276,6 +277,8 @@ impl Engine {
             Running(usize),
             Waiting(usize),
         }
+        /// Order key (not resuming, lost cause, due), candidate, TTFT budget, tokens left.
+        type Keyed = ((bool, bool, f64), Cand, Option<f64>, u64);
         let mut cands: Vec<Cand> = (0..self.running.len())
             .filter(|&i| self.running[i].prefilling())
             .map(Cand::Running)
@@ -289,7 +292,8 @@ impl Engine {
         };
         let mut budget = if self.cfg.slo_scheduling {
             let model = self.model;
-            let keyed: Vec<((bool, f64), Cand)> = cands
+            // (not resuming, lost cause, due): preempted sequences resuming first, then earliest deadline first.
+            let mut keyed: Vec<Keyed> = cands
                 .iter()
                 .map(|&c| {
                     let s = seq(c, self);
@@ -298,18 +302,22 @@ impl Engine {
                         deadline_ms: s.deadline_ms,
                         remaining_tokens: s.remaining(),
                     };
-                    (prefill_order_key(&model, &p, now_ms), c)
+                    let (late, due) = prefill_order_key(&model, &p, now_ms);
+                    (
+                        (s.generated == 0, late, due),
+                        c,
+                        s.ttft_budget_ms,
+                        s.remaining(),
+                    )
                 })
                 .collect();
-            let ttft_budget = keyed
-                .iter()
-                .filter(|(k, _)| !k.0)
-                .filter_map(|(_, c)| seq(*c, self).ttft_budget_ms)
-                .reduce(f64::min);
-            let mut keyed = keyed;
-            // Stable: equal keys keep arrival order.
-            keyed.sort_by(|a, b| a.0 .0.cmp(&b.0 .0).then(a.0 .1.total_cmp(&b.0 .1)));
-            cands = keyed.into_iter().map(|(_, c)| c).collect();
+            // Stable: equal keys keep running-then-waiting, arrival order.
+            keyed.sort_by(|a, b| {
+                (a.0 .0, a.0 .1)
+                    .cmp(&(b.0 .0, b.0 .1))
+                    .then(a.0 .2.total_cmp(&b.0 .2))
+            });
+            cands = keyed.iter().map(|k| k.1).collect();
             let limits = StepLimits {
                 max_tokens: self.cfg.max_batched_tokens,
                 ..self.cfg.limits
@@ -317,12 +325,32 @@ impl Engine {
             let load = StepLoad {
                 decode,
                 tpot_limit_ms: tpot_limit,
-                ttft_budget_ms: ttft_budget,
+                ttft_budget_ms: None,
             };
             if cands.is_empty() {
                 0
             } else {
-                prefill_budget(&model, &limits, &load)
+                // The tightest TTFT budget among the candidates a step without it would reach, in order.
+                let without_ttft = prefill_budget(&model, &limits, &load);
+                let mut before = 0u64;
+                let mut ttft: Option<f64> = None;
+                for (_, _, t, remaining) in &keyed {
+                    if before >= without_ttft {
+                        break;
+                    }
+                    if let Some(t) = t {
+                        ttft = Some(ttft.map_or(*t, |x: f64| x.min(*t)));
+                    }
+                    before = before.saturating_add(*remaining);
+                }
+                prefill_budget(
+                    &model,
+                    &limits,
+                    &StepLoad {
+                        ttft_budget_ms: ttft,
+                        ..load
+                    },
+                )
             }
         } else {
             self.cfg.max_batched_tokens.saturating_sub(decode.seqs)
@@ -350,18 +378,12 @@ impl Engine {
                 }
                 Cand::Waiting(i) => {
                     if self.running.len() + admitted.len() >= self.cfg.max_num_seqs {
-                        if self.cfg.slo_scheduling {
-                            continue;
-                        }
                         break;
                     }
                     let s = &mut self.waiting[i];
                     let n = s.remaining().min(budget);
                     let need = s.kv_on_admit() + n;
                     if self.kv_used.saturating_add(need) > cap {
-                        if self.cfg.slo_scheduling {
-                            continue;
-                        }
                         break;
                     }
                     s.kv += need;
