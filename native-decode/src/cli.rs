@@ -543,3 +543,75 @@ pub(crate) fn load_backend(
     };
     Ok((cfg, mcfg, device, make))
 }
+
+#[cfg(test)]
+mod step_model_tests {
+    use super::*;
+
+    #[test]
+    fn step_model_reads_a_model_or_a_profiles_fit_and_refuses_bad_ones() {
+        // A profile as `baton-engine profile` writes it (the one measured on the 2-core CPU).
+        let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/bench/profiles/cpu-smollm2-2cores.json");
+        let m = load_step_model(&profile).unwrap();
+        assert!(m.is_valid() && m.fixed_ms > 1.0, "{m:?}");
+        let dir = std::env::temp_dir().join(format!("baton-step-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let bare = write(
+            "bare.json",
+            r#"{"fixed_ms": 2, "per_seq_ms": 0.1, "per_prefill_token_ms": 0.01, "per_kctx_ms": 0.2}"#,
+        );
+        assert_eq!(
+            load_step_model(&bare).unwrap(),
+            StepModel {
+                fixed_ms: 2.0,
+                per_seq_ms: 0.1,
+                per_prefill_token_ms: 0.01,
+                per_kctx_ms: 0.2,
+            }
+        );
+        let negative = write(
+            "negative.json",
+            r#"{"fit": {"fixed_ms": -2, "per_seq_ms": 0.1, "per_prefill_token_ms": 0.01, "per_kctx_ms": 0.2}}"#,
+        );
+        assert!(load_step_model(&negative).is_err());
+        assert!(load_step_model(&write("other.json", r#"{"points": []}"#)).is_err());
+        assert!(load_step_model(&dir.join("missing.json")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn step_flags_default_to_the_policy_limits_and_reject_nonsense() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["baton-engine", "--model", "m.gguf"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap()
+        };
+        let (on, limits, prior) = step_settings(&args(&[])).unwrap();
+        assert!(on);
+        assert_eq!(
+            limits,
+            StepLimits {
+                max_tokens: 512,
+                ..StepLimits::default()
+            }
+        );
+        assert_eq!(prior, StepModel::default());
+        let (on, limits, _) = step_settings(&args(&[
+            "--slo-scheduling",
+            "off",
+            "--step-min-prefill-tokens",
+            "0",
+        ]))
+        .unwrap();
+        assert!(!on);
+        assert_eq!(limits.min_prefill_tokens, 1, "a prompt always moves");
+        assert!(step_settings(&args(&["--step-ttft-share", "0"])).is_err());
+        assert!(step_settings(&args(&["--step-tpot-headroom", "NaN"])).is_err());
+    }
+}
