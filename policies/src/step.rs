@@ -449,8 +449,10 @@ pub fn prefill_order_key(model: &StepModel, p: &WaitingPrompt, now_ms: f64) -> (
 }
 
 /// What an engine reports of its own state (the `x-baton-load` header and `GET /load`): the gateway predicts from
-/// this, not from how long its own calls took.
+/// this, not from how long its own calls took. Missing fields read as zero/none, so an engine of another
+/// version (with fewer or more fields) still reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EngineReport {
     /// Sequences with KV in the engine (decoding or mid-prefill).
     pub running: u64,
@@ -718,5 +720,7 @@ mod tests {
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<EngineReport>(&s).unwrap(), r);
+        let partial: EngineReport = serde_json::from_str(r#"{"running":2,"future":1}"#).unwrap();
+        assert_eq!((partial.running, partial.step), (2, None));
     }
 }
