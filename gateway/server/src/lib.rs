@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod models;
+pub mod passthrough;
 pub mod plugin_runner;
 pub mod pool;
 pub mod relay;

@@ -135,6 +135,9 @@ pub struct Lifecycle {
     target: SloTarget,
     answerer: Option<Answerer>,
     ended: bool,
+    /// Counted in `baton_requests_total` only: not an SLO outcome, no latency histograms (pass-through endpoints
+    /// such as `/tokenize`, which generate nothing).
+    outside_attainment: bool,
 }
 
 impl Lifecycle {
@@ -157,7 +160,14 @@ impl Lifecycle {
             target,
             answerer: None,
             ended: false,
+            outside_attainment: false,
         }
+    }
+
+    /// A request that generates nothing (`/tokenize`): its end is counted in `baton_requests_total` alone.
+    pub fn outside_attainment(mut self) -> Self {
+        self.outside_attainment = true;
+        self
     }
 
     pub fn start(&self) -> Instant {
@@ -199,6 +209,9 @@ impl Lifecycle {
                 outcome: ending.label(),
             })
             .inc();
+        if self.outside_attainment {
+            return;
+        }
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let slo_end = match ending.class() {
             Class::Success => SloEnd::Served {

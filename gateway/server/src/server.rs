@@ -272,12 +272,16 @@ async fn route(
         }
         (Method::GET, "/v1/models") => models(&state).await,
         (Method::GET, "/v1/slo") => slo_report(&state),
+        (Method::POST, p) if crate::passthrough::is_passthrough(p) => {
+            crate::passthrough::serve(state, req).await
+        }
         (Method::POST, p) => match Endpoint::from_path(p) {
             Some(ep) => generate(state, ep, req).await,
             None => error_response(&GatewayError::new(Leg::Client, ErrorKind::NotFound)),
         },
         (_, p)
             if Endpoint::from_path(p).is_some()
+                || crate::passthrough::is_passthrough(p)
                 || matches!(
                     p,
                     "/health" | "/readiness" | "/metrics" | "/v1/models" | "/v1/slo"

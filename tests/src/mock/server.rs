@@ -171,8 +171,74 @@ async fn handle(
                 "owned_by": "baton-mock", "root": shared.cfg.model, "parent": null,
             }]}),
         ),
+        (&Method::POST, "/tokenize" | "/detokenize") => {
+            shared.stats.update(|s| s.tokenize_calls += 1);
+            let bytes = req.into_body().collect().await?.to_bytes();
+            tokenization(shared.cfg.model.as_str(), &path, &bytes)
+        }
         _ => error_response(404, &format!("no route for {} {path}", req.method())),
     })
+}
+
+/// The mock's context length, as `/tokenize` reports it.
+pub(crate) const MAX_MODEL_LEN: usize = 4096;
+
+/// vLLM's `/tokenize` and `/detokenize` with a byte-level tokenizer: token `i` is byte `i` (chat messages are
+/// rendered `role: content\n`; `add_special_tokens` puts a BOS id 256 first, as vLLM's defaults do for a prompt).
+fn tokenization(model: &str, path: &str, body: &[u8]) -> Response<MockBody> {
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
+        return error_response(400, "request body is not a JSON object");
+    };
+    if let Some(m) = req.get("model").and_then(Value::as_str) {
+        if m != model {
+            return error_response(404, &format!("The model `{m}` does not exist."));
+        }
+    }
+    if path == "/detokenize" {
+        let Some(ids) = req.get("tokens").and_then(Value::as_array) else {
+            return error_response(400, "tokens is required");
+        };
+        let mut bytes = Vec::with_capacity(ids.len());
+        for id in ids {
+            match id.as_u64() {
+                Some(b) if b < 256 => bytes.push(b as u8),
+                Some(256) => {}
+                _ => return error_response(400, "token id out of vocabulary"),
+            }
+        }
+        return json_response(200, &json!({"prompt": String::from_utf8_lossy(&bytes)}));
+    }
+    let flag = |k: &str| req.get(k).and_then(Value::as_bool);
+    let (text, special_default) = match (req.get("prompt"), req.get("messages")) {
+        (Some(Value::String(p)), _) => (p.clone(), true),
+        (None, Some(Value::Array(msgs))) => {
+            let mut t = String::new();
+            for m in msgs {
+                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+                let content = m.get("content").and_then(Value::as_str).unwrap_or("");
+                t.push_str(&format!("{role}: {content}\n"));
+            }
+            (t, false)
+        }
+        _ => return error_response(400, "prompt or messages is required"),
+    };
+    let mut tokens: Vec<u32> = Vec::new();
+    if flag("add_special_tokens").unwrap_or(special_default) {
+        tokens.push(256);
+    }
+    tokens.extend(text.bytes().map(u32::from));
+    let mut out = json!({"count": tokens.len(), "max_model_len": MAX_MODEL_LEN, "tokens": tokens});
+    if flag("return_token_strs") == Some(true) {
+        let strs: Vec<String> = tokens
+            .iter()
+            .map(|&t| match t {
+                256 => "<s>".to_owned(),
+                b => String::from_utf8_lossy(&[b as u8]).into_owned(),
+            })
+            .collect();
+        out["token_strs"] = json!(strs);
+    }
+    json_response(200, &out)
 }
 
 async fn generation(

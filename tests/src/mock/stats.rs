@@ -24,6 +24,8 @@ pub struct MockStats {
     pub rejected_params: u64,
     /// Generation requests that ended in an error answer, an injected fault or an aborted stream.
     pub failed: u64,
+    /// `POST /tokenize` and `/detokenize` calls (not generation requests: counted here only).
+    pub tokenize_calls: u64,
 }
 
 /// One generation request as the mock received it.
