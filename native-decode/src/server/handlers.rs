@@ -130,27 +130,37 @@ pub async fn completions(
     caller: Caller,
     slo: SeqSlo,
 ) -> Result<Response<Body>, ApiError> {
-    let (req, prompt) = prepare(&state, move |state| {
+    let (req, prompt, echo) = prepare(&state, move |state| {
         let mut req: CompletionRequest = parse(&body)?;
         check_model(state, req.common.model.as_deref())?;
-        if req.echo.unwrap_or(false) {
-            return Err(ApiError::bad_request("echo is not supported").param("echo"));
+        let echo = req.echo.unwrap_or(false);
+        // Prompt log-probabilities need the logits of every prompt position; the engine's forward pass keeps only
+        // the last one's. Refused rather than answered without them.
+        if echo && req.logprobs.is_some() {
+            return Err(ApiError::bad_request(
+                "echo with logprobs (prompt log-probabilities) is not supported by this engine; use echo without \
+                 logprobs, or logprobs without echo",
+            )
+            .param("echo"));
         }
-        let prompt = match req.prompt.take() {
+        let (prompt, text) = match req.prompt.take() {
             None => return Err(ApiError::bad_request("prompt is required").param("prompt")),
-            Some(PromptInput::Text(s)) => encode_prompt(state, &s, true, "prompt")?,
-            Some(PromptInput::Texts(v)) if v.len() == 1 => {
-                encode_prompt(state, &v[0], true, "prompt")?
+            Some(PromptInput::Text(s)) => (encode_prompt(state, &s, true, "prompt")?, Some(s)),
+            Some(PromptInput::Texts(mut v)) if v.len() == 1 => {
+                let s = v.remove(0);
+                (encode_prompt(state, &s, true, "prompt")?, Some(s))
             }
-            Some(PromptInput::Ids(ids)) => ids,
-            Some(PromptInput::IdLists(mut v)) if v.len() == 1 => v.remove(0),
+            Some(PromptInput::Ids(ids)) => (ids, None),
+            Some(PromptInput::IdLists(mut v)) if v.len() == 1 => (v.remove(0), None),
             Some(_) => {
                 return Err(
                     ApiError::bad_request("batched prompts are not supported").param("prompt")
                 )
             }
         };
-        Ok((req, prompt))
+        // vLLM echoes the prompt's text: as sent, or its token ids decoded.
+        let echo = echo.then(|| text.unwrap_or_else(|| state.engine.tokenizer.decode(&prompt, false)));
+        Ok((req, prompt, echo))
     })
     .await?;
     let v = req.common.validate(req.logprobs)?;
@@ -171,6 +181,7 @@ pub async fn completions(
         request_id,
         caller,
         slo,
+        echo,
     };
     generate(state, call).await
 }
@@ -230,6 +241,7 @@ pub async fn chat(
         request_id,
         caller,
         slo,
+        echo: None,
     };
     generate(state, call).await
 }
@@ -291,6 +303,8 @@ struct Generation {
     request_id: String,
     caller: Caller,
     slo: SeqSlo,
+    /// `/v1/completions` with `echo`: the prompt's text, put before the output.
+    echo: Option<String>,
 }
 
 async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<Body>, ApiError> {
@@ -303,6 +317,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
         request_id,
         caller,
         slo,
+        echo,
     } = call;
     // Only the fleet steers KV transfer; a client's params are dropped and the request is served plainly.
     let kv_params = kv_params.filter(|_| caller.fleet);
@@ -341,7 +356,7 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
     }
     let tok = state.engine.tokenizer.clone();
     if !v.stream {
-        let mut text = String::new();
+        let mut text = echo.unwrap_or_default();
         let mut lps = Logprobs::default();
         let mut ev = Some(first);
         loop {
@@ -385,6 +400,11 @@ async fn generate(state: Arc<ServerState>, call: Generation) -> Result<Response<
             return;
         }
         let mut lps = Logprobs::default();
+        if let Some(e) = echo.filter(|e| !e.is_empty()) {
+            if !send(r.chunk(&e, &mut lps, None)).await {
+                return;
+            }
+        }
         let mut ev = Some(first);
         loop {
             let e = match ev.take() {
@@ -446,18 +466,30 @@ async fn finish_stream<F, Fut>(
     }
 }
 
+/// Most token ids one `/detokenize` call may send (a bound of its own besides the body limit: the decoded text
+/// grows with it).
+pub const MAX_DETOKENIZE_TOKENS: usize = 1 << 20;
+
+/// vLLM's `/tokenize`: a `prompt` (special tokens added unless `add_special_tokens: false`) or chat `messages`
+/// (rendered with the chat template; special tokens only with `add_special_tokens: true`), answered
+/// `{count, max_model_len, tokens}` plus `token_strs` (each token's text) with `return_token_strs: true`. The
+/// prompt is bounded by the body limit alone (no context check: counting a too-long prompt is a use of it), and
+/// tokenized on the blocking pool in linear time.
 pub async fn tokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<Body>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
+        model: Option<String>,
         prompt: Option<String>,
         messages: Option<Vec<super::api::Message>>,
         add_special_tokens: Option<bool>,
         add_generation_prompt: Option<bool>,
+        return_token_strs: Option<bool>,
     }
-    let tokens = prepare(&state, move |state| {
+    let (tokens, strs) = prepare(&state, move |state| {
         let req: Req = parse(&body)?;
+        check_model(state, req.model.as_deref())?;
         let tok = &state.engine.tokenizer;
-        Ok(match (req.prompt, req.messages) {
+        let tokens = match (req.prompt, req.messages) {
             (Some(p), _) => tok.encode(&p, req.add_special_tokens.unwrap_or(true))?,
             (None, Some(msgs)) => {
                 let t = state
@@ -470,28 +502,59 @@ pub async fn tokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<B
                     .collect::<Result<Vec<_>, _>>()?;
                 tok.encode(
                     &t.render(&msgs, req.add_generation_prompt.unwrap_or(true))?,
-                    false,
+                    req.add_special_tokens.unwrap_or(false),
                 )?
             }
-            (None, None) => return Err(ApiError::bad_request("prompt or messages is required")),
-        })
+            (None, None) => {
+                return Err(ApiError::bad_request("prompt or messages is required").param("prompt"))
+            }
+        };
+        let strs = (req.return_token_strs == Some(true)).then(|| {
+            tokens
+                .iter()
+                .map(|&t| tok.decode(&[t], false))
+                .collect::<Vec<_>>()
+        });
+        Ok((tokens, strs))
     })
     .await?;
-    Ok(json_response(&json!({
+    let mut out = json!({
         "count": tokens.len(),
         "max_model_len": state.engine.context_length,
         "tokens": tokens,
-    })))
+    });
+    if let Some(strs) = strs {
+        out["token_strs"] = json!(strs);
+    }
+    Ok(json_response(&out))
 }
 
+/// vLLM's `/detokenize`: `{tokens}` → `{prompt}`; ids outside the vocabulary, or more than
+/// [`MAX_DETOKENIZE_TOKENS`], are a 400 naming `tokens`.
 pub async fn detokenize(state: Arc<ServerState>, body: Bytes) -> Result<Response<Body>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
+        model: Option<String>,
         tokens: Vec<u32>,
     }
     let text = prepare(&state, move |state| {
         let req: Req = parse(&body)?;
-        Ok(state.engine.tokenizer.decode(&req.tokens, false))
+        check_model(state, req.model.as_deref())?;
+        let tok = &state.engine.tokenizer;
+        if req.tokens.len() > MAX_DETOKENIZE_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_DETOKENIZE_TOKENS} tokens may be detokenized at once"
+            ))
+            .param("tokens"));
+        }
+        if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+            return Err(ApiError::bad_request(format!(
+                "token id {bad} is out of vocabulary (size {})",
+                tok.vocab_size()
+            ))
+            .param("tokens"));
+        }
+        Ok(tok.decode(&req.tokens, false))
     })
     .await?;
     Ok(json_response(&json!({ "prompt": text })))

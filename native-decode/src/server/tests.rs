@@ -613,3 +613,134 @@ async fn an_idle_http2_connection_is_closed() {
     }
     assert!(types.contains(&0x7), "frame types {types:?}");
 }
+
+/// vLLM's `/tokenize` and `/detokenize` shapes (what `vllm bench serve` and other tools read), their options and
+/// their errors.
+#[tokio::test]
+async fn tokenize_and_detokenize_speak_vllms_shapes() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let (st, t) = post(
+        s.addr,
+        "/tokenize",
+        json!({"model": "tiny", "prompt": "hello world", "return_token_strs": true}),
+    )
+    .await;
+    assert_eq!(st, 200, "{t}");
+    let tokens = t["tokens"].as_array().unwrap().clone();
+    assert_eq!(t["count"], json!(tokens.len()));
+    assert_eq!(t["max_model_len"], json!(s.engine.context_length));
+    let strs: Vec<&str> = t["token_strs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(strs.len(), tokens.len());
+    assert_eq!(strs.concat(), "hello world");
+    // Round trip through /detokenize.
+    let (st, d) = post(
+        s.addr,
+        "/detokenize",
+        json!({"model": "tiny", "tokens": tokens}),
+    )
+    .await;
+    assert_eq!((st, d), (200, json!({"prompt": "hello world"})));
+    // Without return_token_strs there is no token_strs; chat messages render with the template.
+    let (_, plain) = post(s.addr, "/tokenize", json!({"prompt": "hello world"})).await;
+    assert!(plain.get("token_strs").is_none(), "{plain}");
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let (st, chat) = post(s.addr, "/tokenize", json!({"messages": msgs})).await;
+    assert_eq!(st, 200, "{chat}");
+    let (_, rendered) = post(
+        s.addr,
+        "/detokenize",
+        json!({"tokens": chat["tokens"].clone()}),
+    )
+    .await;
+    let rendered = rendered["prompt"].as_str().unwrap();
+    assert!(
+        rendered.contains("<|im_start|>user\nhi<|im_end|>"),
+        "{rendered}"
+    );
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+    // Errors: another model, an id outside the vocabulary, nothing to tokenize.
+    let (st, e) = post(
+        s.addr,
+        "/tokenize",
+        json!({"model": "other", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(st, 404, "{e}");
+    let (st, e) = post(s.addr, "/detokenize", json!({"tokens": [1, 999_999]})).await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], json!("tokens"));
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("999999"),
+        "{e}"
+    );
+    let (st, e) = post(s.addr, "/tokenize", json!({"add_special_tokens": true})).await;
+    assert_eq!((st, &e["error"]["param"]), (400, &json!("prompt")), "{e}");
+}
+
+/// `echo` puts the prompt's text before the output (whole and streamed); with `logprobs` it would need
+/// prompt log-probabilities, which the engine does not compute: a 400 naming `echo`, never a silent omission.
+#[tokio::test]
+async fn completion_echo_and_its_limit() {
+    let s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let body =
+        json!({"prompt": "hello world", "max_tokens": 4, "temperature": 0, "ignore_eos": true});
+    let (_, plain) = post(s.addr, "/v1/completions", body.clone()).await;
+    let out = plain["choices"][0]["text"].as_str().unwrap().to_owned();
+    let mut echo = body.clone();
+    echo["echo"] = json!(true);
+    let (st, echoed) = post(s.addr, "/v1/completions", echo.clone()).await;
+    assert_eq!(st, 200, "{echoed}");
+    assert_eq!(
+        echoed["choices"][0]["text"],
+        json!(format!("hello world{out}"))
+    );
+    for n in ["prompt_tokens", "completion_tokens"] {
+        assert_eq!(
+            echoed["usage"][n], plain["usage"][n],
+            "echo changes no token count"
+        );
+    }
+    let mut stream = echo.clone();
+    stream["stream"] = json!(true);
+    let (st, text) = call(s.addr, Method::POST, "/v1/completions", Some(stream)).await;
+    assert_eq!(st, 200);
+    let events = sse_events(&text);
+    assert_eq!(events[0]["choices"][0]["text"], json!("hello world"));
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, format!("hello world{out}"));
+    // Token-id prompts echo their decoded text.
+    let (_, t) = post(
+        s.addr,
+        "/tokenize",
+        json!({"prompt": "hello world", "add_special_tokens": false}),
+    )
+    .await;
+    let mut ids = echo.clone();
+    ids["prompt"] = t["tokens"].clone();
+    let (st, by_ids) = post(s.addr, "/v1/completions", ids).await;
+    assert_eq!(st, 200, "{by_ids}");
+    assert!(by_ids["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("hello world"));
+    let mut lp = echo;
+    lp["logprobs"] = json!(1);
+    let (st, e) = post(s.addr, "/v1/completions", lp).await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], json!("echo"));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt log-probabilities"),
+        "{e}"
+    );
+}
