@@ -98,7 +98,7 @@ pub fn build(
         PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::new()),
         PolicyKind::LeastLoad => Box::new(LeastLoad::new()),
         PolicyKind::CacheAware => Box::new(CacheAware::new(config.cache_aware.clone())),
-        PolicyKind::Pipeline => Box::new(config.pipeline.build()?),
+        PolicyKind::Pipeline => config.pipeline.build_policy()?,
     })
 }
 

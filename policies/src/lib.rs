@@ -62,4 +62,11 @@ pub trait RoutingPolicy: Send + Sync + std::fmt::Debug {
     ) -> pipeline::Admit {
         pipeline::Admit::Yes
     }
+
+    /// Reloads runtime plugin files that changed since the last call (a
+    /// pipeline with scripts: [`pipeline::Reloading`]); may read files, so
+    /// callers run it off their async workers. Others have nothing to reload.
+    fn reload_if_changed(&self) -> pipeline::Reload {
+        pipeline::Reload::Unchanged
+    }
 }

@@ -141,3 +141,96 @@ async fn the_shipped_example_plugins_load() {
     let err = baton_gateway::start(bad).await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent.rhai"), "{err}");
 }
+
+/// A rewritten script takes over without a restart and without failing a request: traffic runs across the swap
+/// (every request answered 200), the reload is awaited on the gateway's reload events, and a broken rewrite leaves
+/// the running pipeline in place.
+#[tokio::test]
+async fn a_changed_script_is_reloaded_without_dropping_requests() {
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let b = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let dir = tmpdir("reload");
+    let prefer = |port: u16| {
+        format!("fn score(w, r) {{ if w.url.ends_with(\":{port}\") {{ 1 }} else {{ 0 }} }}")
+    };
+    let path = script(&dir, "prefer.rhai", &prefer(a.addr().port()));
+    let mut cfg = aggregated(&[a.url(), b.url()]);
+    cfg.policy = PolicyKind::Pipeline;
+    cfg.policy_config.pipeline = PipelineConfig {
+        scorers: vec![ScorerConfig::Script {
+            path: path.clone(),
+            weight: 1.0,
+            budget: None,
+        }],
+        time_limit_ms: 60_000,
+        reload_interval_ms: 20,
+        ..PipelineConfig::default()
+    };
+    let gw = start(cfg).await;
+    let mut events = gw.plugin_reloads.clone();
+    for _ in 0..3 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!((a.stats().requests, b.stats().requests), (3, 0));
+    // Traffic keeps flowing while the script is replaced.
+    let url = gw.url();
+    let traffic = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..40 {
+            statuses.push(post(&url, "/v1/completions", COMPLETION).await.status);
+        }
+        statuses
+    });
+    // A longer file than before (its length changes whatever the clock's resolution).
+    let new = format!("// prefer b\n{}", prefer(b.addr().port()));
+    std::fs::write(&path, new).unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        events.wait_for(|e| e.reloaded >= 1),
+    )
+    .await
+    .expect("reloaded within 10 s")
+    .unwrap();
+    let statuses = traffic.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let before = b.stats().requests;
+    for _ in 0..3 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(b.stats().requests, before + 3, "the new script routes");
+    // A broken rewrite: reported, and the running pipeline keeps routing.
+    std::fs::write(
+        &path,
+        "fn score(w, r) { // unfinished, longer than before ....................",
+    )
+    .unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        events.wait_for(|e| e.failed >= 1),
+    )
+    .await
+    .expect("the failed reload is reported within 10 s")
+    .unwrap();
+    let (a_before, b_before) = (a.stats().requests, b.stats().requests);
+    for _ in 0..3 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", COMPLETION).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        (a.stats().requests, b.stats().requests),
+        (a_before, b_before + 3)
+    );
+    assert_eq!(events.borrow().reloaded, 1);
+    gw.shutdown().await;
+}

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod models;
 pub mod passthrough;
+pub mod plugin_reload;
 pub mod plugin_runner;
 pub mod pool;
 pub mod relay;

@@ -51,6 +51,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
+    /// Routing plugin reloads (see [`crate::plugin_reload`]).
+    pub plugin_reloads: tokio::sync::watch::Receiver<crate::plugin_reload::ReloadEvents>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -111,6 +113,15 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         stop.clone(),
     ));
     tasks.spawn(sweep_idle_connections(Arc::clone(&state), stop.clone()));
+    let (reload_events, plugin_reloads) = tokio::sync::watch::channel(Default::default());
+    if let Some(every) = crate::plugin_reload::interval(&state.config) {
+        tasks.spawn(crate::plugin_reload::run(
+            Arc::clone(&state),
+            every,
+            reload_events,
+            stop.clone(),
+        ));
+    }
     tasks.spawn(accept_loop(
         listener,
         Arc::clone(&state),
@@ -137,6 +148,7 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         addr: local,
         metrics_addr: metrics_local,
         state,
+        plugin_reloads,
         stop,
         tasks,
     })

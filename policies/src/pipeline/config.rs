@@ -16,6 +16,7 @@ use super::{Pipeline, PluginError};
 /// picker = "max_score"
 /// admission = [{ kind = "queue_cap", max_in_flight = 256, retry_after_ms = 500 }]
 /// time_limit_ms = 100
+/// reload_interval_ms = 1000
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,10 +29,15 @@ pub struct PipelineConfig {
     /// gateway runs those off its async workers and, past this, routes by
     /// least load / admits, as for a failing stage).
     pub time_limit_ms: u64,
+    /// How often the gateway looks for changed script files and reloads the
+    /// pipeline (see [`super::reload`]); 0 turns reloading off.
+    pub reload_interval_ms: u64,
 }
 
 /// Default [`PipelineConfig::time_limit_ms`].
 pub const DEFAULT_TIME_LIMIT_MS: u64 = 100;
+/// Default [`PipelineConfig::reload_interval_ms`].
+pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 1000;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -41,6 +47,7 @@ impl Default for PipelineConfig {
             picker: PickerConfig::default(),
             admission: Vec::new(),
             time_limit_ms: DEFAULT_TIME_LIMIT_MS,
+            reload_interval_ms: DEFAULT_RELOAD_INTERVAL_MS,
         }
     }
 }
@@ -107,6 +114,33 @@ fn half_second() -> u64 {
 }
 
 impl PipelineConfig {
+    /// The script files the pipeline loads, in stage order.
+    pub fn script_paths(&self) -> Vec<String> {
+        let filters = self.filters.iter().filter_map(|f| match f {
+            FilterConfig::Script { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        let scorers = self.scorers.iter().filter_map(|s| match s {
+            ScorerConfig::Script { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        let admission = self.admission.iter().filter_map(|a| match a {
+            AdmissionConfig::Script { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        filters.chain(scorers).chain(admission).collect()
+    }
+
+    /// The routing policy for this config: the pipeline, reloaded when its
+    /// scripts change if it has scripts and `reload_interval_ms` is not 0.
+    pub fn build_policy(&self) -> Result<Box<dyn crate::RoutingPolicy>, PluginError> {
+        if self.reload_interval_ms > 0 && !self.script_paths().is_empty() {
+            Ok(Box::new(super::Reloading::new(self.clone())?))
+        } else {
+            Ok(Box::new(self.build()?))
+        }
+    }
+
     /// Builds the pipeline, loading and compiling scripts (errors name the file).
     pub fn build(&self) -> Result<Pipeline, PluginError> {
         if self.time_limit_ms == 0 {

@@ -10,6 +10,7 @@
 
 mod builtin;
 mod config;
+pub mod reload;
 pub mod script;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +21,9 @@ pub use builtin::{
 };
 pub use config::{
     AdmissionConfig, FilterConfig, PickerConfig, PipelineConfig, ScorerConfig,
-    DEFAULT_TIME_LIMIT_MS,
+    DEFAULT_RELOAD_INTERVAL_MS, DEFAULT_TIME_LIMIT_MS,
 };
+pub use reload::{Reload, Reloading};
 
 use crate::{LeastLoad, RequestFeatures, RoutingPolicy, WorkerView};
 
