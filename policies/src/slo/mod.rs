@@ -114,6 +114,10 @@ pub struct SloPolicyConfig {
     pub harm_weight: f64,
     /// An engine whose KV cache is fuller than this takes no new sequence (it would preempt).
     pub max_kv_usage: f64,
+    /// Weight of the request's own predicted wait for its first token (queue ahead + its prefill, ms) in the
+    /// cost: spreads prompts away from engines whose prefill is backed up (their queue is slow to drain even when
+    /// every prompt in it still meets its deadline), as a least-loaded rule would.
+    pub wait_weight: f64,
 }
 
 impl Default for SloPolicyConfig {
@@ -127,6 +131,7 @@ impl Default for SloPolicyConfig {
             min_retry_after_ms: 100.0,
             harm_weight: 1.0,
             max_kv_usage: 0.97,
+            wait_weight: 1.0,
         }
     }
 }

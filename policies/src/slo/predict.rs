@@ -364,7 +364,8 @@ pub fn decide(
                     cost_ms: ps.gpu_ms
                         + dside.gpu_ms
                         + cfg.handoff_ms
-                        + cfg.harm_weight * (ps.harm_ms + dside.harm_ms),
+                        + cfg.harm_weight * (ps.harm_ms + dside.harm_ms)
+                        + cfg.wait_weight * (ttft - elapsed),
                     harmless: ps.harmless && dside.harmless,
                 },
             );
@@ -381,7 +382,10 @@ pub fn decide(
                     ttft_ms: ttft,
                     tpot_ms: ds.tpot_ms,
                     slack: slack(&req.budget, ttft, ds.tpot_ms),
-                    cost_ms: ps.gpu_ms + ds.gpu_ms + cfg.harm_weight * (ps.harm_ms + ds.harm_ms),
+                    cost_ms: ps.gpu_ms
+                        + ds.gpu_ms
+                        + cfg.harm_weight * (ps.harm_ms + ds.harm_ms)
+                        + cfg.wait_weight * ps.ms,
                     harmless: ps.harmless && ds.harmless,
                 },
             );

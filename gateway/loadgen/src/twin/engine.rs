@@ -3,7 +3,8 @@
 //! Each step (`plan` then, when the step's time has passed, `apply`):
 //! 1. every running sequence that has its whole prompt computed decodes one token (decode first);
 //! 2. what is left of the step's token budget goes to prompts — running ones still mid-prefill and waiting ones,
-//!    admitted while sequence slots (`max_num_seqs`) and KV last:
+//!    admitted while KV lasts; a waiting prompt without a sequence slot (`max_num_seqs`) is skipped, running ones
+//!    after it in the order still get chunks (as the engine's `plan_prefills` does):
 //!    - SLO scheduling off: in arrival order (FIFO), budget = `max_batched_tokens` − decode tokens (chunked
 //!      prefill, like `--max-num-batched-tokens`);
 //!    - SLO scheduling on (the engine's `plan_slo`): preempted sequences resuming first, then earliest deadline
@@ -377,8 +378,10 @@ impl Engine {
                     shape.prefill_tokens += n;
                 }
                 Cand::Waiting(i) => {
+                    // No sequence slot: the engine skips waiting candidates but still gives chunks to running
+                    // ones later in the order.
                     if self.running.len() + admitted.len() >= self.cfg.max_num_seqs {
-                        break;
+                        continue;
                     }
                     let s = &mut self.waiting[i];
                     let n = s.remaining().min(budget);
@@ -589,6 +592,33 @@ mod tests {
             "{:?}",
             e.last_step
         );
+    }
+
+    #[test]
+    fn a_waiting_prompt_without_a_slot_does_not_stop_running_prompts_after_it() {
+        // Two slots: one decoding sequence (with a TPOT budget, so steps are TPOT-sized) and one mid-prefill with a
+        // late deadline; a prompt due sooner waits without a slot. EDF puts it first; the engine skips it and
+        // still gives the running prompt its chunk.
+        let mut c = cfg(8192, true);
+        c.max_num_seqs = 2;
+        let mut e = Engine::new(c, model());
+        e.receive(Seq::new(0, Leg::Full, 0.0, 10, 100).with_budget(0.0, None, Some(30.0)));
+        e.plan(0.0).unwrap();
+        e.apply(10.0);
+        e.receive(Seq::new(1, Leg::Full, 10.0, 5000, 2).with_budget(
+            10.0,
+            Some(60_000.0),
+            Some(30.0),
+        ));
+        e.plan(10.0).unwrap();
+        e.apply(40.0);
+        let left = e.report().waiting_prefill_tokens;
+        assert!(left > 0 && left < 5000, "{left}");
+        e.receive(Seq::new(2, Leg::Full, 40.0, 100, 2).with_budget(40.0, Some(500.0), Some(30.0)));
+        e.plan(40.0).unwrap();
+        assert_eq!(e.last_step.0.seqs, 2, "{:?}", e.last_step);
+        assert!(e.last_step.0.prefill_tokens > 0, "{:?}", e.last_step);
+        assert_eq!(e.report().waiting, 1);
     }
 
     #[test]

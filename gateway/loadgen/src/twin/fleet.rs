@@ -15,6 +15,7 @@ use baton_policies::{build, PolicyConfig, PolicyKind, RequestFeatures, RoutingPo
 use super::engine::{Emit, Engine, EngineConfig, Leg, Seq};
 use super::placement::{place, EngineState, Placed};
 use super::profile::{Handoff, Profile};
+use crate::client::Predicted;
 use crate::record::{Outcome, RequestRecord};
 
 /// A serving setup.
@@ -188,6 +189,8 @@ struct Flight {
     first_ms: Option<f64>,
     end_ms: Option<f64>,
     rejected: bool,
+    /// The SLO policy's prediction (TTFT from arrival, TPOT), as the gateway's `x-baton-predicted` carries it.
+    predicted: Option<Predicted>,
 }
 
 struct Sim<'a> {
@@ -292,6 +295,14 @@ pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOut
         }
     }
     sim.finish(horizon)
+}
+
+fn predicted(p: &baton_policies::slo::Prediction) -> Predicted {
+    let finite = |x: f64| x.is_finite().then_some(x);
+    Predicted {
+        ttft_ms: finite(p.ttft_ms),
+        tpot_ms: finite(p.tpot_ms),
+    }
 }
 
 impl Sim<'_> {
@@ -402,14 +413,20 @@ impl Sim<'_> {
                     &limits,
                     now,
                 ) {
-                    Placed::Local(e) => {
+                    Placed::Local(e, p) => {
                         self.local += 1;
+                        self.flights[i].predicted = Some(predicted(&p));
                         self.flights[i].decode = e;
                         let s = self.budgeted(i, Leg::Full, prompt, output, now);
                         self.send(e, s, now);
                     }
-                    Placed::Disaggregated { prefill, decode } => {
+                    Placed::Disaggregated {
+                        prefill,
+                        decode,
+                        prediction,
+                    } => {
                         self.split += 1;
+                        self.flights[i].predicted = Some(predicted(&prediction));
                         self.flights[i].prefill = Some(prefill);
                         self.flights[i].decode = decode;
                         self.pending[decode] += 1;
@@ -493,7 +510,7 @@ impl Sim<'_> {
                     itl_s: Vec::new(),
                     output_tokens: None,
                     prompt_tokens: Some(r.prompt_tokens),
-                    predicted: None,
+                    predicted: f.predicted,
                 };
                 if f.rejected {
                     rec.outcome = Outcome::Rejected { retry_after: None };

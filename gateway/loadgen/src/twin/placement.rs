@@ -8,14 +8,18 @@
 
 use baton_policies::slo::{
     decide, engine_snapshot, CallerCounts, Decision, EngineReport, EngineView, Placement,
-    SloPolicyConfig, SloRequest, StepLimits, StepModel, WaitingPrompt,
+    Prediction, SloPolicyConfig, SloRequest, StepLimits, StepModel, WaitingPrompt,
 };
 
 /// Where the policy put a request (indices into the fleet's engines).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Placed {
-    Local(usize),
-    Disaggregated { prefill: usize, decode: usize },
+    Local(usize, Prediction),
+    Disaggregated {
+        prefill: usize,
+        decode: usize,
+        prediction: Prediction,
+    },
     Rejected,
 }
 
@@ -69,11 +73,16 @@ pub fn place(
         .collect();
     let snaps: Vec<_> = views.iter().map(|v| engine_snapshot(v, now_ms)).collect();
     match decide(cfg, req, &snaps, &snaps, now_ms) {
-        Decision::Admit { placement, .. } => match placement {
-            Placement::Local { decode } => Placed::Local(decode),
-            Placement::Disaggregated { prefill, decode } => {
-                Placed::Disaggregated { prefill, decode }
-            }
+        Decision::Admit {
+            placement,
+            prediction,
+        } => match placement {
+            Placement::Local { decode } => Placed::Local(decode, prediction),
+            Placement::Disaggregated { prefill, decode } => Placed::Disaggregated {
+                prefill,
+                decode,
+                prediction,
+            },
         },
         Decision::Reject { .. } => Placed::Rejected,
     }

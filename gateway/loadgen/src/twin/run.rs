@@ -354,6 +354,79 @@ pub fn table(cells: &[Cell]) -> String {
         }
     }
     out.push_str(&summary_table(cells));
+    out.push_str(&prediction_table(cells));
+    out
+}
+
+/// Median |predicted − measured| / measured (in %) of TTFT and TPOT over the completed requests the SLO policy
+/// predicted, pooled over the cell's rate points at 70–100% of its 90%-attainment rate ("near capacity"); with
+/// the number of such requests. `None` when the cell has no such rate point or no prediction.
+pub fn prediction_error_near_capacity(c: &Cell) -> Option<(Option<f64>, Option<f64>, usize)> {
+    let cap = c.report.distserve.and_then(|d| d.interpolated_rate)?;
+    let mut ttft = Vec::new();
+    let mut tpot = Vec::new();
+    for run in c
+        .report
+        .runs
+        .iter()
+        .filter(|r| r.rate >= 0.7 * cap - 1e-9 && r.rate <= cap + 1e-9)
+    {
+        for r in run.records.iter().filter(|r| r.outcome.is_ok()) {
+            let Some(p) = r.predicted else { continue };
+            if let (Some(pt), Some(m)) = (p.ttft_ms, r.ttft_s) {
+                if m > 0.0 {
+                    ttft.push((pt - m * 1000.0).abs() / (m * 1000.0) * 100.0);
+                }
+            }
+            if let (Some(pt), Some(m)) = (p.tpot_ms, r.tpot_s()) {
+                if m > 0.0 {
+                    tpot.push((pt - m * 1000.0).abs() / (m * 1000.0) * 100.0);
+                }
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    };
+    let n = ttft.len().max(tpot.len());
+    if n == 0 {
+        return None;
+    }
+    Some((median(ttft), median(tpot), n))
+}
+
+/// One row per SLO cell: the policy's median prediction error near capacity.
+pub fn prediction_table(cells: &[Cell]) -> String {
+    let rows: Vec<&Cell> = cells.iter().filter(|c| c.setup == "slo").collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n### slo: median |predicted − measured| / measured near capacity (70–100% of the 90%-attainment rate)\n\n\
+         | workload | tier | TTFT error | TPOT error | requests |\n|---|---|---:|---:|---:|\n",
+    );
+    let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}%"));
+    for c in rows {
+        match prediction_error_near_capacity(c) {
+            Some((a, b, n)) => out.push_str(&format!(
+                "| {} | {} | {} | {} | {n} |\n",
+                c.workload,
+                c.tier,
+                pct(a),
+                pct(b)
+            )),
+            None => out.push_str(&format!("| {} | {} | - | - | 0 |\n", c.workload, c.tier)),
+        }
+    }
     out
 }
 

@@ -333,3 +333,22 @@ fn long_prompts_are_not_colocated_on_engines_that_stall_their_batch() {
     ));
     assert_eq!(placement, Placement::Local { decode: 0 });
 }
+
+#[test]
+fn prompts_go_where_their_own_wait_is_shortest_when_both_engines_would_do() {
+    // Both engines decode alike and both placements meet every budget; the first has a backlog of prompts due
+    // before this one (each still on time), so this prompt would wait behind it there.
+    let cfg = strict();
+    let mut backed_up = decoding("a", 20, 50.0);
+    for _ in 0..4 {
+        backed_up.queue.push(backlog(2000, Some(5_000.0)));
+    }
+    let idle = decoding("b", 20, 50.0);
+    let ds = [backed_up, idle];
+    let r = req(200, 100, 10_000.0, 50.0);
+    let (placement, p) = admitted(decide(&cfg, &r, &[], &ds, 0.0));
+    assert_eq!(placement, Placement::Local { decode: 1 }, "{p:?}");
+    // On the backed-up engine its TTFT would have been the backlog's 8000 tokens later.
+    let alone = admitted(decide(&cfg, &r, &[], &ds[..1], 0.0)).1;
+    assert!(alone.ttft_ms > p.ttft_ms + 8000.0 * 0.05, "{alone:?} {p:?}");
+}
