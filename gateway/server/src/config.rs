@@ -373,7 +373,7 @@ impl GatewayConfig {
     }
 }
 
-fn validate_url(url: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_url(url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| ConfigError::Invalid(format!("invalid worker URL '{url}': {e}")))?;

@@ -32,6 +32,7 @@ pub mod state;
 pub mod sweep;
 pub mod upstream;
 pub mod worker;
+pub mod workers_api;
 
 pub use config::GatewayConfig;
 pub use server::{start, RunningGateway, StartError};

@@ -1,6 +1,12 @@
 //! A pool of workers of one role plus the policy that routes within it.
+//!
+//! Membership changes at runtime (the worker API, DNS and file discovery):
+//! requests route on a snapshot of the members, so adding or removing a
+//! worker never blocks or disturbs a request in flight. A removed worker
+//! *drains*: it leaves the snapshot at once (no new request, no retry lands
+//! on it), the requests it holds finish, then it is dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use baton_policies::pipeline::Admit;
 use baton_policies::{LeastLoad, RequestFeatures, RoutingPolicy, WorkerView};
@@ -23,16 +29,92 @@ impl Pools {
         }
     }
 
+    /// The pool that holds workers of `role`, if the mode has one.
+    pub fn for_role(&self, role: Role) -> Option<&Pool> {
+        self.all().into_iter().find(|p| p.role == role)
+    }
+
     /// Ready to serve: a worker confirmed healthy by a health check for every role the mode needs.
     pub fn ready(&self) -> bool {
         self.all().iter().all(|p| p.confirmed_healthy_count() > 0)
     }
 }
 
+/// The routable workers of a pool: a snapshot readers clone cheaply (one
+/// `Arc`), replaced whole by a membership change.
+#[derive(Debug, Default)]
+pub struct Members(RwLock<Arc<[Arc<Worker>]>>);
+
+impl Members {
+    fn new(workers: Vec<Arc<Worker>>) -> Self {
+        Self(RwLock::new(workers.into()))
+    }
+
+    /// The members now; later changes do not affect the returned list.
+    pub fn snapshot(&self) -> Arc<[Arc<Worker>]> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The members of one snapshot, as owned handles.
+    pub fn iter(&self) -> MembersIter {
+        MembersIter {
+            list: self.snapshot(),
+            next: 0,
+        }
+    }
+
+    pub fn get(&self, url: &str) -> Option<Arc<Worker>> {
+        self.snapshot().iter().find(|w| w.url == url).cloned()
+    }
+}
+
+/// Iterator over one snapshot of [`Members`].
+#[derive(Debug)]
+pub struct MembersIter {
+    list: Arc<[Arc<Worker>]>,
+    next: usize,
+}
+
+impl Iterator for MembersIter {
+    type Item = Arc<Worker>;
+    fn next(&mut self) -> Option<Arc<Worker>> {
+        let w = self.list.get(self.next).cloned();
+        self.next += 1;
+        w
+    }
+}
+
+impl<'a> IntoIterator for &'a Members {
+    type Item = Arc<Worker>;
+    type IntoIter = MembersIter;
+    fn into_iter(self) -> MembersIter {
+        self.iter()
+    }
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("worker {0} is already in the pool")]
+    Duplicate(String),
+    #[error("no worker {0} in the pool")]
+    Unknown(String),
+}
+
 #[derive(Debug)]
 pub struct Pool {
     pub role: Role,
-    pub workers: Vec<Arc<Worker>>,
+    pub workers: Members,
+    /// Removed workers still finishing requests.
+    draining: Arc<Mutex<Vec<Arc<Worker>>>>,
     policy: Arc<dyn RoutingPolicy>,
     /// Set when the policy runs scripts: decisions go off the async workers.
     runner: Option<PluginRunner>,
@@ -45,21 +127,75 @@ impl Pool {
         let runner = policy.time_limit().map(PluginRunner::new);
         Self {
             role,
-            workers,
+            workers: Members::new(workers),
+            draining: Arc::default(),
             policy: Arc::from(policy),
             runner,
             fallback: LeastLoad::new(),
         }
     }
 
-    pub fn policy_name(&self) -> &'static str {
-        self.policy.name()
+    /// Adds `worker`; it takes requests from the next routing decision on.
+    pub fn add(&self, worker: Arc<Worker>) -> Result<(), MembershipError> {
+        let mut list = self.workers.0.write().unwrap_or_else(|p| p.into_inner());
+        if list.iter().any(|w| w.url == worker.url) {
+            return Err(MembershipError::Duplicate(worker.url.clone()));
+        }
+        tracing::info!(worker = %worker.url, role = self.role.label(), origin = worker.origin.label(), "worker added");
+        let mut next = list.to_vec();
+        next.push(worker);
+        *list = next.into();
+        Ok(())
     }
 
-    /// Reloads the policy's plugin scripts if they changed (reads files: call
-    /// it off the async workers; see `plugin_reload`).
-    pub fn reload_policy(&self) -> baton_policies::pipeline::Reload {
-        self.policy.reload_if_changed()
+    /// Removes the worker at `url` and drains it: no new request is routed
+    /// to it from now on, the ones in flight finish (they hold the worker),
+    /// then it leaves [`draining`](Self::draining). Needs a tokio runtime.
+    pub fn remove(&self, url: &str) -> Result<Arc<Worker>, MembershipError> {
+        let removed = {
+            let mut list = self.workers.0.write().unwrap_or_else(|p| p.into_inner());
+            let Some(i) = list.iter().position(|w| w.url == url) else {
+                return Err(MembershipError::Unknown(url.to_owned()));
+            };
+            let mut next = list.to_vec();
+            let removed = next.remove(i);
+            *list = next.into();
+            removed
+        };
+        removed.begin_drain();
+        self.policy.on_worker_removed(&removed.url);
+        tracing::info!(
+            worker = %removed.url,
+            role = self.role.label(),
+            in_flight = removed.in_flight(),
+            "worker removed; draining"
+        );
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&removed));
+        let (draining, worker) = (Arc::clone(&self.draining), Arc::clone(&removed));
+        tokio::spawn(async move {
+            worker.drained().await;
+            draining
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|w| !Arc::ptr_eq(w, &worker));
+            tracing::info!(worker = %worker.url, "worker drained");
+        });
+        Ok(removed)
+    }
+
+    /// Removed workers whose requests have not all finished yet.
+    pub fn draining(&self) -> Vec<Arc<Worker>> {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
     }
 
     /// Plugin decisions that ran past their time limit.
@@ -85,10 +221,11 @@ impl Pool {
         if !self.policy.has_admission() {
             return Admit::Yes;
         }
+        let workers = self.workers.snapshot();
         let Some(runner) = &self.runner else {
-            return admit_with(&*self.policy, &self.workers, text);
+            return admit_with(&*self.policy, &workers, text);
         };
-        let (policy, workers) = (Arc::clone(&self.policy), self.workers.clone());
+        let policy = Arc::clone(&self.policy);
         // Scripts see the text's length and first characters; an owned copy
         // is what crosses to the blocking thread.
         let text = text.map(str::to_owned);
@@ -103,25 +240,27 @@ impl Pool {
     /// Picks a worker, avoiding `tried` ones while any other is available
     /// (a retry should land on a fresh worker, but a pool of one still
     /// gets retried). A plugin that runs past its time limit is replaced by
-    /// least load for this decision.
+    /// least load for this decision. Only current members are picked: a
+    /// removed (draining) worker never gets a new request or a retry.
     pub async fn pick(&self, text: Option<&str>, tried: &[Arc<Worker>]) -> Option<Arc<Worker>> {
+        let workers = self.workers.snapshot();
         let index = match &self.runner {
-            None => pick_with(&*self.policy, &self.workers, text, tried),
+            None => pick_with(&*self.policy, &workers, text, tried),
             Some(runner) => {
-                let (policy, workers) = (Arc::clone(&self.policy), self.workers.clone());
+                let (policy, list) = (Arc::clone(&self.policy), Arc::clone(&workers));
                 let (text_owned, tried_owned) = (text.map(str::to_owned), tried.to_vec());
                 let decided = runner
                     .run("pick", move || {
-                        pick_with(&*policy, &workers, text_owned.as_deref(), &tried_owned)
+                        pick_with(&*policy, &list, text_owned.as_deref(), &tried_owned)
                     })
                     .await;
                 match decided {
                     Some(i) => i,
-                    None => pick_with(&self.fallback, &self.workers, text, tried),
+                    None => pick_with(&self.fallback, &workers, text, tried),
                 }
             }
         };
-        index.map(|i| Arc::clone(&self.workers[i]))
+        index.and_then(|i| workers.get(i).cloned())
     }
 }
 
@@ -205,6 +344,54 @@ mod tests {
             "http://w2:1"
         );
         ws[2].breaker.record_failure();
+        assert!(pool.pick(None, &[]).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn removed_worker_drains_then_leaves() {
+        let cfg = BreakerConfig::default();
+        let w = |i: u8| {
+            Arc::new(Worker::new(
+                &format!("http://w{i}:1"),
+                Role::Decode,
+                None,
+                &cfg,
+            ))
+        };
+        let pool = Pool::new(Role::Decode, vec![w(0)], Box::new(RoundRobin::new()));
+        assert_eq!(
+            pool.add(w(0)),
+            Err(MembershipError::Duplicate("http://w0:1".into()))
+        );
+        pool.add(w(1)).unwrap();
+        assert_eq!(pool.workers.len(), 2);
+        let busy = pool.workers.get("http://w1:1").unwrap();
+        let guard = busy.start_request();
+        let removed = pool.remove("http://w1:1").unwrap();
+        assert!(removed.is_draining());
+        assert_eq!(pool.draining().len(), 1);
+        // No new request reaches it, retries included.
+        for _ in 0..4 {
+            assert_eq!(pool.pick(None, &[]).await.unwrap().url, "http://w0:1");
+        }
+        assert!(matches!(
+            pool.remove("http://w1:1"),
+            Err(MembershipError::Unknown(_))
+        ));
+        drop(guard);
+        tokio::time::timeout(std::time::Duration::from_secs(5), removed.drained())
+            .await
+            .expect("drained once its request ended");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pool.draining().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "left the draining list"
+            );
+            tokio::task::yield_now().await;
+        }
+        // An empty pool picks nothing rather than failing.
+        pool.remove("http://w0:1").unwrap();
         assert!(pool.pick(None, &[]).await.is_none());
     }
 }

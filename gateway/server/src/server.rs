@@ -284,6 +284,7 @@ async fn route(
         }
         (Method::GET, "/v1/models") => models(&state).await,
         (Method::GET, "/v1/slo") => slo_report(&state),
+        (_, p) if crate::workers_api::handles(p) => crate::workers_api::handle(&state, req).await,
         (Method::POST, p) if crate::passthrough::is_passthrough(p) => {
             crate::passthrough::serve(state, req).await
         }

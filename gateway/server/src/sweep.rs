@@ -34,7 +34,7 @@ pub async fn every_worker<F, Fut>(
             .pools
             .all()
             .into_iter()
-            .flat_map(|p| p.workers.iter().cloned())
+            .flat_map(|p| p.workers.iter())
             .filter(|w| !healthy_only || w.is_healthy())
             .map(|w| visit(Arc::clone(&state), w))
             .collect::<Vec<_>>();

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::breaker::Breaker;
 use crate::config::BreakerConfig;
@@ -24,13 +25,44 @@ impl Role {
     }
 }
 
+/// Where a worker came from: each discovery source adds and drains only its
+/// own workers (a static or API-added worker is never drained because a DNS
+/// name stopped listing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The config file or the command line.
+    Static,
+    /// `POST /workers`.
+    Api,
+    /// A DNS name re-resolved periodically (`[discovery] *_dns`).
+    Dns,
+    /// The watched workers file (`[discovery] file`).
+    File,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Api => "api",
+            Self::Dns => "dns",
+            Self::File => "file",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Worker {
     pub url: String,
     pub role: Role,
     /// SGLang bootstrap port of a prefill worker.
     pub bootstrap_port: Option<u16>,
+    pub origin: Origin,
     pub breaker: Breaker,
+    /// Removed from its pool: takes no new requests, finishes the ones it has.
+    draining: AtomicBool,
+    /// Woken when a draining worker's last request ends.
+    idle: tokio::sync::Notify,
     healthy: AtomicBool,
     /// A health check has succeeded since start: readiness waits for it, routing does not.
     confirmed: AtomicBool,
@@ -58,7 +90,10 @@ impl Worker {
             url: url.trim_end_matches('/').to_owned(),
             role,
             bootstrap_port,
+            origin: Origin::Static,
             breaker: Breaker::new(breaker),
+            draining: AtomicBool::new(false),
+            idle: tokio::sync::Notify::new(),
             // Optimistic until the first check: the breaker catches a dead
             // worker on its first requests anyway.
             healthy: AtomicBool::new(true),
@@ -73,8 +108,46 @@ impl Worker {
         }
     }
 
+    /// The same worker, recorded as coming from `origin`.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// The same worker, unhealthy until a health check passes (workers added
+    /// at runtime: an engine still loading its model must get no request).
+    pub fn unhealthy_until_checked(self) -> Self {
+        self.healthy.store(false, Ordering::Relaxed);
+        self
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Removed from its pool and still finishing requests (or done: see [`drained`](Self::drained)).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Marks the worker removed; its pool stops routing to it before this is called.
+    pub(crate) fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Returns once no request is in flight on this worker (call after [`begin_drain`](Self::begin_drain)).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a last request ending in between still wakes us.
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            // The wake-up is the fast path; the timeout is a backstop, not a poll loop's pace.
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
     }
 
     /// Healthy, and seen healthy by a health check at least once (what `/readiness` counts: an engine that
@@ -164,7 +237,10 @@ pub struct LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let w = &self.worker;
+        if w.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && w.draining.load(Ordering::SeqCst) {
+            w.idle.notify_waiters();
+        }
     }
 }
 

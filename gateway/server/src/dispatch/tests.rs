@@ -127,7 +127,6 @@ impl Harness {
             .iter()
             .flat_map(|p| p.workers.iter())
             .find(|w| w.url == url)
-            .cloned()
             .expect("known worker")
     }
 

@@ -220,8 +220,11 @@ impl SloEngine {
     ) -> (Decision, Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
         let now_ms = self.tracker.now_ms();
         let (prefill_workers, decode_workers): (Vec<Arc<Worker>>, Vec<Arc<Worker>>) = match pools {
-            Pools::Aggregated(p) => (Vec::new(), p.workers.clone()),
-            Pools::Pd { prefill, decode } => (prefill.workers.clone(), decode.workers.clone()),
+            Pools::Aggregated(p) => (Vec::new(), p.workers.snapshot().to_vec()),
+            Pools::Pd { prefill, decode } => (
+                prefill.workers.snapshot().to_vec(),
+                decode.workers.snapshot().to_vec(),
+            ),
         };
         let max_age = Duration::from_millis(
             self.config
