@@ -198,6 +198,12 @@ impl Pool {
         self.policy.name()
     }
 
+    /// Reloads the policy's plugin scripts if they changed (reads files: call
+    /// it off the async workers; see `plugin_reload`).
+    pub fn reload_policy(&self) -> baton_policies::pipeline::Reload {
+        self.policy.reload_if_changed()
+    }
+
     /// Plugin decisions that ran past their time limit.
     pub fn plugin_overruns(&self) -> u64 {
         self.runner.as_ref().map_or(0, PluginRunner::overruns)
