@@ -234,3 +234,60 @@ async fn a_changed_script_is_reloaded_without_dropping_requests() {
     assert_eq!(events.borrow().reloaded, 1);
     gw.shutdown().await;
 }
+
+/// docs/PLUGINS.md's worked example: its TOML, read from the guide and built as the gateway builds it, decides as
+/// the guide says.
+#[test]
+fn the_plugins_guide_worked_example_decides_as_documented() {
+    use baton_policies::pipeline::Admit;
+    use baton_policies::{RequestFeatures, RoutingPolicy, WorkerView};
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let guide = std::fs::read_to_string(format!("{root}/docs/PLUGINS.md")).unwrap();
+    let block = guide
+        .split("<!-- worked-example:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- worked-example:end -->").next())
+        .expect("the guide marks its worked example");
+    let toml = block
+        .trim()
+        .trim_start_matches("```toml")
+        .trim_end_matches("```")
+        .replace(
+            "\"policies/examples/",
+            &format!("\"{root}/policies/examples/"),
+        );
+    let dir = tmpdir("guide");
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, toml).unwrap();
+    let cfg = baton_gateway::config::GatewayConfig::from_toml_file(&file).unwrap();
+    assert_eq!(cfg.policy, PolicyKind::Pipeline);
+    let p = cfg.policy_config.pipeline.build().unwrap();
+    let urls = ["http://w:8001", "http://w:8002", "http://w:8003"];
+    let views = |load: [u64; 3]| -> Vec<WorkerView<'static>> {
+        urls.iter()
+            .zip(load)
+            .map(|(url, in_flight)| WorkerView {
+                url,
+                available: true,
+                in_flight,
+            })
+            .collect()
+    };
+    let short = RequestFeatures { text: Some("hi") };
+    assert_eq!(p.pick(&views([1, 1, 5]), &short), Some(1), ":8002");
+    assert_eq!(p.pick(&views([0, 3, 2]), &short), Some(0), ":8001");
+    assert_eq!(p.pick(&views([4, 5, 4]), &short), None);
+    let long_text = "x".repeat(30_000);
+    let long = RequestFeatures {
+        text: Some(&long_text),
+    };
+    assert_eq!(
+        p.admit(&views([1, 1, 5]), &long),
+        Admit::Reject {
+            retry_after_ms: 2000
+        }
+    );
+    assert_eq!(p.admit(&views([1, 1, 5]), &short), Admit::Yes);
+    assert_eq!(p.admit(&views([0, 1, 5]), &long), Admit::Yes);
+    assert_eq!(p.fallbacks(), 0, "no stage failed");
+}
