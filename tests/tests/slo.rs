@@ -268,7 +268,7 @@ async fn engine_reported_load_is_scraped_for_placement() {
     for _ in 0..3 {
         direct.push(open(&d.url(), "/v1/completions", body, &[]).await);
     }
-    let decode = gw.state.pools.all()[1].workers[0].clone();
+    let decode = gw.state.pools.all()[1].workers.snapshot()[0].clone();
     let seen = || decode.engine_load(Duration::from_secs(5));
     wait_for(|| async { seen().is_some_and(|(running, _)| running >= 3) }).await;
     assert!(

@@ -376,3 +376,200 @@ async fn bad_input_gets_openai_errors_and_the_admin_key_is_required() {
     assert_eq!(r.json()["total"], 0);
     gw.shutdown().await;
 }
+
+/// A resolver whose answer the test sets: `--scale` up and down, or DNS down.
+#[derive(Debug)]
+struct FakeDns(std::sync::Mutex<Result<Vec<std::net::SocketAddr>, String>>);
+
+impl FakeDns {
+    fn answer(&self, a: Result<Vec<std::net::SocketAddr>, String>) {
+        *self.0.lock().unwrap() = a;
+    }
+}
+
+impl baton_gateway::discovery::Resolve for FakeDns {
+    fn resolve<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::io::Result<Vec<std::net::SocketAddr>>>
+                + Send
+                + 'a,
+        >,
+    > {
+        let a = self.0.lock().unwrap().clone();
+        Box::pin(async move { a.map_err(std::io::Error::other) })
+    }
+}
+
+async fn healthy(base: &str, url: &str) -> bool {
+    listed(base, url)
+        .await
+        .is_some_and(|w| w["is_healthy"] == true && w["status"] == "active")
+}
+
+#[tokio::test]
+async fn dns_names_scale_the_pool_up_and_down_under_load() {
+    let (a, b, c) = (
+        slow_openai().await,
+        slow_openai().await,
+        slow_openai().await,
+    );
+    let mut cfg = aggregated(&[]);
+    cfg.policy = PolicyKind::RoundRobin;
+    let gw = start(cfg).await;
+    let base = gw.url();
+    let dns = Arc::new(FakeDns(std::sync::Mutex::new(Ok(vec![a.addr()]))));
+    let watcher = baton_gateway::discovery::spawn_dns_with(
+        &gw.state,
+        baton_gateway::worker::Role::Unified,
+        "engine:8000",
+        dns.clone(),
+        Duration::from_millis(50),
+    );
+    let a_url = a.url();
+    assert!(wait_for_within(WAIT, || healthy(&base, &a_url)).await);
+    assert_eq!(listed(&base, &a.url()).await.unwrap()["source"], "dns");
+    let load = Load::start(base.clone(), 6, CHAT);
+    load.advance(10).await;
+
+    // --scale engine=3
+    dns.answer(Ok(vec![a.addr(), b.addr(), c.addr()]));
+    for m in [&b, &c] {
+        m.wait_until(|s| s.completed >= 3, WAIT)
+            .await
+            .expect("new replica serves");
+    }
+    // --scale engine=2 while c has requests in flight: they finish, c gets no more.
+    c.wait_until(|s| s.active > 0, WAIT).await.expect("c busy");
+    dns.answer(Ok(vec![a.addr(), b.addr()]));
+    await_gone(&base, &c.url()).await;
+    let drained = c.stats();
+    assert_eq!((drained.failed, drained.cancelled), (0, 0), "{drained:?}");
+    assert_eq!(drained.completed, drained.requests);
+    load.advance(20).await;
+    assert_eq!(
+        c.stats().requests,
+        drained.requests,
+        "a vanished address got a request"
+    );
+
+    // The name stops resolving: the last set stays.
+    dns.answer(Err("SERVFAIL".into()));
+    load.advance(20).await;
+    assert!(healthy(&base, &a.url()).await && healthy(&base, &b.url()).await);
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} lost of {ok}: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    watcher.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dns_name_from_the_config_is_resolved_by_the_system() {
+    // `localhost` resolves to 127.0.0.1 here (and maybe ::1 too, where nothing
+    // listens: that worker never passes its health check and gets nothing).
+    let a = MockEngine::new(Flavor::OpenAi).spawn().await;
+    let mut cfg = config();
+    cfg.discovery.both_dns = Some(format!("localhost:{}", a.addr().port()));
+    cfg.discovery.interval_ms = 50;
+    let gw = start(cfg).await;
+    assert_eq!(gw.state.mode.label(), "aggregated");
+    let base = gw.url();
+    let a_url = a.url();
+    assert!(wait_for_within(WAIT, || healthy(&base, &a_url)).await);
+    let r = post(&base, "/v1/chat/completions", CHAT).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(a.stats().completed, 1);
+    gw.shutdown().await;
+}
+
+/// Replaces the file's content (a new size, so the change shows whatever the mtime granularity).
+fn write_workers(path: &std::path::Path, entries: &[(&str, &str)], pad: usize) {
+    let mut s = format!("# generation {}\n", "x".repeat(pad));
+    for (url, role) in entries {
+        s.push_str(&format!(
+            "[[workers]]\nurl = \"{url}\"\nrole = \"{role}\"\n"
+        ));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, s).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_watched_workers_file_adds_and_drains_pd_workers() {
+    let p = VllmPair::spawn(
+        MockEngine::new(Flavor::VllmPrefill).token_delay(Duration::from_millis(5)),
+        MockEngine::new(Flavor::VllmDecode).token_delay(Duration::from_millis(10)),
+    )
+    .await;
+    let p2 = MockEngine::new(Flavor::VllmPrefill)
+        .kv_registry(p.kv.clone())
+        .spawn()
+        .await;
+    let dir = std::env::temp_dir().join(format!("baton-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("workers.toml");
+    let (pre, dec, pre2) = (p.prefill.url(), p.decode.url(), p2.url());
+    write_workers(&path, &[(&pre, "prefill"), (&dec, "decode")], 1);
+    // Every worker comes from the file: the PD protocol is named.
+    let mut cfg = config();
+    cfg.pd_protocol = Some(baton_gateway::config::PdProtocol::Vllm);
+    cfg.policy = PolicyKind::RoundRobin;
+    cfg.discovery.file = Some(path.clone());
+    cfg.discovery.interval_ms = 50;
+    let gw = start(cfg).await;
+    let base = gw.url();
+    assert_eq!(gw.state.mode.label(), "pd_vllm");
+    assert!(
+        wait_for_within(WAIT, || async {
+            healthy(&base, &pre).await && healthy(&base, &dec).await
+        })
+        .await
+    );
+    assert_eq!(listed(&base, &pre).await.unwrap()["source"], "file");
+    let load = Load::start(base.clone(), 4, CHAT);
+    load.advance(5).await;
+
+    write_workers(
+        &path,
+        &[(&pre, "prefill"), (&pre2, "prefill"), (&dec, "decode")],
+        2,
+    );
+    p2.wait_until(|s| s.completed >= 3, WAIT)
+        .await
+        .expect("added from the file");
+    write_workers(&path, &[(&pre2, "prefill"), (&dec, "decode")], 3);
+    await_gone(&base, &pre).await;
+    let before = p.prefill.stats().requests;
+    load.advance(20).await;
+    assert_eq!(
+        p.prefill.stats().requests,
+        before,
+        "a dropped worker got a request"
+    );
+
+    // Half-written or broken: the last good set stays.
+    std::fs::write(&path, "[[workers]]\nurl = ").unwrap();
+    load.advance(20).await;
+    assert!(healthy(&base, &pre2).await && healthy(&base, &dec).await);
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} lost of {ok}: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(p.decode.stats().rejected_params, 0);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

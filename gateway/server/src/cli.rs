@@ -201,6 +201,27 @@ pub struct Cli {
     #[arg(long, value_name = "tenant|shared")]
     pub cache_isolation: Option<CacheIsolation>,
 
+    /// DNS discovery: every address HOST resolves to is a prefill worker on
+    /// PORT, re-resolved every --discovery-interval-ms (compose `--scale`,
+    /// Kubernetes headless services).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub prefill_dns: Option<String>,
+    /// ... a decode worker.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub decode_dns: Option<String>,
+    /// ... a worker of an aggregated gateway.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub worker_dns: Option<String>,
+    /// SGLang bootstrap port of the prefill workers --prefill-dns finds.
+    #[arg(long)]
+    pub prefill_dns_bootstrap_port: Option<u16>,
+    /// A TOML or JSON file of workers, re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub workers_file: Option<PathBuf>,
+    /// How often DNS names are re-resolved and the workers file is checked (default 5000).
+    #[arg(long)]
+    pub discovery_interval_ms: Option<u64>,
+
     /// Log filter (e.g. info, debug, baton_gateway=trace); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -345,7 +366,28 @@ impl Cli {
         if !self.decode.is_empty() {
             c.decode = self.decode;
         }
-        if self.pd_disaggregation && (c.prefill.is_empty() || c.decode.is_empty()) {
+        for (field, value) in [
+            (&mut c.discovery.prefill_dns, self.prefill_dns),
+            (&mut c.discovery.decode_dns, self.decode_dns),
+            (&mut c.discovery.both_dns, self.worker_dns),
+        ] {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        if self.prefill_dns_bootstrap_port.is_some() {
+            c.discovery.prefill_bootstrap_port = self.prefill_dns_bootstrap_port;
+        }
+        if self.workers_file.is_some() {
+            c.discovery.file = self.workers_file;
+        }
+        if let Some(ms) = self.discovery_interval_ms {
+            c.discovery.interval_ms = ms;
+        }
+        if self.pd_disaggregation
+            && !c.discovery.enabled()
+            && (c.prefill.is_empty() || c.decode.is_empty())
+        {
             return Err(ConfigError::Invalid(
                 "--pd-disaggregation needs at least one --prefill and one --decode".into(),
             ));
@@ -471,6 +513,25 @@ mod tests {
         assert!(cli("--worker-urls http://a:1 --cache-isolation none")
             .unwrap_err()
             .contains("tenant or shared"));
+    }
+
+    #[test]
+    fn discovery_flags() {
+        let c = cli(
+            "--pd-disaggregation --prefill-dns prefill:8000 --decode-dns decode:8000 \
+             --discovery-interval-ms 250 --workers-file /etc/baton/workers.toml",
+        )
+        .unwrap();
+        assert_eq!(c.discovery.prefill_dns.as_deref(), Some("prefill:8000"));
+        assert_eq!(c.discovery.decode_dns.as_deref(), Some("decode:8000"));
+        assert_eq!(c.discovery.interval_ms, 250);
+        assert!(c.discovery.file.is_some());
+        assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+        let c = cli("--worker-dns engine:8000").unwrap();
+        assert_eq!(c.mode().unwrap(), Mode::Aggregated);
+        assert!(cli("--worker-dns engine")
+            .unwrap_err()
+            .contains("host:port"));
     }
 
     #[test]

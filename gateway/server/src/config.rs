@@ -54,6 +54,93 @@ pub struct GatewayConfig {
     /// Prefix-cache sharing between tenants: `tenant` (a salt per tenant) or
     /// `shared`.
     pub cache_isolation: CacheIsolation,
+    /// Workers found at runtime: DNS names and a watched file (`crate::discovery`).
+    pub discovery: DiscoveryConfig,
+}
+
+/// Workers that come and go: DNS names re-resolved periodically (every
+/// address a worker: what `docker compose --scale` and Kubernetes headless
+/// services give) and a watched file of workers. Each source adds and
+/// drains only the workers it found.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `host:port` (an `http://` prefix is allowed): every address it
+    /// resolves to is a prefill worker on that port.
+    pub prefill_dns: Option<String>,
+    /// ... a decode worker.
+    pub decode_dns: Option<String>,
+    /// ... a worker of an aggregated gateway (prefill and decode in one).
+    pub both_dns: Option<String>,
+    /// SGLang bootstrap port of the prefill workers `prefill_dns` finds.
+    pub prefill_bootstrap_port: Option<u16>,
+    /// A TOML (`[[workers]]`) or JSON (`{"workers": [...]}` or a list) file
+    /// of workers (`url`, `role`, `bootstrap_port`, `model`), re-read when
+    /// its modification time or size changes.
+    pub file: Option<PathBuf>,
+    /// How often names are re-resolved and the file's mtime is checked.
+    pub interval_ms: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            prefill_dns: None,
+            decode_dns: None,
+            both_dns: None,
+            prefill_bootstrap_port: None,
+            file: None,
+            interval_ms: 5_000,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// Any source configured.
+    pub fn enabled(&self) -> bool {
+        self.dns_names().next().is_some() || self.file.is_some()
+    }
+
+    /// The configured names, with the role label each feeds.
+    pub fn dns_names(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("prefill", &self.prefill_dns),
+            ("decode", &self.decode_dns),
+            ("both", &self.both_dns),
+        ]
+        .into_iter()
+        .filter_map(|(role, n)| n.as_deref().map(|n| (role, n)))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled() && self.interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "discovery.interval_ms must be at least 1".into(),
+            ));
+        }
+        for (role, name) in self.dns_names() {
+            dns_target(name)
+                .map_err(|e| ConfigError::Invalid(format!("discovery.{role}_dns '{name}': {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` of a discovery name (`http://` and a trailing `/` allowed).
+pub fn dns_target(name: &str) -> Result<(String, u16), String> {
+    let s = name.trim();
+    let s = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_owned())?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("'{port}' is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return Err("expected host:port".into());
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// Whether tenants may share prefix-cache entries.
@@ -234,6 +321,7 @@ impl Default for GatewayConfig {
             fleet_key_file: None,
             fleet_key: None,
             cache_isolation: CacheIsolation::Tenant,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -339,10 +427,17 @@ impl GatewayConfig {
                 "max_payload_size must be at least 1 byte".into(),
             ));
         }
-        let pd = !self.prefill.is_empty() || !self.decode.is_empty();
-        if pd && !self.worker_urls.is_empty() {
+        self.discovery.validate()?;
+        let d = &self.discovery;
+        let aggregated = !self.worker_urls.is_empty() || d.both_dns.is_some();
+        let static_pd = !self.prefill.is_empty() || !self.decode.is_empty();
+        let dns_pd = d.prefill_dns.is_some() || d.decode_dns.is_some();
+        // A PD gateway whose workers all come later (the worker API, a file)
+        // says so by naming its protocol.
+        let pd = static_pd || dns_pd || (self.pd_protocol.is_some() && !aggregated);
+        if pd && aggregated {
             return Err(ConfigError::Invalid(
-                "give either --worker-urls (aggregated) or --prefill/--decode (PD), not both"
+                "give either --worker-urls / discovery.both_dns (aggregated) or --prefill/--decode / discovery.prefill_dns/decode_dns (PD), not both"
                     .into(),
             ));
         }
@@ -357,13 +452,17 @@ impl GatewayConfig {
         if !pd {
             return Ok(Mode::Aggregated);
         }
-        if self.prefill.is_empty() || self.decode.is_empty() {
+        // Pools may start empty when workers come at runtime; a static list
+        // with one role missing is a mistake.
+        if static_pd && !d.enabled() && (self.prefill.is_empty() || self.decode.is_empty()) {
             return Err(ConfigError::Invalid(
                 "PD mode needs at least one --prefill and one --decode worker".into(),
             ));
         }
         let protocol = self.pd_protocol.unwrap_or_else(|| {
-            if self.prefill.iter().any(|p| p.bootstrap_port.is_some()) {
+            if self.prefill.iter().any(|p| p.bootstrap_port.is_some())
+                || d.prefill_bootstrap_port.is_some()
+            {
                 PdProtocol::Sglang
             } else {
                 PdProtocol::Vllm
@@ -466,5 +565,59 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.mode().is_err());
+    }
+
+    #[test]
+    fn discovery_decides_the_mode() {
+        let c: GatewayConfig = toml::from_str(
+            r#"
+            [discovery]
+            prefill_dns = "prefill:8000"
+            decode_dns = "http://decode:8000/"
+            interval_ms = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+        assert_eq!(c.discovery.interval_ms, 500);
+        assert_eq!(
+            dns_target("http://decode:8000/").unwrap(),
+            ("decode".into(), 8000)
+        );
+        assert_eq!(dns_target("[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(dns_target("decode").is_err());
+        let mut sg = c.clone();
+        sg.discovery.prefill_bootstrap_port = Some(8998);
+        assert_eq!(sg.mode().unwrap(), Mode::Pd(PdProtocol::Sglang));
+        let mut mixed = c.clone();
+        mixed.worker_urls.push("http://a:1".into());
+        assert!(mixed.mode().is_err());
+        let mut bad = c;
+        bad.discovery.decode_dns = Some("decode".into());
+        assert!(bad.mode().unwrap_err().to_string().contains("decode_dns"));
+        // Aggregated from a name; PD with every worker to come from the API.
+        let agg = GatewayConfig {
+            discovery: DiscoveryConfig {
+                both_dns: Some("engine:8000".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(agg.mode().unwrap(), Mode::Aggregated);
+        let empty_pd = GatewayConfig {
+            pd_protocol: Some(PdProtocol::Vllm),
+            ..Default::default()
+        };
+        assert_eq!(empty_pd.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+        // A file may fill in the missing role.
+        let half = GatewayConfig {
+            decode: vec!["http://d:1".into()],
+            discovery: DiscoveryConfig {
+                file: Some("/etc/baton/workers.toml".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(half.mode().is_ok());
     }
 }

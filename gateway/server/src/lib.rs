@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod discovery;
 pub mod dispatch;
 pub mod engine_load;
 pub mod error;

@@ -92,7 +92,7 @@ impl Iterator for MembersIter {
     }
 }
 
-impl<'a> IntoIterator for &'a Members {
+impl IntoIterator for &Members {
     type Item = Arc<Worker>;
     type IntoIter = MembersIter;
     fn into_iter(self) -> MembersIter {

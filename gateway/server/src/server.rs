@@ -113,6 +113,7 @@ pub async fn start(config: GatewayConfig) -> Result<RunningGateway, StartError> 
         stop.clone(),
     ));
     tasks.spawn(sweep_idle_connections(Arc::clone(&state), stop.clone()));
+    crate::discovery::spawn(&state, &stop, &tasks);
     let (reload_events, plugin_reloads) = tokio::sync::watch::channel(Default::default());
     if let Some(every) = crate::plugin_reload::interval(&state.config) {
         tasks.spawn(crate::plugin_reload::run(
