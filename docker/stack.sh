@@ -4,6 +4,9 @@
 #
 #   docker/stack.sh up       build what is missing, start gateway + 2 prefill + 2 decode engines + Redis +
 #                            Prometheus, wait until they are healthy, print a curl to try
+#   BATON_PROFILE=scale BATON_GATEWAY_CONFIG=gateway-dns.toml docker/stack.sh up --scale prefill=3 --scale decode=2
+#                            the scalable services (one per role), found by the gateway through DNS; rescale
+#                            later with `docker/stack.sh compose up -d --no-deps --scale prefill=N prefill`
 #   docker/stack.sh down     stop it and delete its volumes
 #   docker/stack.sh build    only build: host binaries, base images (when no registry), app images
 #   docker/stack.sh ps | logs [ARGS]      the stack's containers / logs
@@ -124,7 +127,7 @@ all_healthy() {
   ((TOTAL > 0 && READY == TOTAL))
 }
 
-up() {
+up() { # [--scale SERVICE=N ...]: passed to `compose up` (profile scale)
   if [[ $ENGINE == real ]]; then "$root/tests/fetch-model.sh" >&2; fi
   if [[ ${STACK_SKIP_BUILD:-0} == 1 ]]; then
     have_image "${BATON_GATEWAY_IMAGE:-baton/gateway:latest}" || die "STACK_SKIP_BUILD=1 but no gateway image"
@@ -136,7 +139,7 @@ up() {
     build
   fi
   log "starting (${COMPOSE[*]}, project $COMPOSE_PROJECT_NAME, profile $PROFILE, model from $BATON_MODEL_DIR)"
-  compose up -d --no-build >&2
+  compose up -d --no-build "$@" >&2
   local limit=${STACK_READY_SECS:-300} t0=$SECONDS
   until all_healthy; do
     if ((SECONDS - t0 > limit)); then
@@ -161,7 +164,7 @@ EOF
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
-up) up ;;
+up) up "$@" ;;
 down) compose down -v --remove-orphans ;;
 build) build ;;
 ps) compose ps "$@" ;;

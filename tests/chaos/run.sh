@@ -26,6 +26,11 @@
 #    gateway on chaos-failover.toml); the primary is killed under load: no
 #    request fails, the promoted replica's total = /v1/slo = the gateway's
 #    own counter;
+# 5c. scale (CHAOS_PHASES="scale", on its own stack): profile scale (one
+#    prefill and one decode service, found by DNS: docker/gateway/chaos-scale.toml);
+#    under load, `--scale prefill=3 --scale decode=2`, then back to 1 + 1,
+#    with no gateway change: the gateway lists every replica, then only the
+#    survivors, and no request is lost;
 # 6. no container log says "panicked".
 # Results: tests/chaos/out/ (summary.md, *.json, logs). Always tears down
 # (docker compose down -v). Bounded: every wait has a limit.
@@ -73,6 +78,15 @@ export BATON_GATEWAY_IMAGE=baton/gateway:$TAG
 export BATON_ENGINE_IMAGE=baton/engine:$TAG
 export BATON_MODEL_DIR="${BATON_MODEL_DIR:-$("$root/tests/fetch-model.sh" --print-dir)}"
 export BATON_ENGINE=$ENGINE BATON_PROFILE=cpu
+# The scale phase (5c) runs on the scalable services, found by DNS.
+if [[ " $PHASES " == *" scale "* ]]; then
+  [[ $PHASES == scale ]] || { echo "run the scale phase on its own: CHAOS_PHASES=scale" >&2; exit 2; }
+  export BATON_PROFILE=scale BATON_GATEWAY_CONFIG=chaos-scale.toml
+  ENGINE_SERVICES="prefill decode" N_WORKERS=2
+fi
+ENGINE_SERVICES=${ENGINE_SERVICES:-"prefill-1 prefill-2 decode-1 decode-2"}
+N_WORKERS=${N_WORKERS:-4}
+SCALE_DURATION=${CHAOS_SCALE_DURATION:-60}
 export BATON_MODEL_NAME=$MODEL_NAME
 export BATON_KV_LEASE_SECS=5
 export BATON_KV_MEMORY_MB=64
@@ -164,6 +178,8 @@ services:
   prefill-2: { command: --flavor vllm-prefill --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
   decode-1: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
   decode-2: { command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+  prefill: { entrypoint: [/usr/local/bin/baton-mock-engine], command: --flavor vllm-prefill --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
+  decode: { entrypoint: [/usr/local/bin/baton-mock-engine], command: --flavor vllm-decode --lenient --host 0.0.0.0 --port 8000 --model $MODEL_NAME --token-delay-us 20000 }
 EOF
   export BATON_COMPOSE_EXTRA="$out/compose.mock.yaml"
 fi
@@ -212,7 +228,7 @@ all_healthy() { # every worker of the gateway healthy, no breaker open
   # (a breaker stays half-open, 2, until traffic closes it: that counts as back)
   local m
   m=$(metric) || return 1
-  [[ $(grep -c '^baton_worker_healthy{.*} 1$' <<<"$m") -eq 4 ]] &&
+  [[ $(grep -c '^baton_worker_healthy{.*} 1$' <<<"$m") -eq $N_WORKERS ]] &&
     ! grep -qE '^baton_breaker_state\{.*\} 1$' <<<"$m"
 }
 wait_for() { # SECONDS DESCRIPTION COMMAND...
@@ -239,12 +255,12 @@ wait_for() { # SECONDS DESCRIPTION COMMAND...
 GW_CID=$(cid gateway)
 engines_up() {
   local s
-  for s in prefill-1 prefill-2 decode-1 decode-2; do
+  for s in $ENGINE_SERVICES; do
     docker exec "$GW_CID" curl -fsS --max-time 3 -o /dev/null "http://$s:8000/health" 2>/dev/null || return 1
   done
 }
 stack_ready() { engines_up && all_healthy; }
-wait_for 180 "4 engines answering /health + gateway readiness + 4 healthy workers" stack_ready ||
+wait_for 180 "engines ($ENGINE_SERVICES) answering /health + $N_WORKERS healthy workers" stack_ready ||
   { compose ps >&2; compose logs --tail 30 >&2; die "stack did not become healthy"; }
 log "stack healthy after $(($(date +%s) - t_start))s"
 
@@ -552,6 +568,38 @@ if [[ " $PHASES " == *" failover "* ]]; then
   check "failover: no failed request" bash -c "jq -e '.failed == 0' '$out/failover.json' >/dev/null"
   check "failover: no outcome dropped from the gateway's backlog" bash -c \
     "jq -e '(.store_after.backlog_dropped // 0) == (.store_before.backlog_dropped // 0)' '$out/failover.json' >/dev/null"
+fi
+
+# ---- 5c. scale a pool up and down under load ------------------------------------------
+# No gateway change: it re-resolves the service names every second (every
+# address a worker) and drains the addresses that vanish.
+if [[ " $PHASES " == *" scale "* ]]; then
+  workers_of() { # ROLE → active, healthy workers of ROLE the gateway lists
+    curl -fsS --max-time 5 "$GW/workers" | jq --arg r "$1" \
+      '[.workers[] | select(.role == $r and .status == "active" and .is_healthy)] | length'
+  }
+  pools_are() { [[ $(workers_of prefill) -eq $1 && $(workers_of decode) -eq $2 ]]; }
+  scale_to() { compose up -d --no-build --no-deps --scale prefill="$1" --scale decode="$2" prefill decode >&2; }
+  log "scale phase: $LOAD_DESC for ${SCALE_DURATION}s; prefill + decode 1 + 1 -> 3 + 2 -> 1 + 1"
+  python3 "$here/load.py" --url "$GW" --model "$MODEL_NAME" "${LOAD[@]}" --duration "$SCALE_DURATION" \
+    --max-tokens "$MAX_TOKENS" --name scale --timeout "$CLIENT_TIMEOUT_S" --slow-ttft "$SLOW_TTFT_S" \
+    --out "$out/scale.json" --records "$out/scale.jsonl" >&2 &
+  load_pid=$!
+  first_done() { [[ $(local_slo_requests) -gt 0 ]]; }
+  wait_for 60 "the load's first requests" first_done || true
+  scale_to 3 2
+  check "scale: the gateway lists 3 prefill + 2 decode replicas, healthy (DNS)" \
+    wait_for 180 "3 prefill + 2 decode workers" pools_are 3 2
+  log "  scaled up, seen by the gateway after ${WAITED:-?}s"
+  scale_to 1 1
+  check "scale: back to 1 prefill + 1 decode (vanished addresses drained)" \
+    wait_for 60 "1 prefill + 1 decode worker" pools_are 1 1
+  log "  scaled down, seen by the gateway after ${WAITED:-?}s"
+  wait "$load_pid" || FAILED+=("scale: load generator failed")
+  log "  $(jq -c '{sent,completed,failed,outcomes}' "$out/scale.json")"
+  check "scale: no request lost" bash -c "jq -e '.failed == 0 and .sent > 0' '$out/scale.json' >/dev/null"
+  check "scale: gateway never restarted" bash -c \
+    "[[ \$(docker inspect -f '{{.RestartCount}} {{.State.Status}}' '$(cid gateway)') == '0 running' ]]"
 fi
 
 # ---- 6. panics and the summary ------------------------------------------------------

@@ -568,6 +568,19 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_discovery_configs_parse() {
+        for text in [
+            include_str!("../../../docker/gateway/gateway-dns.toml"),
+            include_str!("../../../docker/gateway/chaos-scale.toml"),
+        ] {
+            let c: GatewayConfig = toml::from_str(text).unwrap();
+            assert_eq!(c.mode().unwrap(), Mode::Pd(PdProtocol::Vllm));
+            assert_eq!(c.discovery.prefill_dns.as_deref(), Some("prefill:8000"));
+            assert_eq!(c.discovery.decode_dns.as_deref(), Some("decode:8000"));
+        }
+    }
+
+    #[test]
     fn discovery_decides_the_mode() {
         let c: GatewayConfig = toml::from_str(
             r#"
