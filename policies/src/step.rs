@@ -468,6 +468,25 @@ pub struct EngineReport {
     pub tightest_tpot_ms: Option<f64>,
     /// The engine's fitted step-time model.
     pub step: Option<StepModel>,
+    /// Recent duration of its steps that decoded (exponential average, [`DECODE_STEP_ALPHA`] per step): the time
+    /// per output token its batch sees now, prefill interference at the current arrival rate included (which a
+    /// snapshot of the queue cannot show).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_step_ms: Option<f64>,
+}
+
+/// Weight of the newest step in [`EngineReport::decode_step_ms`] (about the last 20 steps count).
+pub const DECODE_STEP_ALPHA: f64 = 0.02;
+
+/// [`EngineReport::decode_step_ms`] after a step that decoded and took `ms`.
+pub fn decode_step_average(prev: Option<f64>, ms: f64) -> Option<f64> {
+    if !(ms.is_finite() && ms >= 0.0) {
+        return prev;
+    }
+    Some(match prev {
+        Some(p) => p + DECODE_STEP_ALPHA * (ms - p),
+        None => ms,
+    })
 }
 
 #[cfg(test)]
@@ -717,9 +736,31 @@ mod tests {
             kv_usage: 0.25,
             tightest_tpot_ms: Some(30.0),
             step: Some(truth()),
+            decode_step_ms: Some(12.5),
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<EngineReport>(&s).unwrap(), r);
+        // A report without the average (an older engine) still reads.
+        let old = EngineReport {
+            decode_step_ms: None,
+            ..r
+        };
+        let s = serde_json::to_string(&old).unwrap();
+        assert!(!s.contains("decode_step_ms"));
+        assert_eq!(serde_json::from_str::<EngineReport>(&s).unwrap(), old);
+    }
+
+    #[test]
+    fn decode_step_average_follows_recent_steps() {
+        assert_eq!(decode_step_average(None, 10.0), Some(10.0));
+        let a = decode_step_average(Some(10.0), 30.0).unwrap();
+        assert!((a - (10.0 + DECODE_STEP_ALPHA * 20.0)).abs() < 1e-12);
+        assert_eq!(decode_step_average(Some(10.0), f64::NAN), Some(10.0));
+        let mut x = Some(10.0);
+        for _ in 0..2000 {
+            x = decode_step_average(x, 20.0);
+        }
+        assert!((x.unwrap() - 20.0).abs() < 1e-6);
         let partial: EngineReport = serde_json::from_str(r#"{"running":2,"future":1}"#).unwrap();
         assert_eq!((partial.running, partial.step), (2, None));
     }

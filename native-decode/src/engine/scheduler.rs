@@ -48,8 +48,8 @@ use crate::sampling::Pick;
 use crate::tokenizer::Tokenizer;
 use crate::transfer::prompt_digest;
 use baton_policies::step::{
-    prefill_budget, prefill_order_key, tpot_step_limit_ms, EngineReport, StepFit, StepLimits,
-    StepLoad, StepModel, StepShape, WaitingPrompt,
+    decode_step_average, prefill_budget, prefill_order_key, tpot_step_limit_ms, EngineReport,
+    StepFit, StepLimits, StepLoad, StepModel, StepShape, WaitingPrompt,
 };
 
 pub(super) struct Scheduler {
@@ -64,6 +64,8 @@ pub(super) struct Scheduler {
     /// Step times measured so far, fitted (the SLO planner's model, and the report's).
     fit: StepFit,
     limits: StepLimits,
+    /// Recent duration of steps that decoded (the report's `decode_step_ms`).
+    decode_step_ms: Option<f64>,
     /// Origin of the millisecond clock handed to the step policies.
     epoch: Instant,
     /// Tests plan against a fixed model instead of the fit (whose values depend on measured time).
@@ -175,6 +177,7 @@ impl Scheduler {
             leases,
             fit,
             limits,
+            decode_step_ms: None,
             epoch: Instant::now(),
             #[cfg(test)]
             frozen_model: None,
@@ -246,6 +249,7 @@ impl Scheduler {
             waiting: self.waiting.len() as u64,
             kv_usage: self.blocks.usage(),
             step: Some(self.step_model()),
+            decode_step_ms: self.decode_step_ms,
             ..Default::default()
         };
         for s in &self.running {
@@ -556,12 +560,16 @@ impl Scheduler {
         // Publish before any event goes out, so that a client seeing a token also sees its blocks counted.
         self.publish();
         let shape = self.shape(&plan);
+        let decodes = plan.iter().any(|p| self.running[p.idx].is_decoding());
         let t = Instant::now();
         let out = self.forward(&plan);
         let secs = t.elapsed().as_secs_f64();
         match out {
             Ok(outs) => {
                 self.fit.observe(&shape, secs * 1e3);
+                if decodes {
+                    self.decode_step_ms = decode_step_average(self.decode_step_ms, secs * 1e3);
+                }
                 self.stats.step_duration.observe(secs);
                 self.apply(&plan, outs)
             }

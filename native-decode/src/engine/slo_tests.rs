@@ -256,6 +256,19 @@ fn the_report_counts_decoding_context_and_waiting_prefill() {
     assert_eq!(r.tightest_tpot_ms, Some(40.0));
     assert_eq!(r.step, Some(model()));
     assert!(r.kv_usage > 0.0 && r.kv_usage <= 1.0);
+    // The second step decoded request 1: its measured time is the recent decoding step time.
+    assert!(r.decode_step_ms.is_some_and(|m| m >= 0.0), "{r:?}");
+}
+
+#[test]
+fn only_steps_that_decode_move_the_decode_step_average() {
+    let mut s = sched(EngineConfig::default());
+    let _a = add(&mut s, 1, req(prompt(1, 8), 3), SeqSlo::default());
+    // The first step only prefills.
+    assert!(s.step());
+    assert_eq!(s.decode_step_ms, None);
+    assert!(s.step());
+    assert!(s.decode_step_ms.is_some());
 }
 
 #[test]

@@ -137,7 +137,15 @@ impl EngineSnapshot<'_> {
         }
         let waiting = self.queued_tokens() + extra_prefill;
         let stall = self.step.per_prefill_token_ms * waiting as f64 / out.max(1) as f64;
-        let t = base + stall;
+        let mut t = base + stall;
+        // What its decoding steps take now (prefill of the prompts that keep arriving included), plus what the
+        // extra sequences add to each.
+        if let Some(observed) = self.decode_step_ms.filter(|_| self.decoding > 0) {
+            let more = self.step.per_seq_ms * extra_seqs as f64
+                + self.step.per_kctx_ms * extra_ctx as f64 / 1000.0;
+            let own = self.step.per_prefill_token_ms * extra_prefill as f64 / out.max(1) as f64;
+            t = t.max(observed + more + own);
+        }
         match (self.slo_aware, limit_tpot_ms) {
             (true, Some(l)) => t.min(base.max(tpot_step_limit_ms(&self.limits, l, 0.0))),
             _ => t,

@@ -69,6 +69,8 @@ pub struct EngineSnapshot<'a> {
     /// Prompts waiting for prefill, in the engine's service order.
     pub queue: Vec<WaitingPrompt>,
     pub kv_usage: Option<f64>,
+    /// The engine's recent decoding step time ([`EngineReport::decode_step_ms`]), when it reports one.
+    pub decode_step_ms: Option<f64>,
 }
 
 impl EngineSnapshot<'_> {
@@ -200,6 +202,10 @@ pub fn engine_snapshot<'a>(view: &EngineView<'a>, now_ms: f64) -> EngineSnapshot
         tightest_tpot_ms: tightest,
         queue,
         kv_usage,
+        decode_step_ms: view
+            .report
+            .and_then(|r| r.decode_step_ms)
+            .filter(|m| m.is_finite() && *m > 0.0),
     }
 }
 
@@ -237,6 +243,7 @@ mod tests {
             waiting_prefill_tokens: 1000,
             context_tokens: 10_000,
             tightest_tpot_ms: Some(40.0),
+            decode_step_ms: Some(12.0),
             ..Default::default()
         };
         let mut v = view(Some(&r), &[]);
@@ -260,6 +267,7 @@ mod tests {
         // The 600 tokens the report counted are not added again: 1000 + 500.
         assert_eq!(s.queued_tokens(), 1500);
         assert_eq!(s.tightest_tpot_ms, Some(30.0));
+        assert_eq!(s.decode_step_ms, Some(12.0));
         // The caller's finishes since the report are taken off, never below zero.
         v.now.decoding = 0;
         v.now.prefill_tokens = 0;

@@ -23,8 +23,8 @@
 use std::collections::VecDeque;
 
 use baton_policies::step::{
-    prefill_budget, prefill_order_key, tpot_step_limit_ms, EngineReport, StepLimits, StepLoad,
-    StepModel, StepShape, WaitingPrompt,
+    decode_step_average, prefill_budget, prefill_order_key, tpot_step_limit_ms, EngineReport,
+    StepLimits, StepLoad, StepModel, StepShape, WaitingPrompt,
 };
 
 /// How one engine schedules.
@@ -160,6 +160,8 @@ pub struct Engine {
     pub preemptions: u64,
     /// The shape and duration of the last planned step.
     pub last_step: (StepShape, f64),
+    /// Recent duration of steps that decoded (`EngineReport::decode_step_ms`).
+    decode_step_ms: Option<f64>,
 }
 
 impl Engine {
@@ -174,6 +176,7 @@ impl Engine {
             steps: 0,
             preemptions: 0,
             last_step: (StepShape::default(), 0.0),
+            decode_step_ms: None,
         }
     }
 
@@ -215,6 +218,7 @@ impl Engine {
                 .filter_map(|s| s.tpot_ms)
                 .reduce(f64::min),
             step: Some(self.model),
+            decode_step_ms: self.decode_step_ms,
         }
     }
 
@@ -420,6 +424,9 @@ impl Engine {
             return None;
         }
         let ms = self.model.predict_ms(&shape).max(0.0) + import_ms;
+        if decode.seqs > 0 {
+            self.decode_step_ms = decode_step_average(self.decode_step_ms, ms);
+        }
         self.steps += 1;
         self.last_step = (shape, ms);
         Some(ms)

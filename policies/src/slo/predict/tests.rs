@@ -24,6 +24,7 @@ fn engine(url: &str) -> EngineSnapshot<'_> {
         tightest_tpot_ms: None,
         queue: Vec::new(),
         kv_usage: None,
+        decode_step_ms: None,
     }
 }
 
@@ -351,4 +352,32 @@ fn prompts_go_where_their_own_wait_is_shortest_when_both_engines_would_do() {
     // On the backed-up engine its TTFT would have been the backlog's 8000 tokens later.
     let alone = admitted(decide(&cfg, &r, &[], &ds[..1], 0.0)).1;
     assert!(alone.ttft_ms > p.ttft_ms + 8000.0 * 0.05, "{alone:?} {p:?}");
+}
+
+#[test]
+fn tpot_follows_what_the_engines_decoding_steps_take_now() {
+    // 10 sequences decode in 15 ms steps by the model; the engine says its decoding steps took 24 ms lately
+    // (prefill of arriving prompts between them): the new request's TPOT is that plus its own share.
+    let cfg = strict();
+    let mut e = decoding("d", 10, 100.0);
+    let r = req(100, 100, 10_000.0, 100.0);
+    let (_, model_only) = admitted(decide(&cfg, &r, &[], std::slice::from_ref(&e), 0.0));
+    e.decode_step_ms = Some(24.0);
+    let (_, p) = admitted(decide(&cfg, &r, &[], std::slice::from_ref(&e), 0.0));
+    // One more sequence (0.5 ms) and its own 100-token prefill spread over 100 tokens (0.05 ms).
+    assert!((p.tpot_ms - (24.0 + 0.5 + 0.05)).abs() < 1e-9, "{p:?}");
+    assert!(model_only.tpot_ms < 16.0, "{model_only:?}");
+    // An engine that chunks TPOT-safely still keeps the tightest budget's step limit.
+    let tight = EngineSnapshot {
+        decode_step_ms: Some(40.0),
+        ..decoding("t", 10, 30.0)
+    };
+    let (_, p) = admitted(decide(
+        &cfg,
+        &req(100, 100, 10_000.0, 100.0),
+        &[],
+        &[tight],
+        0.0,
+    ));
+    assert!((p.tpot_ms - 27.0).abs() < 1e-9, "{p:?}");
 }
