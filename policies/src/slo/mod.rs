@@ -30,15 +30,19 @@
 //!   in steps its decoding batch tolerates ([`prefill_budget`] tokens per step ÷ the step's time) + for a
 //!   disaggregated placement the KV hand-off and the decode engine's first step.
 //! - **TPOT** = the decode engine's step time with its batch plus this request, plus the prefill work it runs
-//!   meanwhile spread over the output (on engines that report, capped at the step limit their TPOT-safe chunks
-//!   keep).
+//!   meanwhile spread over the output — at least the engine's reported recent decoding step time
+//!   ([`EngineReport::decode_step_ms`], which carries the prefill of the prompts that keep arriving) plus what this
+//!   request adds (on engines that report, capped at the step limit their TPOT-safe chunks keep).
 //!
 //! A placement is **admissible** when the request is predicted to meet its budget (slack ≥ `min_slack`), *and*
 //! nothing already on the engines it touches is pushed past its own budget: the touched engines' decoding
 //! batches keep their tightest TPOT, and every waiting prompt that was going to meet its deadline still does
 //! with this prompt inserted into the queue. Among admissible placements the cheapest wins: GPU time the
 //! placement adds (prefill, decode steps, hand-off) plus `harm_weight` × the latency it adds to others (TPOT
-//! increase × sequences decoding there, prefill delay × prompts queued behind it); colocation on ties. Only when
+//! increase × sequences decoding there, prefill delay × prompts queued behind it) plus `wait_weight` × the
+//! request's own predicted wait for its first token (so prompts spread away from engines whose prefill is backed
+//! up: on an engine whose TPOT is already capped a newcomer last in the EDF queue harms no one, yet the queue
+//! drains slowly); colocation on ties. Only when
 //! no placement is admissible is the request rejected early (admission `reject`) — or placed on the one with the
 //! most slack (admission `off`). A request with no targets is never rejected.
 
