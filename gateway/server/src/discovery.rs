@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::periodic::Periodic;
 use crate::state::AppState;
 use crate::worker::{Origin, Role};
 use crate::workers_api::{self, WorkerSpec};
@@ -194,16 +195,10 @@ pub async fn watch_dns(
     };
     let what = format!("dns {name}");
     let mut log = RateLimited::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let resolved = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = resolver.resolve(&host, port) => r,
+    let mut tick = Periodic::new(every, stop);
+    while tick.next().await {
+        let Some(resolved) = tick.unless_stopped(resolver.resolve(&host, port)).await else {
+            return;
         };
         let addrs = match resolved {
             Ok(a) if !a.is_empty() => a,
@@ -289,13 +284,8 @@ pub async fn watch_file(
     let what = format!("file {}", path.display());
     let mut log = RateLimited::default();
     let mut seen = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = Periodic::new(every, stop);
+    while tick.next().await {
         let sig = match signature(&path) {
             Ok(s) => s,
             Err(e) => {

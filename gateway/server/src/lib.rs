@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod models;
 pub mod passthrough;
+pub mod periodic;
 pub mod plugin_reload;
 pub mod plugin_runner;
 pub mod pool;

@@ -55,13 +55,8 @@ pub async fn run(
     events: watch::Sender<ReloadEvents>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::periodic::Periodic::new(every, stop);
+    while tick.next().await {
         let st = Arc::clone(&state);
         let checked = tokio::task::spawn_blocking(move || {
             st.pools

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::periodic::Periodic;
 use crate::state::AppState;
 use crate::worker::Worker;
 
@@ -23,13 +24,8 @@ pub async fn every_worker<F, Fut>(
     F: Fn(Arc<AppState>, Arc<Worker>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = Periodic::new(interval.max(Duration::from_millis(50)), stop);
+    while tick.next().await {
         let visits = state
             .pools
             .all()
@@ -38,9 +34,12 @@ pub async fn every_worker<F, Fut>(
             .filter(|w| !healthy_only || w.is_healthy())
             .map(|w| visit(Arc::clone(&state), w))
             .collect::<Vec<_>>();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = futures_util::future::join_all(visits) => {}
+        if tick
+            .unless_stopped(futures_util::future::join_all(visits))
+            .await
+            .is_none()
+        {
+            return;
         }
     }
 }

@@ -179,15 +179,11 @@ impl Shared {
             .resilient
             .as_ref()
             .map(|r| crate::abort::AbortOnDrop(r.spawn_resync()));
-        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick =
+            crate::periodic::Periodic::new(interval.max(Duration::from_millis(10)), stop);
         let ttl = (interval * 10).max(Duration::from_secs(1));
         let mut n: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        while tick.next().await {
             let state = ReplicaState {
                 replica_id: self.replica_id.clone(),
                 updated_ms: now_ms(),
