@@ -26,13 +26,13 @@ enum Cmd {
     /// Start gateway + prefill engine + decode engine on this machine (CPU).
     Up(up::UpArgs),
     /// Run one native engine (the same as `baton-engine`; see `baton engine --help`).
-    Engine(baton_native::cli::Args),
+    Engine(Box<baton_native::cli::Args>),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Engine(args) => match baton_native::cli::run(args) {
+        Cmd::Engine(args) => match baton_native::cli::run(*args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("baton engine: {e:#}");
