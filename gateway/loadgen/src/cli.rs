@@ -335,4 +335,33 @@ mod tests {
         ])
         .is_err());
     }
+
+    #[test]
+    fn twin_takes_a_pipeline_setup() {
+        let cli = Cli::try_parse_from([
+            "baton-bench",
+            "twin",
+            "--profile",
+            "p.json",
+            "--gpus",
+            "2",
+            "--setups",
+            "colocated,pipeline:policies/examples/plugins/worked_example.toml,slo",
+            "--preset",
+            "headline",
+        ])
+        .unwrap();
+        let Command::Twin(twin) = cli.command else {
+            panic!("not twin")
+        };
+        let setups: Vec<&str> = twin.setups.split(',').collect();
+        assert_eq!(
+            setups,
+            [
+                "colocated",
+                "pipeline:policies/examples/plugins/worked_example.toml",
+                "slo"
+            ]
+        );
+    }
 }

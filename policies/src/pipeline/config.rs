@@ -143,6 +143,16 @@ impl PipelineConfig {
 
     /// Builds the pipeline, loading and compiling scripts (errors name the file).
     pub fn build(&self) -> Result<Pipeline, PluginError> {
+        self.build_inner(None)
+    }
+
+    /// [`Self::build`] with a `weighted_random` picker drawing from a fixed seed (reproducible decisions, as the
+    /// twin needs; the gateway seeds from the OS).
+    pub fn build_seeded(&self, seed: u64) -> Result<Pipeline, PluginError> {
+        self.build_inner(Some(seed))
+    }
+
+    fn build_inner(&self, seed: Option<u64>) -> Result<Pipeline, PluginError> {
         if self.time_limit_ms == 0 {
             return Err(PluginError::Load(
                 "pipeline time_limit_ms must be at least 1".into(),
@@ -150,7 +160,10 @@ impl PipelineConfig {
         }
         let picker: Box<dyn super::Picker> = match self.picker {
             PickerConfig::MaxScore => Box::new(MaxScorePicker::default()),
-            PickerConfig::WeightedRandom => Box::new(WeightedRandomPicker::default()),
+            PickerConfig::WeightedRandom => Box::new(seed.map_or_else(
+                WeightedRandomPicker::default,
+                WeightedRandomPicker::with_seed,
+            )),
         };
         let mut p =
             Pipeline::new(picker).time_limit(std::time::Duration::from_millis(self.time_limit_ms));

@@ -7,7 +7,10 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::path::Path;
+use std::sync::Arc;
 
+use baton_policies::pipeline::{Admit, Pipeline, PipelineConfig};
 use baton_policies::slo::{Budget, SloPolicyConfig, SloRequest};
 use baton_policies::step::{StepLimits, StepModel};
 use baton_policies::{build, PolicyConfig, PolicyKind, RequestFeatures, RoutingPolicy, WorkerView};
@@ -18,8 +21,87 @@ use super::profile::{Handoff, Profile};
 use crate::client::Predicted;
 use crate::record::{Outcome, RequestRecord};
 
+/// A routing plugin pipeline, as the gateway's TOML gives it (`[policy_config.pipeline]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginSetup {
+    /// The file as named on the command line (names the setup).
+    pub file: String,
+    /// Script paths as the pipeline will load them.
+    pub config: PipelineConfig,
+}
+
+/// What the twin reads of a gateway config file: its pipeline (other keys are the gateway's business).
+#[derive(serde::Deserialize)]
+struct GatewayFile {
+    #[serde(default)]
+    policy_config: Option<PolicyConfigFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct PolicyConfigFile {
+    #[serde(default)]
+    pipeline: Option<PipelineConfig>,
+}
+
+/// Seed of a `weighted_random` picker in the twin (the gateway seeds from the OS; the twin must repeat itself).
+const PICKER_SEED: u64 = 0x7e1e;
+
+impl PluginSetup {
+    /// Reads `file` (a gateway config with `[policy_config.pipeline]`) and loads its scripts as the gateway does:
+    /// paths relative to the working directory.
+    pub fn load(file: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+        Self::parse(file, &text, Path::new(""))
+    }
+
+    /// Parses a gateway config's pipeline; relative script paths are taken from `scripts_dir` (`""`: the working
+    /// directory, as the gateway does). Builds it once, so a script that does not load is an error here.
+    pub fn parse(file: &str, text: &str, scripts_dir: &Path) -> Result<Self, String> {
+        let parsed: GatewayFile =
+            toml::from_str(text).map_err(|e| format!("{file}: invalid TOML: {e}"))?;
+        let mut config = parsed
+            .policy_config
+            .and_then(|p| p.pipeline)
+            .ok_or_else(|| format!("{file}: no [policy_config.pipeline] table"))?;
+        let resolve = |path: &mut String| {
+            if Path::new(path.as_str()).is_relative() {
+                *path = scripts_dir.join(path.as_str()).display().to_string();
+            }
+        };
+        use baton_policies::pipeline::{AdmissionConfig, FilterConfig, ScorerConfig};
+        for f in &mut config.filters {
+            if let FilterConfig::Script { path, .. } = f {
+                resolve(path);
+            }
+        }
+        for sc in &mut config.scorers {
+            if let ScorerConfig::Script { path, .. } = sc {
+                resolve(path);
+            }
+        }
+        for a in &mut config.admission {
+            if let AdmissionConfig::Script { path, .. } = a {
+                resolve(path);
+            }
+        }
+        let plugin = Self {
+            file: file.to_owned(),
+            config,
+        };
+        plugin.build()?;
+        Ok(plugin)
+    }
+
+    /// A fresh pipeline (its own picker state and fallback count), scripts loaded from their files.
+    pub fn build(&self) -> Result<Pipeline, String> {
+        self.config
+            .build_seeded(PICKER_SEED)
+            .map_err(|e| format!("{}: {e}", self.file))
+    }
+}
+
 /// A serving setup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Setup {
     /// `n` engines serving both phases, chunked prefill, the gateway in aggregated mode.
     Colocated(usize),
@@ -28,18 +110,36 @@ pub enum Setup {
     /// `n` engines serving both phases, listed in both pools; SLO scheduling in the engines, SLO placement and
     /// admission in the gateway.
     Slo(usize),
+    /// `gpus` engines as [`Setup::Colocated`], routed (and admitted) by a plugin pipeline instead of least load.
+    Pipeline {
+        gpus: usize,
+        plugin: Arc<PluginSetup>,
+    },
 }
 
 impl Setup {
-    /// `colocated`, `disaggregated:PxD` (also `P:D`), `slo`; `gpus` sizes the first and the last.
+    /// `colocated`, `disaggregated:PxD` (also `P:D`), `slo`, `pipeline:FILE` (a gateway config with
+    /// `[policy_config.pipeline]`, loaded here: see [`PluginSetup::load`]); `gpus` sizes all but the second.
     pub fn parse(s: &str, gpus: usize) -> Result<Self, String> {
         let s = s.trim();
         match s {
             "colocated" => Ok(Self::Colocated(gpus)),
             "slo" => Ok(Self::Slo(gpus)),
+            _ if s.starts_with("pipeline:") => {
+                let file = s["pipeline:".len()..].trim();
+                if file.is_empty() {
+                    return Err("pipeline:FILE needs a file".into());
+                }
+                Ok(Self::Pipeline {
+                    gpus,
+                    plugin: Arc::new(PluginSetup::load(file)?),
+                })
+            }
             _ => {
                 let split = s.strip_prefix("disaggregated:").ok_or_else(|| {
-                    format!("unknown setup {s:?} (colocated, disaggregated:PxD, slo)")
+                    format!(
+                        "unknown setup {s:?} (colocated, disaggregated:PxD, slo, pipeline:FILE)"
+                    )
                 })?;
                 let (p, d) = split
                     .split_once(['x', ':'])
@@ -55,7 +155,7 @@ impl Setup {
 
     pub fn gpus(&self) -> usize {
         match *self {
-            Self::Colocated(n) | Self::Slo(n) => n,
+            Self::Colocated(n) | Self::Slo(n) | Self::Pipeline { gpus: n, .. } => n,
             Self::Disaggregated { prefill, decode } => prefill + decode,
         }
     }
@@ -66,10 +166,19 @@ impl Setup {
     }
 
     pub fn name(&self) -> String {
-        match *self {
+        match self {
             Self::Colocated(_) => "colocated".into(),
             Self::Disaggregated { prefill, decode } => format!("disaggregated:{prefill}x{decode}"),
             Self::Slo(_) => "slo".into(),
+            Self::Pipeline { plugin, .. } => format!("pipeline:{}", plugin.file),
+        }
+    }
+
+    /// Colocated engines behind one pool routed by a `RoutingPolicy` (least load, or a plugin pipeline).
+    fn colocated_engines(&self) -> Option<usize> {
+        match *self {
+            Self::Colocated(n) | Self::Pipeline { gpus: n, .. } => Some(n),
+            _ => None,
         }
     }
 }
@@ -134,6 +243,8 @@ pub struct TwinRequest {
     pub output_tokens: u64,
     /// The budget of the class sent with it.
     pub budget: Budget,
+    /// The prompt: a plugin pipeline's routing text (`/v1/completions` routes by it). Other setups ignore it.
+    pub prompt: String,
 }
 
 /// A simulated run.
@@ -146,6 +257,27 @@ pub struct SimOutput {
     /// Requests the SLO policy served by one engine alone / split across two.
     pub local: u64,
     pub split: u64,
+    /// Plugin pipeline: decisions whose pick / admission fell back to least load / admit (a script failed or ran
+    /// over its budget), picks that found no worker (503), requests shed by admission (429).
+    pub plugin: PluginCounts,
+}
+
+/// What a plugin pipeline did in a run (all zero for other setups).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginCounts {
+    pub pick_fallbacks: u64,
+    pub admit_fallbacks: u64,
+    pub no_worker: u64,
+    pub shed: u64,
+}
+
+impl PluginCounts {
+    pub fn add(&mut self, o: &Self) {
+        self.pick_fallbacks += o.pick_fallbacks;
+        self.admit_fallbacks += o.admit_fallbacks;
+        self.no_worker += o.no_worker;
+        self.shed += o.shed;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +321,10 @@ struct Flight {
     first_ms: Option<f64>,
     end_ms: Option<f64>,
     rejected: bool,
+    /// Shed by a plugin's admission: the Retry-After it would carry (seconds).
+    retry_after_s: Option<u64>,
+    /// No worker passed the plugin's filters: the gateway answers 503.
+    no_worker: bool,
     /// The SLO policy's prediction (TTFT from arrival, TPOT), as the gateway's `x-baton-predicted` carries it.
     predicted: Option<Predicted>,
 }
@@ -210,12 +346,38 @@ struct Sim<'a> {
     n: u64,
     policy_a: Box<dyn RoutingPolicy>,
     policy_b: Box<dyn RoutingPolicy>,
+    /// The plugin pipeline (also `policy_a`), for its fallback count.
+    plugin: Option<Arc<Pipeline>>,
+    plugin_counts: PluginCounts,
     local: u64,
     split: u64,
 }
 
-/// Runs the requests (sorted by arrival) through the setup.
-pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOutput {
+/// A shared pipeline as a `RoutingPolicy` (the sim routes through the trait and reads the pipeline's counter).
+#[derive(Debug)]
+struct Shared(Arc<Pipeline>);
+
+impl RoutingPolicy for Shared {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn pick(&self, workers: &[WorkerView<'_>], request: &RequestFeatures<'_>) -> Option<usize> {
+        self.0.pick(workers, request)
+    }
+    fn has_admission(&self) -> bool {
+        self.0.has_admission()
+    }
+    fn admit(&self, workers: &[WorkerView<'_>], request: &RequestFeatures<'_>) -> Admit {
+        RoutingPolicy::admit(&*self.0, workers, request)
+    }
+}
+
+/// Runs the requests (sorted by arrival) through the setup. Errors only when a plugin pipeline no longer loads.
+pub fn simulate(
+    cfg: &FleetConfig,
+    setup: Setup,
+    reqs: &[TwinRequest],
+) -> Result<SimOutput, String> {
     let engine = |tokens: u64, slo: bool| {
         Engine::new(
             EngineConfig {
@@ -229,7 +391,7 @@ pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOut
         )
     };
     let (engines, decode_base, policies) = match setup {
-        Setup::Colocated(n) => (
+        Setup::Colocated(n) | Setup::Pipeline { gpus: n, .. } => (
             (0..n)
                 .map(|_| engine(cfg.colocated_tokens, false))
                 .collect::<Vec<_>>(),
@@ -254,12 +416,19 @@ pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOut
         build(k, &PolicyConfig::default())
             .unwrap_or_else(|_| Box::new(baton_policies::LeastLoad::new()))
     };
+    let plugin = match &setup {
+        Setup::Pipeline { plugin, .. } => Some(Arc::new(plugin.build()?)),
+        _ => None,
+    };
     let n = engines.len();
     let mut sim = Sim {
         cfg,
         setup,
         reqs,
-        urls: (0..n).map(|i| format!("http://engine-{i}")).collect(),
+        // As the gateway names workers (scripts may read the port).
+        urls: (0..n)
+            .map(|i| format!("http://engine-{i}:{}", 8001 + i))
+            .collect(),
         engines,
         decode_base,
         in_flight: vec![0; n],
@@ -269,8 +438,13 @@ pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOut
         flights: vec![Flight::default(); reqs.len()],
         heap: BinaryHeap::new(),
         n: 0,
-        policy_a: built(policies.0),
+        policy_a: match &plugin {
+            Some(p) => Box::new(Shared(Arc::clone(p))),
+            None => built(policies.0),
+        },
         policy_b: built(policies.1),
+        plugin,
+        plugin_counts: PluginCounts::default(),
         local: 0,
         split: 0,
     };
@@ -294,7 +468,7 @@ pub fn simulate(cfg: &FleetConfig, setup: Setup, reqs: &[TwinRequest]) -> SimOut
             }
         }
     }
-    sim.finish(horizon)
+    Ok(sim.finish(horizon))
 }
 
 fn predicted(p: &baton_policies::slo::Prediction) -> Predicted {
@@ -353,19 +527,55 @@ impl Sim<'_> {
         }
     }
 
+    fn plugin_fallbacks(&self) -> u64 {
+        self.plugin.as_ref().map_or(0, |p| p.fallbacks())
+    }
+
+    /// Colocated serving: one pool, `policy_a` (least load or a plugin pipeline) on the snapshot of requests in
+    /// flight, its admission first if it has one (a shed is a 429), the prompt as the routing text.
+    fn arrive_colocated(&mut self, i: usize, n: usize, now: f64) {
+        let reqs = self.reqs;
+        let r = &reqs[i];
+        let (prompt, output) = (r.prompt_tokens, r.output_tokens);
+        let features = RequestFeatures {
+            text: Some(&r.prompt),
+        };
+        let views = Self::views(&self.urls, &self.in_flight, 0..n);
+        if self.policy_a.has_admission() {
+            let before = self.plugin_fallbacks();
+            let admit = self.policy_a.admit(&views, &features);
+            self.plugin_counts.admit_fallbacks += self.plugin_fallbacks() - before;
+            if let Admit::Reject { retry_after_ms } = admit {
+                self.plugin_counts.shed += 1;
+                self.flights[i].rejected = true;
+                // As the gateway's Retry-After: whole seconds rounded up, at least 1.
+                self.flights[i].retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
+                return;
+            }
+        }
+        let before = self.plugin_fallbacks();
+        let pick = self.policy_a.pick(&views, &features);
+        self.plugin_counts.pick_fallbacks += self.plugin_fallbacks() - before;
+        let Some(e) = pick.filter(|&e| e < n) else {
+            self.plugin_counts.no_worker += 1;
+            self.flights[i].no_worker = true;
+            return;
+        };
+        self.in_flight[e] += 1;
+        self.flights[i].decode = e;
+        let s = self.budgeted(i, Leg::Full, prompt, output, now);
+        self.send(e, s, now);
+    }
+
     fn arrive(&mut self, i: usize, now: f64) {
+        if let Some(n) = self.setup.colocated_engines() {
+            return self.arrive_colocated(i, n, now);
+        }
         let r = &self.reqs[i];
         let (prompt, output) = (r.prompt_tokens, r.output_tokens);
         let none = RequestFeatures::default();
         match self.setup {
-            Setup::Colocated(n) => {
-                let views = Self::views(&self.urls, &self.in_flight, 0..n);
-                let e = self.policy_a.pick(&views, &none).unwrap_or(0);
-                self.in_flight[e] += 1;
-                self.flights[i].decode = e;
-                let s = self.budgeted(i, Leg::Full, prompt, output, now);
-                self.send(e, s, now);
-            }
+            Setup::Colocated(_) | Setup::Pipeline { .. } => unreachable!("routed above"),
             Setup::Disaggregated { prefill, decode } => {
                 let pv = Self::views(&self.urls, &self.in_flight, 0..prefill);
                 let p = self.policy_a.pick(&pv, &none).unwrap_or(0);
@@ -459,7 +669,7 @@ impl Sim<'_> {
                         self.flights[req].end_ms = Some(at_ms);
                         let d = self.flights[req].decode;
                         match self.setup {
-                            Setup::Colocated(_) => {
+                            Setup::Colocated(_) | Setup::Pipeline { .. } => {
                                 self.in_flight[d] = self.in_flight[d].saturating_sub(1)
                             }
                             _ => {
@@ -513,7 +723,17 @@ impl Sim<'_> {
                     predicted: f.predicted,
                 };
                 if f.rejected {
-                    rec.outcome = Outcome::Rejected { retry_after: None };
+                    rec.outcome = Outcome::Rejected {
+                        retry_after: f.retry_after_s.map(|s| s.to_string()),
+                    };
+                    last_ms = last_ms.max(r.arrival_ms);
+                    return rec;
+                }
+                if f.no_worker {
+                    rec.outcome = Outcome::HttpError {
+                        status: 503,
+                        message: "no healthy worker".into(),
+                    };
                     last_ms = last_ms.max(r.arrival_ms);
                     return rec;
                 }
@@ -539,6 +759,7 @@ impl Sim<'_> {
             preemptions: self.engines.iter().map(|e| e.preemptions).sum(),
             local: self.local,
             split: self.split,
+            plugin: self.plugin_counts,
         }
     }
 }
@@ -575,6 +796,7 @@ mod tests {
                 ttft_ms: Some(500.0),
                 tpot_ms: Some(30.0),
             },
+            prompt: "p".repeat(prompt as usize),
         }
     }
 
@@ -599,7 +821,7 @@ mod tests {
     #[test]
     fn one_request_colocated_ttft_is_one_prefill_step() {
         let c = cfg();
-        let out = simulate(&c, Setup::Colocated(2), &[req(0, 100.0, 1000, 2)]);
+        let out = simulate(&c, Setup::Colocated(2), &[req(0, 100.0, 1000, 2)]).unwrap();
         let step = c.model.predict_ms(&StepShape {
             seqs: 1,
             prefill_tokens: 1000,
@@ -620,7 +842,8 @@ mod tests {
                 decode: 1,
             },
             &[req(0, 0.0, 3000, 4)],
-        );
+        )
+        .unwrap();
         let m = c.model;
         let prefill = m.predict_ms(&StepShape {
             seqs: 1,
@@ -659,7 +882,8 @@ mod tests {
                 decode: 1,
             },
             &reqs,
-        );
+        )
+        .unwrap();
         let first: Vec<f64> = out
             .records
             .iter()
@@ -691,13 +915,182 @@ mod tests {
             },
             Setup::Slo(2),
         ] {
-            let a = simulate(&c, setup, &reqs);
-            let b = simulate(&c, setup, &reqs);
+            let a = simulate(&c, setup.clone(), &reqs).unwrap();
+            let b = simulate(&c, setup.clone(), &reqs).unwrap();
             assert_eq!(a.records, b.records, "{setup:?}");
             assert!(a
                 .records
                 .iter()
                 .all(|r| r.outcome.is_ok() || r.outcome.is_rejected()));
         }
+    }
+
+    fn repo_root() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    fn pipeline(name: &str, toml: &str, scripts_dir: &Path, gpus: usize) -> Setup {
+        Setup::Pipeline {
+            gpus,
+            plugin: Arc::new(PluginSetup::parse(name, toml, scripts_dir).unwrap()),
+        }
+    }
+
+    /// Busy enough that queues form on 2 engines (the worked example's `max_in_flight = 4` filter refuses some
+    /// picks), with every tenth prompt over 20 000 characters (its admission script sheds those while every
+    /// worker is busy).
+    fn busy_requests() -> Vec<TwinRequest> {
+        (0..400)
+            .map(|i| {
+                let prompt = if i % 10 == 0 {
+                    25_000
+                } else {
+                    200 + (i as u64 * 37) % 3000
+                };
+                req(i, i as f64 * 4.0, prompt, 20 + i as u64 % 80)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_worked_example_file_is_the_guides() {
+        let root = repo_root();
+        let guide = std::fs::read_to_string(root.join("docs/PLUGINS.md")).unwrap();
+        let block = guide
+            .split("<!-- worked-example:begin -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- worked-example:end -->").next())
+            .and_then(|b| b.split("```toml\n").nth(1))
+            .and_then(|b| b.split("```").next())
+            .expect("the guide marks its worked example");
+        let file =
+            std::fs::read_to_string(root.join("policies/examples/plugins/worked_example.toml"))
+                .unwrap();
+        assert_eq!(file, block);
+    }
+
+    #[test]
+    fn the_worked_example_pipeline_runs_deterministically() {
+        let c = cfg();
+        let root = repo_root();
+        let text =
+            std::fs::read_to_string(root.join("policies/examples/plugins/worked_example.toml"))
+                .unwrap();
+        let setup = pipeline("worked_example.toml", &text, &root, 2);
+        assert_eq!(setup.name(), "pipeline:worked_example.toml");
+        assert_eq!(setup.gpus(), 2);
+        assert!(!setup.uses_budgets());
+        let reqs = busy_requests();
+        let a = simulate(&c, setup.clone(), &reqs).unwrap();
+        let b = simulate(&c, setup, &reqs).unwrap();
+        assert_eq!(a.records, b.records);
+        assert_eq!(a.plugin, b.plugin);
+        // The filter refused some picks (503), admission shed some long prompts (429, Retry-After 2 s), the
+        // scripts never failed, and everything else was served.
+        let p = a.plugin;
+        assert!(p.no_worker > 0 && p.shed > 0, "{p:?}");
+        assert_eq!((p.pick_fallbacks, p.admit_fallbacks), (0, 0));
+        let count =
+            |f: &dyn Fn(&Outcome) -> bool| a.records.iter().filter(|r| f(&r.outcome)).count();
+        assert_eq!(
+            count(&|o| matches!(o, Outcome::HttpError { status: 503, .. })) as u64,
+            p.no_worker
+        );
+        assert_eq!(
+            count(&|o| matches!(o, Outcome::Rejected { retry_after: Some(s) } if s == "2")) as u64,
+            p.shed
+        );
+        assert_eq!(
+            count(&|o| o.is_ok()) as u64 + p.no_worker + p.shed,
+            reqs.len() as u64
+        );
+    }
+
+    #[test]
+    fn a_least_load_pipeline_serves_as_colocated_least_load() {
+        let c = cfg();
+        let reqs = busy_requests();
+        let colocated = simulate(&c, Setup::Colocated(3), &reqs).unwrap();
+        let ll = pipeline(
+            "ll.toml",
+            "policy = \"pipeline\"\n[policy_config.pipeline]\nscorers = [{ kind = \"least_load\" }]\n",
+            Path::new(""),
+            3,
+        );
+        let out = simulate(&c, ll, &reqs).unwrap();
+        assert_eq!(out.records, colocated.records);
+        assert_eq!(out.plugin, PluginCounts::default());
+        assert_eq!(out.steps, colocated.steps);
+    }
+
+    #[test]
+    fn a_failing_script_falls_back_to_least_load_and_is_counted() {
+        let dir = std::env::temp_dir().join(format!("baton-twin-plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("spin.rhai"),
+            "fn score(w, r) { let x = 0; loop { x += 1; } }",
+        )
+        .unwrap();
+        std::fs::write(dir.join("fails.rhai"), "fn admit(ws, r) { \"yes\" }").unwrap();
+        let c = cfg();
+        let reqs = busy_requests();
+        let colocated = simulate(&c, Setup::Colocated(2), &reqs).unwrap();
+        let broken = pipeline(
+            "broken.toml",
+            "[policy_config.pipeline]\n\
+             scorers = [{ kind = \"script\", path = \"spin.rhai\", budget = 500 }]\n\
+             admission = [{ kind = \"script\", path = \"fails.rhai\" }]\n",
+            &dir,
+            2,
+        );
+        let out = simulate(&c, broken, &reqs).unwrap();
+        // Over budget on every pick: least load; a bad admission answer: admitted.
+        assert_eq!(out.records, colocated.records);
+        let n = reqs.len() as u64;
+        assert_eq!(
+            out.plugin,
+            PluginCounts {
+                pick_fallbacks: n,
+                admit_fallbacks: n,
+                no_worker: 0,
+                shed: 0
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pipeline_setups_parse() {
+        let dir = std::env::temp_dir().join(format!("baton-twin-parse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(
+            &file,
+            "policy = \"pipeline\"\nlisten = \"0.0.0.0:8080\"\n[policy_config.pipeline]\nfilters = [{ kind = \"max_in_flight\", max = 8 }]\n",
+        )
+        .unwrap();
+        let spec = format!("pipeline:{}", file.display());
+        let s = Setup::parse(&spec, 4).unwrap();
+        assert_eq!(s.name(), spec);
+        assert_eq!(s.gpus(), 4);
+        let no_pipeline = dir.join("none.toml");
+        std::fs::write(&no_pipeline, "policy = \"least_load\"\n").unwrap();
+        let err = Setup::parse(&format!("pipeline:{}", no_pipeline.display()), 2).unwrap_err();
+        assert!(err.contains("no [policy_config.pipeline]"), "{err}");
+        assert!(Setup::parse("pipeline:", 2).is_err());
+        assert!(Setup::parse(
+            &format!("pipeline:{}", dir.join("missing.toml").display()),
+            2
+        )
+        .is_err());
+        let bad_script = dir.join("bad.toml");
+        std::fs::write(
+            &bad_script,
+            "[policy_config.pipeline]\nscorers = [{ kind = \"script\", path = \"/nonexistent/x.rhai\" }]\n",
+        )
+        .unwrap();
+        assert!(Setup::parse(&format!("pipeline:{}", bad_script.display()), 2).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,7 +6,9 @@
 //!   `policies::step::prefill_budget` — with the step's duration from the profile's `StepModel`.
 //! - **The gateway** ([`fleet`]) routes with the real policy code of `baton-policies`: `least_load` on the same
 //!   `WorkerView` snapshot (requests in flight per worker) for colocated serving, each pool's policy for
-//!   disaggregated serving, and `baton_policies::slo` placement and admission for the SLO setup ([`placement`]).
+//!   disaggregated serving, and `baton_policies::slo` placement and admission for the SLO setup ([`placement`]);
+//!   `pipeline:FILE` routes the colocated engines with a plugin pipeline from a gateway config instead (its
+//!   admission, then its pick, through `RoutingPolicy`; fallbacks counted).
 //! - **Workloads, arrivals and judging** are the load generator's own: the same `Arrivals` and workload `Sampler`
 //!   (so a seed draws the very requests `baton-bench sweep` sends), records judged by `baton-slo`'s `Verdict`
 //!   through [`crate::slo::Slo`], DistServe goodput by [`crate::sweep`], reports in the [`crate::report::Report`]
@@ -24,7 +26,7 @@ pub mod run;
 
 use serde::{Deserialize, Serialize};
 
-pub use fleet::{simulate, FleetConfig, Setup, SimOutput, TwinRequest};
+pub use fleet::{simulate, FleetConfig, PluginCounts, PluginSetup, Setup, SimOutput, TwinRequest};
 pub use profile::{Handoff, Profile};
 pub use run::{sweep, Cell, SweepPlan, Tier, Tokens, WorkloadRun};
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fleet::{simulate, FleetConfig, Setup, TwinRequest};
+use super::fleet::{simulate, FleetConfig, PluginCounts, Setup, TwinRequest};
 use crate::arrival::Arrivals;
 use crate::metrics::RunSummary;
 use crate::progress::Progress;
@@ -123,6 +123,9 @@ pub struct Cell {
     pub local: u64,
     #[serde(default)]
     pub split: u64,
+    /// Plugin pipeline setups: fallbacks, 503s and sheds (summed over the rates).
+    #[serde(default)]
+    pub plugin: PluginCounts,
     pub report: Report,
 }
 
@@ -155,13 +158,15 @@ pub fn requests(
             prompt_tokens,
             output_tokens: u64::from(spec.output_len),
             budget,
+            prompt: spec.prompt,
         });
     }
     Ok(out)
 }
 
-/// One tier's runs of a cell: (rate, records, duration) per rate, and the SLO placement counts (local, split).
-type TierRuns = (Vec<(f64, Vec<RequestRecord>, f64)>, u64, u64);
+/// One tier's runs of a cell: (rate, records, duration) per rate, the SLO placement counts (local, split) and the
+/// plugin pipeline's counts.
+type TierRuns = (Vec<(f64, Vec<RequestRecord>, f64)>, u64, u64, PluginCounts);
 
 /// Runs the plan; cells in setup, workload, tier order.
 pub fn sweep(fleet: &FleetConfig, plan: &SweepPlan, quiet: bool) -> Result<Vec<Cell>, String> {
@@ -183,7 +188,8 @@ pub fn sweep(fleet: &FleetConfig, plan: &SweepPlan, quiet: bool) -> Result<Vec<C
         for w in &plan.workloads {
             let workload = Workload::parse(&w.spec).map_err(|e| e.to_string())?;
             // Per tier: (rate, records, duration) of each run, and the placement counts.
-            let mut per_tier: Vec<TierRuns> = vec![(Vec::new(), 0, 0); plan.tiers.len()];
+            let mut per_tier: Vec<TierRuns> =
+                vec![(Vec::new(), 0, 0, PluginCounts::default()); plan.tiers.len()];
             let runs_per = if setup.uses_budgets() {
                 plan.tiers.len()
             } else {
@@ -200,7 +206,7 @@ pub fn sweep(fleet: &FleetConfig, plan: &SweepPlan, quiet: bool) -> Result<Vec<C
                         plan,
                         plan.tiers[t].budget(),
                     )?;
-                    let out = simulate(fleet, *setup, &reqs);
+                    let out = simulate(fleet, setup.clone(), &reqs)?;
                     progress.finished(true);
                     let targets: Vec<usize> = if setup.uses_budgets() {
                         vec![t]
@@ -213,10 +219,11 @@ pub fn sweep(fleet: &FleetConfig, plan: &SweepPlan, quiet: bool) -> Result<Vec<C
                             .push((rate, out.records.clone(), out.duration_s));
                         per_tier[k].1 += out.local;
                         per_tier[k].2 += out.split;
+                        per_tier[k].3.add(&out.plugin);
                     }
                 }
             }
-            for (tier, (runs, local, split)) in plan.tiers.iter().zip(per_tier) {
+            for (tier, (runs, local, split, plugin)) in plan.tiers.iter().zip(per_tier) {
                 let slo = tier.slo();
                 let rate_runs: Vec<RateRun> = runs
                     .into_iter()
@@ -271,6 +278,7 @@ pub fn sweep(fleet: &FleetConfig, plan: &SweepPlan, quiet: bool) -> Result<Vec<C
                     bounded: distserve.bounded,
                     local,
                     split,
+                    plugin,
                     report,
                 });
             }
@@ -354,7 +362,42 @@ pub fn table(cells: &[Cell]) -> String {
         }
     }
     out.push_str(&summary_table(cells));
+    out.push_str(&plugin_table(cells));
     out.push_str(&prediction_table(cells));
+    out
+}
+
+/// One row per plugin pipeline cell (once per workload: tiers share the runs): requests, decisions that fell back
+/// (a script failed or ran over its budget: least load / admit, as the gateway does), 503s and sheds.
+pub fn plugin_table(cells: &[Cell]) -> String {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    let rows: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.setup.starts_with("pipeline:"))
+        .filter(|c| {
+            let k = (c.setup.as_str(), c.workload.as_str());
+            !seen.contains(&k) && {
+                seen.push(k);
+                true
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n### plugin pipelines: fallbacks and refusals (all rates)\n\n\
+         | setup | workload | requests | pick fallbacks | admission fallbacks | no worker (503) | shed (429) |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for c in rows {
+        let sent: usize = c.report.runs.iter().map(|r| r.summary.sent).sum();
+        let p = c.plugin;
+        out.push_str(&format!(
+            "| {} | {} | {sent} | {} | {} | {} | {} |\n",
+            c.setup, c.workload, p.pick_fallbacks, p.admit_fallbacks, p.no_worker, p.shed
+        ));
+    }
     out
 }
 
