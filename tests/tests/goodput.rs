@@ -101,13 +101,14 @@ fn attained(reqs: &[TwinRequest], records: &[baton_loadgen::record::RequestRecor
 const RATES: [f64; 10] = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0];
 
 /// DistServe goodput (90%) of a setup over [`RATES`], and its attainment per rate.
-fn goodput(setup: Setup, f: &FleetConfig) -> (f64, Vec<f64>) {
+fn goodput(setup: &Setup, f: &FleetConfig) -> (f64, Vec<f64>) {
     let att: Vec<f64> = RATES
         .iter()
         .enumerate()
         .map(|(i, &rate)| {
             let reqs = workload(rate, 7 + i as u64);
-            attained(&reqs, &simulate(f, setup, &reqs).records)
+            let out = simulate(f, setup.clone(), &reqs).expect("the twin runs this setup");
+            attained(&reqs, &out.records)
         })
         .collect();
     let pts: Vec<(f64, f64)> = RATES.iter().copied().zip(att.iter().copied()).collect();
@@ -144,7 +145,7 @@ fn twin_slo_setup_beats_colocated_and_disaggregated_deterministically() {
     let results: Vec<(&str, f64, Vec<f64>)> = runs
         .iter()
         .map(|(name, setup, cfg)| {
-            let (g, att) = goodput(*setup, cfg);
+            let (g, att) = goodput(setup, cfg);
             println!(
                 "{name:>22}: goodput {g:6.2} req/s; attainment {:?}",
                 att.iter().map(|a| (a * 100.0).round()).collect::<Vec<_>>()
@@ -153,7 +154,7 @@ fn twin_slo_setup_beats_colocated_and_disaggregated_deterministically() {
         })
         .collect();
     // Determinism: the same inputs give the same records.
-    let again = goodput(Setup::Slo(2), &f);
+    let again = goodput(&Setup::Slo(2), &f);
     assert_eq!(again.1, results[3].2);
     let slo = results[3].1;
     let best = results[..3].iter().map(|r| r.1).fold(0.0, f64::max);
