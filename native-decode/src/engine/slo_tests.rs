@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc as tmpsc;
 
 use super::*;
-use crate::sampling::SamplingParams;
 
 /// The planner's model in these tests (the policy's default prior).
 fn model() -> StepModel {
@@ -37,23 +36,7 @@ fn prompt(seed: u32, n: usize) -> Vec<u32> {
 }
 
 fn req(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        request_id: "r".into(),
-        prompt,
-        params: GenParams {
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-            max_tokens,
-            ignore_eos: true,
-            ..Default::default()
-        },
-        remote_decode: false,
-        imported: None,
-        cache_salt: None,
-        tenant: None,
-    }
+    crate::engine::tests::greedy(prompt, max_tokens)
 }
 
 /// Queues request `id`; the receiver must be kept (a closed one counts as a client gone).

@@ -30,7 +30,8 @@ fn engine(cfg: EngineConfig) -> EngineHandle {
     EngineHandle::spawn(tiny_model(), crate::tokenizer::tests::tiny(), cfg).unwrap()
 }
 
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+/// A greedy request that runs to `max_tokens` (shared with the scheduler's SLO tests).
+pub(crate) fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         request_id: "r".into(),
         prompt,
