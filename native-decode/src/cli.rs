@@ -15,7 +15,7 @@ use crate::engine::backend::Backend;
 use crate::engine::{EngineConfig, EngineHandle};
 use crate::loader::{load, LoadFormat};
 use crate::model::ModelConfig;
-use crate::server::{serve, Limits, Role, ServerState};
+use crate::server::{serve_until, Limits, Role, ServerState};
 use crate::tokenizer::Tokenizer;
 use crate::transfer::tcp::{DeviceImport, TcpPuller};
 use crate::transfer::{tcp, KvEndpoint, PullFailurePolicy};
@@ -137,6 +137,10 @@ pub struct Args {
     /// Seconds without any traffic after which a connection is wound down (in-flight requests finish).
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// On SIGTERM or Ctrl-C: stop accepting, let requests in progress (streams included) finish for at most this
+    /// many seconds, then exit. Keep it below the orchestrator's stop grace period (compose: `stop_grace_period`).
+    #[arg(long, default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
     /// Schedule by the fleet's budgets (`x-baton-slo` on fleet-authenticated calls): earliest-deadline-first
     /// prefill, and prefill chunks sized so that decoding sequences keep their TPOT. `off`, or while no request has
     /// a budget: FIFO under the fixed --max-num-batched-tokens budget.
@@ -380,9 +384,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             fleet_key,
         });
         tracing::info!("serving on http://{}", listener.local_addr()?);
-        serve(listener, state).await;
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            shutdown_signal().await;
+            tracing::info!(grace_secs = grace.as_secs(), "stopping: no new connections, finishing requests in progress");
+            let _ = stopped_tx.send(());
+        };
+        let drained = serve_until(listener, state, stop);
+        tokio::pin!(drained);
+        tokio::select! {
+            _ = &mut drained => return Ok(()),
+            _ = stopped_rx => {}
+        }
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("shutdown grace over: exiting with requests still in progress");
+        }
         Ok(())
     })
+}
+
+/// SIGTERM (what orchestrators send; as a container's PID 1 the engine must handle it, or it is ignored until the
+/// SIGKILL) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// No GPU type in a build without the `cuda` feature.

@@ -69,6 +69,34 @@ impl Limits {
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+    serve_until(listener, state, std::future::pending()).await
+}
+
+/// Serves until `stop` completes, then stops accepting (new connections are refused once the listener is
+/// dropped) and asks every open connection to finish gracefully: a request in progress, a stream included, runs to
+/// its end; idle keep-alive connections close at once. Returns when every connection has ended; the caller bounds
+/// how long it waits.
+pub async fn serve_until(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::select! {
+        _ = stop => {}
+        _ = accept_loop(listener, &state, &stopping, &mut tasks) => {}
+    }
+    let _ = stopping.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: &Arc<ServerState>,
+    stopping: &tokio::sync::watch::Sender<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
     let limits = state.limits.clone();
     let slots = Slots::new(limits.max_connections.max(1));
     let mut at_limit = false;
@@ -100,7 +128,13 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
             }
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, state.clone(), slot));
+        let mut stop = stopping.subscribe();
+        let stop = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tasks.spawn(connection(sock, state.clone(), slot, stop));
+        // Reap finished connections so the set does not grow with the process's lifetime.
+        while tasks.try_join_next().is_some() {}
     }
 }
 
@@ -117,7 +151,12 @@ impl Drop for Open {
     }
 }
 
-async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: Slot) {
+async fn connection(
+    sock: TcpStream,
+    state: Arc<ServerState>,
+    _slot: Slot,
+    stop: impl std::future::Future<Output = ()>,
+) {
     state
         .engine
         .stats
@@ -127,6 +166,5 @@ async fn connection(sock: TcpStream, state: Arc<ServerState>, _slot: Slot) {
     let limits = state.limits.connection();
     let st = state.clone();
     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-    // The engine has no graceful stop: connections end with the process.
-    baton_conn::serve(sock, svc, limits, std::future::pending()).await;
+    baton_conn::serve(sock, svc, limits, stop).await;
 }

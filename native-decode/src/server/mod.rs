@@ -23,7 +23,7 @@ use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::transfer::{KvEndpoint, KvPuller, PullFailurePolicy};
 use body::{full, Body};
-pub use conn::{serve, Limits};
+pub use conn::{serve, serve_until, Limits};
 use error::ApiError;
 /// The test modules bind their listeners with it (through `super::*`).
 #[cfg(test)]

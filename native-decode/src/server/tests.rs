@@ -21,6 +21,9 @@ pub(super) struct TestServer {
     pub(super) engine: EngineHandle,
     /// The KV pull listener's port (prefill and both roles).
     kv_port: Option<u16>,
+    /// Completing it stops the server gracefully (`serve_until`); `served` ends when every connection has.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 const TEST_ENGINE_ID: &str = "engine-7f3a9c";
@@ -71,11 +74,16 @@ async fn start_with(role: Role, policy: PullFailurePolicy, limits: Limits) -> Te
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let kv_port = state.kv_endpoint.as_ref().map(|e| e.port);
-    tokio::spawn(serve(listener, state));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve_until(listener, state, async move {
+        let _ = stopped.await;
+    }));
     TestServer {
         addr,
         engine,
         kv_port,
+        stop: Some(stop),
+        served,
     }
 }
 
@@ -332,6 +340,47 @@ async fn dropped_stream_cancels_the_request() {
             && s.engine.stats.kv_usage() == 0.0
     })
     .await;
+}
+
+/// SIGTERM's path (`serve_until`): a stream in progress runs to its `[DONE]`, new connections are refused, and the
+/// server returns once its connections have ended.
+#[tokio::test]
+async fn a_graceful_stop_finishes_streams_in_progress_and_refuses_new_connections() {
+    let mut s = start(Role::Both, PullFailurePolicy::Recompute).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = json!({"prompt": "hello", "max_tokens": 64, "ignore_eos": true, "stream": true});
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v1/completions", s.addr))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    // The stream has started before the stop.
+    if let Some(Ok(f)) = body.frame().await {
+        text.extend_from_slice(f.data_ref().map(|d| &d[..]).unwrap_or_default());
+    }
+    s.stop.take().unwrap().send(()).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    text.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let tokens = sse_events(&text)
+        .iter()
+        .filter(|e| {
+            e["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(tokens > 1, "the whole stream came: {text}");
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(30), &mut s.served)
+        .await
+        .expect("the server returns once its connections ended")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
 }
 
 // One async worker: before tokenization moved to the blocking pool, a huge prompt held it and `/health`
