@@ -211,21 +211,13 @@ async fn replica_state_is_a_lease<H: Harness>(h: &H) {
 /// the expiry itself, not for a guessed time.
 const SHORT_TTL: Duration = Duration::from_secs(1);
 
-/// Polls `cond` until it holds (true) or 10 s have passed (false). On the
-/// memory store's paused clock the polls cost no real time.
-async fn until<F, Fut>(mut cond: F) -> bool
+/// Polls `cond` until it holds (true) or 10 s have passed (false).
+async fn until<F, Fut>(cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    support::until_within(Duration::from_secs(10), cond).await
 }
 
 /// Whether `id`'s admission record expires within [`until`]'s deadline.

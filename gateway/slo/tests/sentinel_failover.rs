@@ -22,20 +22,16 @@ use tokio::time::Instant;
 const MASTER: &str = "baton-slo";
 const WINDOW: Duration = Duration::from_secs(3600);
 
-/// Polls `cond` every 20 ms until it holds; fails the test after `limit`.
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+/// Polls `cond` until it holds; fails the test after `limit`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        support::until_within(limit, cond).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
 }
 
 async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {

@@ -11,6 +11,25 @@ pub use redis_server::RedisServer;
 use baton_slo::{AdmissionRecord, OutcomeRecord, Phase, ReplicaState, WorkerLoad};
 
 pub const TTL: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 20 ms until it holds (true) or `limit` has passed (false): for a real Redis (or Sentinel)
+/// there is no event to await. On a paused clock the polls cost no real time.
+pub async fn until_within<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 /// A fixed wall-clock base for goodput buckets.
 pub const T0: u64 = 1_700_000_000_000;
 
